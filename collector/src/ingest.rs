@@ -1,0 +1,234 @@
+use std::{fmt::Write, time::SystemTime};
+
+use tally_core::{Signal, TelemetryBatch, TenantId, Transport, metric_names, metric_names::reason};
+
+use crate::{
+    Pipeline, TenantResolver,
+    otlp::signal::{OtlpSignal, Reason, Route},
+    pipeline::EnqueueError,
+    tenancy::Lookup,
+};
+
+/// What a request carries besides its body.
+#[derive(Debug, Default, Clone)]
+pub struct RequestContext {
+    /// Value of the tenant header, if the rule is enabled and it was sent.
+    pub header_tenant: Option<String>,
+}
+
+/// The accepted part of a request; `rejected` items were refused with
+/// `message` (OTLP partial success).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub accepted: u64,
+    pub rejected: u64,
+    pub message: String,
+}
+
+/// A request refused as a whole: nothing of it was enqueued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    #[error("tally is overloaded: the pipeline queue is full, retry later")]
+    Overloaded,
+    #[error("tally is shutting down, retry against another replica or later")]
+    ShuttingDown,
+}
+
+/// The transport-independent part of receiving OTLP: tenant resolution,
+/// item checks, partial success, enqueueing.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    resolver: TenantResolver,
+    pipeline: Pipeline,
+}
+
+/// Counts of refused items per reason, for the partial-success message.
+#[derive(Default)]
+struct Refusals(Vec<(Reason, u64)>);
+
+impl Refusals {
+    fn add(&mut self, reason: Reason, n: u64) {
+        if n == 0 {
+            return;
+        }
+        match self.0.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, c)) => *c += n,
+            None => self.0.push((reason, n)),
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.0.iter().map(|(_, n)| n).sum()
+    }
+}
+
+impl Ingest {
+    pub fn new(resolver: TenantResolver, pipeline: Pipeline) -> Ingest {
+        Ingest { resolver, pipeline }
+    }
+
+    pub fn resolver(&self) -> &TenantResolver {
+        &self.resolver
+    }
+
+    /// Splits `req` by tenant, refuses what has no valid tenant or invalid
+    /// ids, and enqueues the rest as one unit. On `Err` nothing was enqueued.
+    pub async fn export<S: OtlpSignal>(
+        &self,
+        req: S::Request,
+        ctx: &RequestContext,
+        transport: Transport,
+    ) -> Result<Accepted, IngestError> {
+        let mut groups: Vec<(TenantId, Vec<S::Resource>, u64)> = Vec::new();
+        let mut refused = Refusals::default();
+        for res in S::into_resources(req) {
+            self.route_resource::<S>(res, ctx, &mut groups, &mut refused);
+        }
+
+        let accepted: u64 = groups.iter().map(|(_, _, n)| n).sum();
+        if !groups.is_empty() {
+            let received_at = SystemTime::now();
+            let batches = groups
+                .into_iter()
+                .map(|(tenant, resources, items)| TelemetryBatch {
+                    tenant,
+                    received_at,
+                    items,
+                    payload: S::payload(resources),
+                })
+                .collect();
+            if let Err(e) = self.pipeline.send(batches).await {
+                let (err, why) = match e {
+                    EnqueueError::Full => (IngestError::Overloaded, reason::OVERLOADED),
+                    EnqueueError::Closed => (IngestError::ShuttingDown, reason::SHUTTING_DOWN),
+                };
+                count_refused(S::SIGNAL, why, accepted + refused.total());
+                return Err(err);
+            }
+        }
+
+        metrics::counter!(metric_names::RECEIVED_ITEMS, "signal" => S::SIGNAL.as_str(), "transport" => transport.as_str())
+            .increment(accepted);
+        for (why, n) in &refused.0 {
+            count_refused(S::SIGNAL, why, *n);
+        }
+        Ok(Accepted {
+            accepted,
+            rejected: refused.total(),
+            message: self.message::<S>(&refused),
+        })
+    }
+
+    fn route_resource<S: OtlpSignal>(
+        &self,
+        res: S::Resource,
+        ctx: &RequestContext,
+        groups: &mut Vec<(TenantId, Vec<S::Resource>, u64)>,
+        refused: &mut Refusals,
+    ) {
+        let lookup = self
+            .resolver
+            .resource_tenant(S::resource_attributes(&res), ctx.header_tenant.as_deref());
+        let resource_tenant = match lookup {
+            Lookup::Found(t) => Some(t),
+            Lookup::Invalid(_) => {
+                refused.add(reason::INVALID_TENANT, S::count_items(&res));
+                return;
+            }
+            Lookup::NotFound => None,
+        };
+        // Fast path: one tenant for the whole resource and nothing to refuse.
+        let whole = resource_tenant.clone().or_else(|| {
+            (!self.resolver.resolves_items())
+                .then(|| self.resolver.default_tenant().cloned())
+                .flatten()
+        });
+        if let Some(tenant) = whole
+            && S::all_items_valid(&res)
+        {
+            let n = S::count_items(&res);
+            add_to_group(groups, tenant, res, n);
+            return;
+        }
+        if resource_tenant.is_none()
+            && !self.resolver.resolves_items()
+            && self.resolver.default_tenant().is_none()
+        {
+            refused.add(reason::MISSING_TENANT, S::count_items(&res));
+            return;
+        }
+        // Slow path: look at each item (invalid ids, or tenants per item).
+        let mut route = |attrs: Option<&[_]>| -> Route<TenantId> {
+            let attrs = attrs.ok_or(crate::otlp::signal::INVALID_ID)?;
+            if let Some(t) = &resource_tenant {
+                return Ok(t.clone());
+            }
+            match self.resolver.item_tenant(attrs) {
+                Lookup::Found(t) => Ok(t),
+                Lookup::Invalid(_) => Err(reason::INVALID_TENANT),
+                Lookup::NotFound => self
+                    .resolver
+                    .default_tenant()
+                    .cloned()
+                    .ok_or(reason::MISSING_TENANT),
+            }
+        };
+        for (route, part, n) in S::partition(res, &mut route) {
+            match route {
+                Ok(tenant) => add_to_group(groups, tenant, part, n),
+                Err(why) => refused.add(why, n),
+            }
+        }
+    }
+
+    fn message<S: OtlpSignal>(&self, refused: &Refusals) -> String {
+        let mut msg = String::new();
+        for (why, n) in &refused.0 {
+            if !msg.is_empty() {
+                msg.push_str("; ");
+            }
+            let _ = write!(msg, "{n} {} refused: ", S::NOUN);
+            let _ = match *why {
+                reason::MISSING_TENANT => write!(msg, "no tenant ({})", self.tenant_hint()),
+                reason::INVALID_TENANT => write!(
+                    msg,
+                    "invalid tenant (1-128 ASCII letters, digits or . _ - : @)"
+                ),
+                crate::otlp::signal::INVALID_ID => {
+                    write!(msg, "invalid trace_id/span_id (need 16/8 non-zero bytes)")
+                }
+                other => write!(msg, "{other}"),
+            };
+        }
+        msg
+    }
+
+    fn tenant_hint(&self) -> String {
+        let mut hint = String::from("set resource attribute ");
+        hint.push_str(&self.resolver_attrs_hint());
+        if let Some(h) = self.resolver.header_name() {
+            let _ = write!(hint, " or header {h}");
+        }
+        hint
+    }
+
+    fn resolver_attrs_hint(&self) -> String {
+        self.resolver.resource_attribute_names().join(" or ")
+    }
+}
+
+fn add_to_group<R>(groups: &mut Vec<(TenantId, Vec<R>, u64)>, tenant: TenantId, res: R, n: u64) {
+    match groups.iter_mut().find(|(t, _, _)| *t == tenant) {
+        Some((_, rs, c)) => {
+            rs.push(res);
+            *c += n;
+        }
+        None => groups.push((tenant, vec![res], n)),
+    }
+}
+
+pub(crate) fn count_refused(signal: Signal, why: &'static str, n: u64) {
+    if n > 0 {
+        metrics::counter!(metric_names::REFUSED_ITEMS, "signal" => signal.as_str(), "reason" => why).increment(n);
+    }
+}

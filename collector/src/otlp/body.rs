@@ -1,0 +1,199 @@
+//! Request bodies: bounded decompression and the two OTLP encodings.
+
+use std::io::Read;
+
+use bytes::Bytes;
+
+use crate::otlp::signal::OtlpSignal;
+
+/// `Content-Encoding` values tally accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+    Zstd,
+}
+
+impl Encoding {
+    pub fn parse(header: Option<&str>) -> Option<Encoding> {
+        match header.map(|h| h.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("") | Some("identity") => Some(Encoding::Identity),
+            Some("gzip") | Some("x-gzip") => Some(Encoding::Gzip),
+            Some("zstd") => Some(Encoding::Zstd),
+            Some(_) => None,
+        }
+    }
+}
+
+/// Why a body could not be turned into a request.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body exceeds the limit of {limit} bytes{}", if *.decompressed { " after decompression" } else { "" })]
+    TooLarge { limit: usize, decompressed: bool },
+    #[error("cannot decompress {encoding} body: {detail}")]
+    Decompress {
+        encoding: &'static str,
+        detail: String,
+    },
+    #[error("invalid protobuf: {0}")]
+    Protobuf(String),
+    #[error("invalid OTLP/JSON at {path}: {detail}")]
+    Json { path: String, detail: String },
+    #[error(
+        "OTLP/JSON body has no `{field}`: field names are camelCase (`{field}`, not snake_case) \
+         and the body must be an Export{{Trace,Logs,Metrics}}ServiceRequest"
+    )]
+    JsonEmpty { field: &'static str },
+}
+
+/// Decompresses `body`, reading at most `limit` bytes of output, so a
+/// decompression bomb costs at most `limit` bytes of memory.
+pub fn decompress(body: Bytes, encoding: Encoding, limit: usize) -> Result<Bytes, BodyError> {
+    let err = |encoding, e: std::io::Error| BodyError::Decompress {
+        encoding,
+        detail: e.to_string(),
+    };
+    let mut out = Vec::with_capacity((body.len() * 4).min(limit));
+    match encoding {
+        Encoding::Identity => return Ok(body),
+        Encoding::Gzip => flate2::read::MultiGzDecoder::new(&body[..])
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| err("gzip", e))?,
+        Encoding::Zstd => zstd::stream::read::Decoder::new(&body[..])
+            .map_err(|e| err("zstd", e))?
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| err("zstd", e))?,
+    };
+    if out.len() > limit {
+        return Err(BodyError::TooLarge {
+            limit,
+            decompressed: true,
+        });
+    }
+    Ok(out.into())
+}
+
+pub fn decode_protobuf<S: OtlpSignal>(body: &[u8]) -> Result<S::Request, BodyError> {
+    prost::Message::decode(body).map_err(|e| BodyError::Protobuf(e.to_string()))
+}
+
+/// Decodes OTLP/JSON, naming the path of the first bad field. A non-empty
+/// object without the signal's top-level field is refused: it is almost
+/// always snake_case keys, which would otherwise decode to nothing.
+pub fn decode_json<S: OtlpSignal>(body: &[u8]) -> Result<S::Request, BodyError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let req: S::Request = serde_path_to_error::deserialize(de).map_err(|e| BodyError::Json {
+        path: match e.path().to_string() {
+            p if p == "." => "the top level".to_owned(),
+            p => p,
+        },
+        detail: e.inner().to_string(),
+    })?;
+    let trivially_empty = body
+        .iter()
+        .filter(|b| !b.is_ascii_whitespace())
+        .eq(b"{}".iter());
+    if !trivially_empty && prost::Message::encoded_len(&req) == 0 {
+        let field = S::JSON_FIELD;
+        // `{"resourceSpans": []}` is a valid empty request.
+        let names_field =
+            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
+                .is_ok_and(|m| m.contains_key(field));
+        if !names_field {
+            return Err(BodyError::JsonEmpty { field });
+        }
+    }
+    Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::otlp::{Logs, Traces};
+
+    fn gzip(data: &[u8]) -> Bytes {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(data).unwrap();
+        e.finish().unwrap().into()
+    }
+
+    #[test]
+    fn gzip_bomb_stops_at_the_limit() {
+        let bomb = gzip(&vec![0u8; 64 << 20]);
+        assert!(bomb.len() < 200 << 10);
+        let err = decompress(bomb, Encoding::Gzip, 1 << 20).unwrap_err();
+        assert!(
+            matches!(err, BodyError::TooLarge { limit, decompressed: true } if limit == 1 << 20)
+        );
+    }
+
+    #[test]
+    fn roundtrips_gzip_and_zstd_within_limit() {
+        let data = b"hello otlp".repeat(100);
+        assert_eq!(
+            decompress(gzip(&data), Encoding::Gzip, data.len()).unwrap(),
+            &data[..]
+        );
+        let z = zstd::encode_all(&data[..], 1).unwrap();
+        assert_eq!(
+            decompress(z.into(), Encoding::Zstd, data.len()).unwrap(),
+            &data[..]
+        );
+        assert!(decompress(Bytes::from_static(b"not gzip"), Encoding::Gzip, 10).is_err());
+    }
+
+    #[test]
+    fn json_decoder_accepts_spec_json() {
+        let body = br#"{"resourceSpans":[{"resource":{"attributes":[{"key":"tenant.id","value":{"stringValue":"acme"}}]},
+            "scopeSpans":[{"scope":{"name":"s"},"spans":[{"traceId":"5b8efff798038103d269b633813fc60c",
+            "spanId":"eee19b7ec3c1b174","name":"GET /","kind":2,"startTimeUnixNano":"1544712660000000000",
+            "endTimeUnixNano":1544712661000000000,"attributes":[{"key":"n","value":{"intValue":"42"}}],
+            "status":{"code":2}}]}]}]}"#;
+        let req = decode_json::<Traces>(body).unwrap();
+        let span = &req.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(span.trace_id.len(), 16);
+        assert_eq!(span.kind, 2);
+        assert_eq!(span.start_time_unix_nano, 1_544_712_660_000_000_000);
+        assert_eq!(span.end_time_unix_nano, 1_544_712_661_000_000_000);
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let body = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz","spanId":"eee19b7ec3c1b174"}]}]}]}"#;
+        let err = decode_json::<Traces>(body).unwrap_err().to_string();
+        assert!(
+            err.contains("resourceSpans[0].scopeSpans[0].spans[0].traceId"),
+            "{err}"
+        );
+        let err = decode_json::<Traces>(b"{not json").unwrap_err().to_string();
+        assert!(err.starts_with("invalid OTLP/JSON"), "{err}");
+    }
+
+    #[test]
+    fn snake_case_json_is_refused_not_silently_empty() {
+        let err = decode_json::<Logs>(br#"{"resource_logs":[{"scope_logs":[]}]}"#).unwrap_err();
+        assert!(err.to_string().contains("`resourceLogs`"), "{err}");
+        assert!(
+            decode_json::<Logs>(b" { } ")
+                .unwrap()
+                .resource_logs
+                .is_empty()
+        );
+        assert!(decode_json::<Logs>(br#"{"resourceLogs":[]}"#).is_ok());
+    }
+
+    #[test]
+    fn truncated_protobuf_is_an_error() {
+        let req = decode_json::<Traces>(
+            br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"name":"x"}]}]}]}"#,
+        )
+        .unwrap();
+        let bytes = prost::Message::encode_to_vec(&req);
+        assert!(decode_protobuf::<Traces>(&bytes[..bytes.len() - 2]).is_err());
+        assert_eq!(decode_protobuf::<Traces>(&bytes).unwrap(), req);
+    }
+}

@@ -1,0 +1,238 @@
+//! OTLP/gRPC: the three `Export` services, written once over [`OtlpSignal`].
+//!
+//! tonic's generated servers decode with prost inside the codec and turn a
+//! malformed message into INTERNAL; OTLP wants INVALID_ARGUMENT. So the codec
+//! here hands the raw (already decompressed, size-bounded) message to the
+//! handler, which decodes it itself. The same codec, reversed, lets the load
+//! generator send pre-encoded requests.
+
+use std::{
+    convert::Infallible,
+    marker::PhantomData,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use bytes::{Buf, BufMut, Bytes};
+use tally_core::{Transport, metric_names, metric_names::reason};
+use tonic::{
+    Status,
+    body::Body,
+    codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    server::{NamedService, UnaryService},
+    service::Routes,
+};
+
+use crate::{
+    Ingest, IngestError, RequestContext,
+    otlp::{
+        body::decode_protobuf,
+        signal::{Logs, Metrics, OtlpSignal, Traces},
+    },
+};
+
+/// Builds the gRPC routes for the three OTLP services.
+pub fn grpc_routes(ingest: Arc<Ingest>, max_request_bytes: usize) -> Routes {
+    Routes::new(OtlpGrpc::<Traces>::new(ingest.clone(), max_request_bytes))
+        .add_service(OtlpGrpc::<Logs>::new(ingest.clone(), max_request_bytes))
+        .add_service(OtlpGrpc::<Metrics>::new(ingest, max_request_bytes))
+}
+
+/// A message as bytes on the wire.
+pub struct RawMessage(pub Bytes);
+
+/// A prost message.
+pub struct Proto<M>(pub M);
+
+/// How one side of a [`WireCodec`] moves its messages.
+pub trait Wire: Sized + Send + 'static {
+    fn encode(self, dst: &mut EncodeBuf<'_>);
+    fn decode(src: &mut DecodeBuf<'_>) -> Result<Self, Status>;
+}
+
+impl Wire for RawMessage {
+    fn encode(self, dst: &mut EncodeBuf<'_>) {
+        dst.put(self.0);
+    }
+    fn decode(src: &mut DecodeBuf<'_>) -> Result<Self, Status> {
+        Ok(RawMessage(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+impl<M: prost::Message + Default + Send + 'static> Wire for Proto<M> {
+    fn encode(self, dst: &mut EncodeBuf<'_>) {
+        // EncodeBuf grows on demand, so encoding cannot run out of room.
+        let _ = self.0.encode(dst);
+    }
+    fn decode(src: &mut DecodeBuf<'_>) -> Result<Self, Status> {
+        M::decode(src)
+            .map(Proto)
+            .map_err(|e| Status::invalid_argument(format!("invalid protobuf: {e}")))
+    }
+}
+
+/// A tonic codec that encodes `E` and decodes `D`.
+pub struct WireCodec<E, D>(PhantomData<fn() -> (E, D)>);
+
+impl<E, D> Default for WireCodec<E, D> {
+    fn default() -> Self {
+        WireCodec(PhantomData)
+    }
+}
+
+impl<E: Wire, D: Wire> Codec for WireCodec<E, D> {
+    type Encode = E;
+    type Decode = D;
+    type Encoder = WireCodec<E, D>;
+    type Decoder = WireCodec<E, D>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        WireCodec::default()
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        WireCodec::default()
+    }
+}
+
+impl<E: Wire, D: Wire> Encoder for WireCodec<E, D> {
+    type Item = E;
+    type Error = Status;
+    fn encode(&mut self, item: E, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst);
+        Ok(())
+    }
+}
+
+impl<E: Wire, D: Wire> Decoder for WireCodec<E, D> {
+    type Item = D;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
+        D::decode(src).map(Some)
+    }
+}
+
+/// One OTLP `Export` service.
+struct OtlpGrpc<S> {
+    ingest: Arc<Ingest>,
+    max_request_bytes: usize,
+    _signal: PhantomData<fn() -> S>,
+}
+
+impl<S> Clone for OtlpGrpc<S> {
+    fn clone(&self) -> Self {
+        OtlpGrpc {
+            ingest: self.ingest.clone(),
+            max_request_bytes: self.max_request_bytes,
+            _signal: PhantomData,
+        }
+    }
+}
+
+impl<S: OtlpSignal> OtlpGrpc<S> {
+    fn new(ingest: Arc<Ingest>, max_request_bytes: usize) -> Self {
+        OtlpGrpc {
+            ingest,
+            max_request_bytes,
+            _signal: PhantomData,
+        }
+    }
+}
+
+impl<S: OtlpSignal> NamedService for OtlpGrpc<S> {
+    const NAME: &'static str = S::GRPC_SERVICE;
+}
+
+type BoxFuture<T, E> = std::pin::Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'static>>;
+
+impl<S: OtlpSignal, B> tower_service::Service<http::Request<B>> for OtlpGrpc<S>
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != S::GRPC_PATH {
+            return Box::pin(async { Ok(Status::unimplemented("unknown method").into_http()) });
+        }
+        let this = self.clone();
+        Box::pin(async move {
+            let mut grpc =
+                tonic::server::Grpc::new(WireCodec::<Proto<S::Response>, RawMessage>::default())
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .accept_compressed(CompressionEncoding::Zstd)
+                    .send_compressed(CompressionEncoding::Gzip)
+                    .send_compressed(CompressionEncoding::Zstd)
+                    .max_decoding_message_size(this.max_request_bytes);
+            let mut res = grpc.unary(this, req).await;
+            // tonic refuses a message whose length prefix is over the limit
+            // with OUT_OF_RANGE (and one that inflates past it with
+            // RESOURCE_EXHAUSTED); OTLP clients expect RESOURCE_EXHAUSTED for
+            // both. The handler itself never answers OUT_OF_RANGE.
+            let status = res
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok());
+            if matches!(status, Some("11") | Some("8")) {
+                res.headers_mut()
+                    .insert("grpc-status", http::HeaderValue::from_static("8"));
+                count_refused_request::<S>(reason::TOO_LARGE);
+            }
+            Ok(res)
+        })
+    }
+}
+
+impl<S: OtlpSignal> UnaryService<RawMessage> for OtlpGrpc<S> {
+    type Response = Proto<S::Response>;
+    type Future = BoxFuture<tonic::Response<Proto<S::Response>>, Status>;
+
+    fn call(&mut self, request: tonic::Request<RawMessage>) -> Self::Future {
+        let ingest = self.ingest.clone();
+        Box::pin(async move {
+            let start = Instant::now();
+            let ctx = RequestContext {
+                header_tenant: ingest
+                    .resolver()
+                    .header_name()
+                    .and_then(|h| request.metadata().get(h.as_str()))
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            };
+            let body = request.into_inner().0;
+            metrics::counter!(metric_names::RECEIVED_BYTES, "signal" => S::SIGNAL.as_str(), "transport" => "grpc")
+                .increment(body.len() as u64);
+            let req = decode_protobuf::<S>(&body).map_err(|e| {
+                count_refused_request::<S>(reason::MALFORMED);
+                Status::invalid_argument(e.to_string())
+            })?;
+            let result = ingest.export::<S>(req, &ctx, Transport::Grpc).await;
+            metrics::histogram!(metric_names::REQUEST_DURATION, "signal" => S::SIGNAL.as_str(), "transport" => "grpc")
+                .record(start.elapsed().as_secs_f64());
+            match result {
+                Ok(ok) => Ok(tonic::Response::new(Proto(S::response(
+                    ok.rejected as i64,
+                    ok.message,
+                )))),
+                Err(e @ (IngestError::Overloaded | IngestError::ShuttingDown)) => {
+                    count_refused_request::<S>(match e {
+                        IngestError::Overloaded => reason::OVERLOADED,
+                        IngestError::ShuttingDown => reason::SHUTTING_DOWN,
+                    });
+                    Err(Status::unavailable(e.to_string()))
+                }
+            }
+        })
+    }
+}
+
+fn count_refused_request<S: OtlpSignal>(why: &'static str) {
+    metrics::counter!(metric_names::REFUSED_REQUESTS, "signal" => S::SIGNAL.as_str(), "transport" => "grpc", "reason" => why)
+        .increment(1);
+}

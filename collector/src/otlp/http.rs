@@ -1,0 +1,266 @@
+//! OTLP/HTTP: `POST /v1/traces`, `/v1/logs`, `/v1/metrics`, protobuf or
+//! JSON, identity/gzip/zstd, chunked or not. Errors carry a
+//! `google.rpc.Status` in the request's encoding, as the OTLP spec asks.
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tally_core::{Transport, metric_names, metric_names::reason};
+
+use crate::{
+    Ingest, IngestError, OtlpConfig, RequestContext,
+    otlp::{
+        body::{BodyError, Encoding, decode_json, decode_protobuf, decompress},
+        signal::{Logs, Metrics, OtlpSignal, Traces},
+    },
+};
+
+struct HttpState {
+    ingest: Arc<Ingest>,
+    max_request_bytes: usize,
+    max_compressed_request_bytes: usize,
+    retry_after: HeaderValue,
+}
+
+/// The OTLP/HTTP routes.
+pub fn http_router(ingest: Arc<Ingest>, config: &OtlpConfig) -> Router {
+    let state = Arc::new(HttpState {
+        ingest,
+        max_request_bytes: config.max_request_bytes,
+        max_compressed_request_bytes: config.max_compressed_request_bytes,
+        retry_after: HeaderValue::from(config.retry_after_secs),
+    });
+    Router::new()
+        .route(Traces::HTTP_PATH, post(export::<Traces>))
+        .route(Logs::HTTP_PATH, post(export::<Logs>))
+        .route(Metrics::HTTP_PATH, post(export::<Metrics>))
+        .with_state(state)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Protobuf,
+    Json,
+}
+
+impl Format {
+    fn content_type(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Format::Protobuf => "application/x-protobuf",
+            Format::Json => "application/json",
+        })
+    }
+}
+
+/// An error answer: HTTP status, gRPC code for the `Status` body, message,
+/// the `reason` label, and whether to send `Retry-After`.
+struct Refusal {
+    status: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<BodyError> for Refusal {
+    fn from(e: BodyError) -> Refusal {
+        let (status, why) = match e {
+            BodyError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, reason::TOO_LARGE),
+            BodyError::JsonEmpty { .. } => (StatusCode::BAD_REQUEST, reason::EMPTY),
+            _ => (StatusCode::BAD_REQUEST, reason::MALFORMED),
+        };
+        Refusal::new(status, why, e.to_string())
+    }
+}
+
+/// `google.rpc.Status`, the body of OTLP error responses.
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+async fn export<S: OtlpSignal>(
+    State(st): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let start = Instant::now();
+    let format = match media_type(&headers) {
+        Some("application/x-protobuf") | Some("application/protobuf") => Format::Protobuf,
+        Some("application/json") => Format::Json,
+        other => {
+            let msg = format!(
+                "unsupported content type {:?}: use application/x-protobuf or application/json",
+                other.unwrap_or("")
+            );
+            // The client's format is unknown: answer in JSON, readable by people.
+            return refuse::<S>(
+                &st,
+                Format::Json,
+                Refusal::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    reason::UNSUPPORTED_MEDIA_TYPE,
+                    msg,
+                ),
+            );
+        }
+    };
+    let response = match handle::<S>(&st, &headers, body, format).await {
+        Ok(response) => response,
+        Err(refusal) => refuse::<S>(&st, format, refusal),
+    };
+    metrics::histogram!(metric_names::REQUEST_DURATION, "signal" => S::SIGNAL.as_str(), "transport" => "http")
+        .record(start.elapsed().as_secs_f64());
+    response
+}
+
+async fn handle<S: OtlpSignal>(
+    st: &HttpState,
+    headers: &HeaderMap,
+    body: Body,
+    format: Format,
+) -> Result<Response, Refusal> {
+    let encoding_header = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let encoding = Encoding::parse(encoding_header).ok_or_else(|| {
+        Refusal::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            reason::UNSUPPORTED_ENCODING,
+            format!(
+                "unsupported content encoding {:?}: use gzip, zstd or none",
+                encoding_header.unwrap_or("")
+            ),
+        )
+    })?;
+    let wire_limit = match encoding {
+        Encoding::Identity => st.max_request_bytes,
+        _ => st.max_compressed_request_bytes,
+    };
+    let body = read_body(body, headers, wire_limit).await?;
+    let body = decompress(body, encoding, st.max_request_bytes)?;
+    metrics::counter!(metric_names::RECEIVED_BYTES, "signal" => S::SIGNAL.as_str(), "transport" => "http")
+        .increment(body.len() as u64);
+    let req = match format {
+        Format::Protobuf => decode_protobuf::<S>(&body)?,
+        Format::Json => decode_json::<S>(&body)?,
+    };
+    let ctx = RequestContext {
+        header_tenant: st
+            .ingest
+            .resolver()
+            .header_name()
+            .and_then(|h| headers.get(h))
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+    };
+    let accepted = st
+        .ingest
+        .export::<S>(req, &ctx, Transport::Http)
+        .await
+        .map_err(|e| match e {
+            IngestError::Overloaded => Refusal::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                reason::OVERLOADED,
+                e.to_string(),
+            ),
+            IngestError::ShuttingDown => Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                reason::SHUTTING_DOWN,
+                e.to_string(),
+            ),
+        })?;
+    let response = S::response(accepted.rejected as i64, accepted.message);
+    let body = match format {
+        Format::Protobuf => prost::Message::encode_to_vec(&response),
+        Format::Json => serde_json::to_vec(&response).unwrap_or_default(),
+    };
+    Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
+}
+
+/// Reads at most `limit` bytes of body, refusing at once when the declared
+/// length is over it.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Refusal> {
+    let too_large = || {
+        Refusal::from(BodyError::TooLarge {
+            limit,
+            decompressed: false,
+        })
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            reason::MALFORMED,
+            format!("cannot read request body: {e}"),
+        )),
+    }
+}
+
+fn media_type(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(v.split(';').next().unwrap_or("").trim())
+}
+
+fn refuse<S: OtlpSignal>(st: &HttpState, format: Format, r: Refusal) -> Response {
+    metrics::counter!(metric_names::REFUSED_REQUESTS, "signal" => S::SIGNAL.as_str(), "transport" => "http", "reason" => r.reason)
+        .increment(1);
+    tracing::debug!(signal = S::SIGNAL.as_str(), status = r.status.as_u16(), reason = r.reason, message = %r.message, "refused otlp/http request");
+    let code = match r.status {
+        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS => {
+            tonic::Code::ResourceExhausted
+        }
+        StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
+        _ => tonic::Code::InvalidArgument,
+    };
+    let status = RpcStatus {
+        code: code as i32,
+        message: r.message,
+    };
+    let body = match format {
+        Format::Protobuf => prost::Message::encode_to_vec(&status),
+        Format::Json => serde_json::to_vec(&status).unwrap_or_default(),
+    };
+    let mut response = (
+        r.status,
+        [(header::CONTENT_TYPE, format.content_type())],
+        body,
+    )
+        .into_response();
+    if matches!(
+        r.status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, st.retry_after.clone());
+    }
+    response
+}

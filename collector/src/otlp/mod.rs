@@ -1,0 +1,12 @@
+//! The OTLP transports: gRPC ([`grpc_routes`]) and HTTP ([`http_router`]),
+//! sharing body limits, decoding and [`crate::Ingest`].
+
+mod body;
+mod grpc;
+mod http;
+pub mod signal;
+
+pub use body::{BodyError, Encoding, decode_json, decode_protobuf, decompress};
+pub use grpc::{Proto, RawMessage, WireCodec, grpc_routes};
+pub use http::http_router;
+pub use signal::{Logs, Metrics, OtlpSignal, Traces};

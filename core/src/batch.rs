@@ -1,0 +1,40 @@
+use std::time::SystemTime;
+
+use crate::{
+    Signal, TenantId,
+    otlp::{logs::v1::ResourceLogs, metrics::v1::ResourceMetrics, trace::v1::ResourceSpans},
+};
+
+/// Decoded OTLP data of one signal, all belonging to one tenant.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    Spans(Vec<ResourceSpans>),
+    Logs(Vec<ResourceLogs>),
+    Metrics(Vec<ResourceMetrics>),
+}
+
+impl Payload {
+    pub fn signal(&self) -> Signal {
+        match self {
+            Payload::Spans(_) => Signal::Spans,
+            Payload::Logs(_) => Signal::Logs,
+            Payload::Metrics(_) => Signal::MetricPoints,
+        }
+    }
+}
+
+/// What the collector hands downstream: one tenant's share of one request.
+#[derive(Debug, Clone)]
+pub struct TelemetryBatch {
+    pub tenant: TenantId,
+    pub received_at: SystemTime,
+    /// Number of spans, log records or metric data points in `payload`.
+    pub items: u64,
+    pub payload: Payload,
+}
+
+impl TelemetryBatch {
+    pub fn signal(&self) -> Signal {
+        self.payload.signal()
+    }
+}

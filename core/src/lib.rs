@@ -1,0 +1,18 @@
+//! tally's data model, shared by every stage: tenants, signals, the telemetry
+//! batches that travel from the collector to downstream stages, the names of
+//! tally's own metrics, and a `Secret` wrapper for config values. No I/O here.
+
+mod batch;
+pub mod metric_names;
+mod secret;
+mod signal;
+mod tenant;
+
+pub use batch::{Payload, TelemetryBatch};
+pub use secret::Secret;
+pub use signal::{Signal, Transport};
+pub use tenant::{TenantError, TenantId};
+
+/// The OTLP protobuf types tally works with, re-exported so downstream crates
+/// agree on one version.
+pub use opentelemetry_proto::tonic as otlp;

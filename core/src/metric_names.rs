@@ -1,0 +1,36 @@
+//! Names of tally's own Prometheus metrics, in one place so dashboards, docs
+//! and code cannot drift. Labels never include tenants (there can be
+//! thousands).
+
+/// Items received and accepted. Labels: `signal`, `transport`.
+pub const RECEIVED_ITEMS: &str = "tally_received_items_total";
+/// Request bytes received on the wire (before decompression). Labels: `signal`, `transport`.
+pub const RECEIVED_BYTES: &str = "tally_received_bytes_total";
+/// Items refused (partial success or whole request). Labels: `signal`, `reason`.
+pub const REFUSED_ITEMS: &str = "tally_refused_items_total";
+/// Requests refused before their items could be counted (malformed,
+/// oversize, unsupported media type, overload). Labels: `signal`, `transport`, `reason`.
+pub const REFUSED_REQUESTS: &str = "tally_refused_requests_total";
+/// Export request handling time in seconds. Labels: `signal`, `transport`.
+pub const REQUEST_DURATION: &str = "tally_request_duration_seconds";
+/// Batches waiting in the pipeline queue.
+pub const QUEUE_DEPTH: &str = "tally_pipeline_queue_depth";
+/// Capacity of the pipeline queue, in batches.
+pub const QUEUE_CAPACITY: &str = "tally_pipeline_queue_capacity";
+/// Items counted by the downstream stage. Labels: `signal`.
+pub const PROCESSED_ITEMS: &str = "tally_processed_items_total";
+/// Storage flushes that failed and will be retried.
+pub const FLUSH_ERRORS: &str = "tally_flush_errors_total";
+
+/// Values of the `reason` label.
+pub mod reason {
+    pub const MISSING_TENANT: &str = "missing_tenant";
+    pub const INVALID_TENANT: &str = "invalid_tenant";
+    pub const MALFORMED: &str = "malformed";
+    pub const EMPTY: &str = "empty";
+    pub const TOO_LARGE: &str = "too_large";
+    pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
+    pub const UNSUPPORTED_ENCODING: &str = "unsupported_encoding";
+    pub const OVERLOADED: &str = "overloaded";
+    pub const SHUTTING_DOWN: &str = "shutting_down";
+}

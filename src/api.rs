@@ -1,0 +1,138 @@
+//! The query/admin HTTP API (`[api] addr`, :8080 by default).
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use axum::{
+    Json, Router,
+    extract::{Query, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde::{Deserialize, Serialize};
+use tally_core::{Signal, TenantId};
+use tally_store::Store;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Store,
+    /// Set when shutdown starts, so load balancers stop sending traffic.
+    pub draining: Arc<AtomicBool>,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/v1/ingest/counts", get(ingest_counts))
+        .with_state(state)
+}
+
+/// An error answer: the client sees `message`; details of our own faults go
+/// to the log only.
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(err: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %err, "api request failed");
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: "internal error; see tally's log".into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics() -> Response {
+    let handle = crate::observability::prometheus();
+    handle.run_upkeep();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(st): State<ApiState>) -> Response {
+    if st.draining.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    match st.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check: database unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct CountsQuery {
+    tenant: Option<String>,
+}
+
+#[derive(Serialize, Default)]
+struct TenantCounts {
+    tenant: String,
+    spans: u64,
+    logs: u64,
+    metric_points: u64,
+}
+
+/// Items accepted per tenant and signal (flushed every
+/// `pipeline.flush_interval`): `{"tenants":[{"tenant":…,"spans":N,…}]}`.
+async fn ingest_counts(
+    State(st): State<ApiState>,
+    Query(q): Query<CountsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let tenant = q
+        .tenant
+        .as_deref()
+        .map(TenantId::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("tenant: {e}")))?;
+    let rows = st
+        .store
+        .ingest_counts(tenant.as_ref())
+        .await
+        .map_err(ApiError::internal)?;
+    let mut out: Vec<TenantCounts> = Vec::new();
+    for row in rows {
+        if out.last().is_none_or(|t| t.tenant != row.tenant.as_str()) {
+            out.push(TenantCounts {
+                tenant: row.tenant.to_string(),
+                ..Default::default()
+            });
+        }
+        let Some(t) = out.last_mut() else { continue };
+        match row.signal {
+            Signal::Spans => t.spans = row.items,
+            Signal::Logs => t.logs = row.items,
+            Signal::MetricPoints => t.metric_points = row.items,
+        }
+    }
+    Ok(Json(serde_json::json!({ "tenants": out })))
+}

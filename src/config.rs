@@ -1,0 +1,225 @@
+//! Layered configuration: the embedded `tally.default.toml`, then
+//! `tally.toml` (or `--config FILE`), then `TALLY_*` environment variables.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context;
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use serde::Deserialize;
+use tally_aggregator::PipelineConfig;
+use tally_collector::{OtlpConfig, TenancyConfig, TenantResolver};
+use tally_core::Secret;
+
+pub const DEFAULTS: &str = include_str!("../tally.default.toml");
+
+/// Config sections; `TALLY_<SECTION>_<KEY>` maps to `<section>.<key>`.
+const SECTIONS: [&str; 4] = ["api", "otlp", "tenancy", "pipeline"];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub database_url: Secret,
+    pub lake_url: String,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    pub api: ApiConfig,
+    pub otlp: OtlpConfig,
+    pub tenancy: TenancyConfig,
+    pub pipeline: PipelineConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[api]`: the query/admin HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    pub addr: SocketAddr,
+}
+
+impl Config {
+    /// Defaults, then `file` (which must exist) or else `./tally.toml` if
+    /// present, then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        match file {
+            Some(path) => {
+                anyhow::ensure!(path.is_file(), "config file {} not found", path.display());
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            None if Path::new("tally.toml").is_file() => {
+                figment = figment.merge(Toml::file_exact("tally.toml"))
+            }
+            None => {}
+        }
+        Config::extract(figment.merge(env_provider()))
+    }
+
+    /// Defaults overridden by a TOML snippet, ignoring files and the
+    /// environment (tests, embedding).
+    pub fn from_toml(overrides: &str) -> anyhow::Result<Config> {
+        Config::extract(Figment::from(Toml::string(DEFAULTS)).merge(Toml::string(overrides)))
+    }
+
+    fn extract(figment: Figment) -> anyhow::Result<Config> {
+        let config: Config = figment.extract().map_err(|e| {
+            // figment lists every error with the key and where it came from.
+            anyhow::anyhow!(
+                e.into_iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: values that parse but make no sense.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let o = &self.otlp;
+        anyhow::ensure!(
+            o.max_request_bytes > 0,
+            "otlp.max_request_bytes must be greater than 0"
+        );
+        anyhow::ensure!(
+            o.max_compressed_request_bytes > 0,
+            "otlp.max_compressed_request_bytes must be greater than 0"
+        );
+        anyhow::ensure!(
+            self.pipeline.queue_capacity > 0,
+            "pipeline.queue_capacity must be greater than 0"
+        );
+        anyhow::ensure!(
+            !self.pipeline.flush_interval.is_zero(),
+            "pipeline.flush_interval must be greater than 0"
+        );
+        anyhow::ensure!(
+            !self.shutdown_timeout.is_zero(),
+            "shutdown_timeout must be greater than 0"
+        );
+        TenantResolver::new(&self.tenancy)?;
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .with_context(|| format!("log_level: {:?} is not a valid filter", self.log_level))?;
+        let url = self.database_url.expose();
+        anyhow::ensure!(
+            url.is_empty()
+                || ["postgres://", "postgresql://", "sqlite:"]
+                    .iter()
+                    .any(|p| url.starts_with(p)),
+            "database_url: expected postgres://…, sqlite:… or empty for the embedded database"
+        );
+        Ok(())
+    }
+
+    /// The database, described without credentials, for logs.
+    pub fn database_description(&self) -> String {
+        let url = self.database_url.expose();
+        if url.is_empty() {
+            return format!("sqlite {}", self.data_dir.join("tally.db").display());
+        }
+        // scheme://[user[:password]@]host… → scheme://host…
+        match url.split_once("://") {
+            Some((scheme, rest)) => {
+                let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+                let rest = rest.split('?').next().unwrap_or(rest);
+                format!("{scheme}://{rest}")
+            }
+            None => url.split('?').next().unwrap_or(url).to_owned(),
+        }
+    }
+}
+
+/// `TALLY_OTLP_GRPC_ADDR` → `otlp.grpc_addr`; `TALLY_DATA_DIR` → `data_dir`.
+fn env_provider() -> Env {
+    Env::prefixed("TALLY_").map(|key| {
+        let key = key.as_str().to_ascii_lowercase();
+        match SECTIONS.iter().find(|s| key.starts_with(&format!("{s}_"))) {
+            Some(section) => format!("{section}.{}", &key[section.len() + 1..]).into(),
+            None => key.into(),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_validate() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.otlp.grpc_addr.to_string(), "127.0.0.1:4317");
+        assert_eq!(c.otlp.http_addr.to_string(), "127.0.0.1:4318");
+        assert_eq!(c.api.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.otlp.max_request_bytes, 8 << 20);
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.tenancy.resource_attributes, ["tenant.id"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = Config::from_toml("[otlp]\ngrpc_adr = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("grpc_adr"), "{err}");
+        let err = Config::from_toml("colour = 1").unwrap_err().to_string();
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn env_maps_sections_and_top_level_keys() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TALLY_OTLP_GRPC_ADDR", "127.0.0.1:9999");
+            jail.set_env("TALLY_API_ADDR", "127.0.0.1:9998");
+            jail.set_env("TALLY_DATA_DIR", "/tmp/x");
+            jail.set_env("TALLY_PIPELINE_QUEUE_CAPACITY", "7");
+            jail.set_env(
+                "TALLY_DATABASE_URL",
+                "postgres://u:hunter2@db:5432/t?sslmode=require",
+            );
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.otlp.grpc_addr.to_string(), "127.0.0.1:9999");
+            assert_eq!(c.api.addr.to_string(), "127.0.0.1:9998");
+            assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+            assert_eq!(c.pipeline.queue_capacity, 7);
+            assert!(!format!("{c:?}").contains("hunter2"));
+            assert_eq!(c.database_description(), "postgres://db:5432/t");
+            jail.set_env("TALLY_NO_SUCH_KEY", "1");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("no_such_key"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn tally_toml_overrides_defaults_and_bad_values_are_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "tally.toml",
+                "log_format = \"json\"\n[tenancy]\ndefault_tenant = \"shared\"",
+            )?;
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.log_format, LogFormat::Json);
+            assert_eq!(c.tenancy.default_tenant, "shared");
+            jail.create_file("tally.toml", "[tenancy]\nhost_pattern = \"example.com\"")?;
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("tenancy.host_pattern"), "{err}");
+            Ok(())
+        });
+    }
+}

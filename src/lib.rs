@@ -1,0 +1,13 @@
+//! The `tally` daemon: configuration, wiring of the stages, the query/admin
+//! API, and the load generator. The stages themselves live in the
+//! `tally-collector`, `tally-aggregator`, `tally-store` and `tally-exporter`
+//! crates.
+
+pub mod api;
+pub mod config;
+pub mod loadgen;
+pub mod observability;
+pub mod server;
+
+pub use config::Config;
+pub use server::Server;

@@ -1,0 +1,107 @@
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tally::{Config, loadgen, observability, server};
+
+/// tally: one daemon for OpenTelemetry data and usage events — per-tenant
+/// billing-grade usage, observability rollups, alerts.
+#[derive(Parser)]
+#[command(name = "tally", version, about)]
+struct Cli {
+    /// Config file (default: ./tally.toml if present). Defaults are
+    /// embedded; TALLY_* environment variables override both.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Validate the configuration and print it (secrets redacted).
+    CheckConfig,
+    /// Send synthetic OTLP load and report what was acknowledged.
+    Loadgen(loadgen::LoadgenArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Loadgen(args) => loadgen::run(args).await,
+        Command::CheckConfig => {
+            let config = Config::load(cli.config.as_deref())?;
+            println!("{config:#?}");
+            println!("config ok");
+            Ok(())
+        }
+        Command::Migrate => {
+            let config = Config::load(cli.config.as_deref())?;
+            observability::init_logging(&config);
+            let store = tally_store::Store::open(config.database_url.expose(), &config.data_dir)
+                .await
+                .with_context(|| format!("opening database {}", config.database_description()))?;
+            store.migrate().await?;
+            println!("migrations applied to {}", config.database_description());
+            Ok(())
+        }
+        Command::Serve => serve(Config::load(cli.config.as_deref())?).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    observability::init_logging(&config);
+    let timeout = config.shutdown_timeout;
+    let server = server::start(config).await?;
+    shutdown_signal().await;
+    tracing::info!(timeout = ?timeout, "signal received, shutting down");
+    match tokio::time::timeout(timeout, server.shutdown()).await {
+        Ok(result) => result,
+        Err(_) => anyhow::bail!("shutdown did not finish within {timeout:?}; exiting anyway"),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,129 @@
+//! Wiring: builds the stages downstream-first and runs the listeners until
+//! shutdown, then drains.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicBool},
+};
+
+use anyhow::Context;
+use tally_aggregator::IngestCounter;
+use tally_collector::{Ingest, Pipeline, TenantResolver, otlp};
+use tally_store::Store;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Config, api};
+
+/// A running tally. Dropping it does not stop it; call [`Server::shutdown`].
+pub struct Server {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    pub store: Store,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Opens the database (applying migrations), binds the three listeners and
+/// starts serving. Port 0 in an address picks a free port; the bound
+/// addresses are in the returned [`Server`].
+pub async fn start(config: Config) -> anyhow::Result<Server> {
+    let store = Store::open(config.database_url.expose(), &config.data_dir)
+        .await
+        .with_context(|| format!("opening database {}", config.database_description()))?;
+    store
+        .migrate()
+        .await
+        .context("applying database migrations")?;
+
+    // Downstream first: the counting stage, then the queue feeding it.
+    let (pipeline, rx) = Pipeline::new(config.pipeline.queue_capacity, config.otlp.enqueue_timeout);
+    let counter =
+        tokio::spawn(IngestCounter::new(store.clone(), config.pipeline.flush_interval).run(rx));
+
+    let ingest = Arc::new(Ingest::new(TenantResolver::new(&config.tenancy)?, pipeline));
+    let bind = |addr: SocketAddr, what: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {what} on {addr}"))
+    };
+    let grpc_listener = bind(config.otlp.grpc_addr, "otlp grpc").await?;
+    let http_listener = bind(config.otlp.http_addr, "otlp http").await?;
+    let api_listener = bind(config.api.addr, "api").await?;
+    let (grpc_addr, http_addr, api_addr) = (
+        grpc_listener.local_addr()?,
+        http_listener.local_addr()?,
+        api_listener.local_addr()?,
+    );
+
+    let shutdown = CancellationToken::new();
+    crate::observability::prometheus();
+    let grpc = tonic::transport::Server::builder()
+        .add_routes(otlp::grpc_routes(
+            ingest.clone(),
+            config.otlp.max_request_bytes,
+        ))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            shutdown.clone().cancelled_owned(),
+        );
+    let http = axum::serve(http_listener, otlp::http_router(ingest, &config.otlp))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let draining = Arc::new(AtomicBool::new(false));
+    let api = axum::serve(
+        api_listener,
+        api::router(api::ApiState {
+            store: store.clone(),
+            draining: draining.clone(),
+        }),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+
+    let grpc = tokio::spawn(grpc);
+    let http = tokio::spawn(async move { http.await });
+    let api = tokio::spawn(async move { api.await });
+    let token = shutdown.clone();
+    let task_store = store.clone();
+    let task = tokio::spawn(async move {
+        token.cancelled().await;
+        draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!("shutting down: draining receivers");
+        // Receivers first: once both have finished their in-flight requests
+        // every queue sender is gone, so the counter drains and flushes.
+        let grpc = grpc.await?.context("otlp grpc server");
+        let http = http.await?.context("otlp http server");
+        counter.await.context("counting stage")?;
+        api.await?.context("api server")?;
+        task_store.close().await;
+        tracing::info!("shutdown complete");
+        grpc.and(http)
+    });
+
+    tracing::info!(
+        otlp_grpc = %grpc_addr, otlp_http = %http_addr, api = %api_addr,
+        database = %config.database_description(),
+        "tally is serving"
+    );
+    Ok(Server {
+        grpc_addr,
+        http_addr,
+        api_addr,
+        store,
+        shutdown,
+        task,
+    })
+}
+
+impl Server {
+    /// Stops accepting, drains the queue, flushes, and waits for all of it.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await?
+    }
+
+    /// A token that starts shutdown when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}

@@ -1,0 +1,18 @@
+//! tally's one storage interface. Two backends — SQLite for the embedded
+//! default, PostgreSQL for production — behind one [`Store`] type, so the rest
+//! of tally cannot drift between them. This is the only crate that speaks SQL.
+//!
+//! Queries are written once in SQL that both engines accept (`$N`
+//! placeholders, `ON CONFLICT … DO UPDATE`) and run on either pool through
+//! [`on_pool!`]; where the dialects differ, the difference is spelled out
+//! next to the query.
+
+mod error;
+mod ingest;
+mod store;
+
+pub use error::StoreError;
+pub use ingest::IngestCount;
+pub use store::{Backend, Store};
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,267 @@
+#!/usr/bin/env python3
+"""Send real OpenTelemetry-SDK telemetry (traces, logs, metrics) to an OTLP endpoint.
+
+Used by tally's integration tests as a subprocess. Telemetry is produced with the
+real Python SDK (TracerProvider / LoggerProvider / MeterProvider), collected with
+the SDK's in-memory exporter/reader, and then handed to the real OTLP exporter's
+``export(...)`` so that every export's result can be checked: any failure exits 1
+with a message on stderr. On success exactly one JSON line is printed to stdout:
+
+    {"spans": N, "logs": N, "metric_points": K, "protocol": "...", "compression": "..."}
+
+Example:
+    python otel_send.py --endpoint http://127.0.0.1:4318 --protocol http/protobuf \
+        --compression gzip --tenant acme --service checkout --spans 10 --logs 10 \
+        --metric-series 3 --header authorization="Bearer t0ken"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+# Make the run hermetic: OTEL_* variables from the caller's environment (e.g. a
+# developer's OTEL_EXPORTER_OTLP_HEADERS or OTEL_RESOURCE_ATTRIBUTES) must not
+# change what is sent. Everything is configured explicitly from the CLI.
+for _k in list(os.environ):
+    if _k.startswith("OTEL_"):
+        del os.environ[_k]
+
+METRIC_NAME = "tally.test.requests"
+SPANS_PER_TRACE = 4
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--endpoint", required=True, help="base URL, e.g. http://127.0.0.1:4317")
+    p.add_argument("--protocol", required=True, choices=["grpc", "http/protobuf"])
+    p.add_argument("--compression", default="none", choices=["none", "gzip"])
+    p.add_argument("--tenant", required=True, help="tenant id; empty string = no tenant attribute")
+    p.add_argument("--tenant-attr", default="tenant.id", help="resource attribute key for the tenant")
+    p.add_argument("--service", required=True, help="service.name resource attribute")
+    p.add_argument("--spans", type=int, default=0)
+    p.add_argument("--logs", type=int, default=0)
+    p.add_argument("--metric-series", type=int, default=0, help="number of distinct counter attribute sets")
+    p.add_argument("--header", action="append", default=[], metavar="K=V", help="request header (repeatable)")
+    p.add_argument("--timeout", type=float, default=10.0, help="per-export timeout in seconds (incl. retries)")
+    p.add_argument("--batch-size", type=int, default=512, help="max spans/logs per export call")
+    a = p.parse_args(argv)
+    for name in ("spans", "logs", "metric_series"):
+        if getattr(a, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0")
+    if not 1 <= a.batch_size <= 512:
+        p.error("--batch-size must be in 1..512")
+    headers: dict[str, str] = {}
+    for h in a.header:
+        if "=" not in h:
+            p.error(f"--header expects k=v, got {h!r}")
+        k, v = h.split("=", 1)
+        k = k.strip()
+        if not k:
+            p.error(f"--header has an empty key: {h!r}")
+        headers[k] = v
+    a.headers = headers
+    a.endpoint = a.endpoint.rstrip("/")
+    return a
+
+
+def fail(msg: str) -> "NoReturn":  # noqa: F821
+    print(f"otel_send.py: {msg}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def build_resource(args):
+    from opentelemetry.sdk.resources import Resource
+
+    attrs = {"service.name": args.service}
+    if args.tenant != "":
+        attrs[args.tenant_attr] = args.tenant
+    return Resource.create(attrs)
+
+
+def make_spans(resource, n: int):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
+
+    mem = InMemorySpanExporter()
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(SimpleSpanProcessor(mem))
+    tracer = provider.get_tracer("tally.test.client", "1.0.0")
+
+    made = 0
+    while made < n:
+        # One trace = a SERVER root span with up to SPANS_PER_TRACE-1 INTERNAL children.
+        root = tracer.start_span(
+            f"GET /items/{made}",
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": "GET", "http.response.status_code": 200, "tally.test.index": made},
+        )
+        made += 1
+        ctx = set_span_in_context(root)
+        for _ in range(min(SPANS_PER_TRACE - 1, n - made)):
+            child = tracer.start_span(
+                "db.query", context=ctx, kind=SpanKind.INTERNAL, attributes={"tally.test.index": made}
+            )
+            child.add_event("rows.fetched", {"rows": 3})
+            child.end()
+            made += 1
+        root.set_status(Status(StatusCode.OK))
+        root.end()
+
+    spans = list(mem.get_finished_spans())
+    provider.shutdown()
+    if len(spans) != n:
+        fail(f"internal: SDK produced {len(spans)} spans, expected {n}")
+    return spans
+
+
+def make_logs(resource, n: int):
+    from opentelemetry._logs import SeverityNumber
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+
+    mem = InMemoryLogRecordExporter()
+    provider = LoggerProvider(resource=resource)
+    provider.add_log_record_processor(SimpleLogRecordProcessor(mem))
+    logger = provider.get_logger("tally.test.client", "1.0.0")
+    for i in range(n):
+        logger.emit(
+            timestamp=time.time_ns(),
+            severity_number=SeverityNumber.INFO,
+            severity_text="INFO",
+            body=f"tally test log record {i}",
+            attributes={"tally.test.index": i, "component": "otel_send.py"},
+        )
+    logs = list(mem.get_finished_logs())
+    provider.shutdown()
+    if len(logs) != n:
+        fail(f"internal: SDK produced {len(logs)} log records, expected {n}")
+    return logs
+
+
+def make_metrics(resource, k: int):
+    """Returns (MetricsData | None, number_of_data_points)."""
+    from opentelemetry.sdk.metrics import Counter, MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    if k == 0:
+        return None, 0
+    # Raise the SDK's default 2000-series cardinality limit so that K series are
+    # never folded into an otel.metric.overflow point.
+    reader = InMemoryMetricReader(cardinality_limits={Counter: max(2000, k + 10)})
+    provider = MeterProvider(resource=resource, metric_readers=[reader])
+    meter = provider.get_meter("tally.test.client", "1.0.0")
+    counter = meter.create_counter(METRIC_NAME, unit="{request}", description="tally test counter")
+    for i in range(k):
+        counter.add(i + 1, {"series": f"s{i}", "route": f"/r/{i}"})
+    data = reader.get_metrics_data()
+    provider.shutdown()
+    points = 0
+    if data is not None:
+        for rm in data.resource_metrics:
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    points += len(m.data.data_points)
+    if points != k:
+        fail(f"internal: SDK produced {points} metric data points, expected {k}")
+    return data, points
+
+
+def build_exporters(args):
+    t = args.timeout
+    if args.protocol == "grpc":
+        import grpc
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        comp = grpc.Compression.Gzip if args.compression == "gzip" else grpc.Compression.NoCompression
+        # gRPC metadata keys must be lowercase.
+        hdrs = tuple((k.lower(), v) for k, v in args.headers.items())
+        insecure = not args.endpoint.startswith("https://")
+        kw = dict(endpoint=args.endpoint, insecure=insecure, headers=hdrs, timeout=t, compression=comp)
+        return OTLPSpanExporter(**kw), OTLPLogExporter(**kw), OTLPMetricExporter(**kw)
+
+    from opentelemetry.exporter.otlp.proto.http import Compression
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    comp = Compression.Gzip if args.compression == "gzip" else Compression.NoCompression
+    base = args.endpoint
+    common = dict(headers=dict(args.headers), timeout=t, compression=comp)
+    return (
+        OTLPSpanExporter(endpoint=f"{base}/v1/traces", **common),
+        OTLPLogExporter(endpoint=f"{base}/v1/logs", **common),
+        OTLPMetricExporter(endpoint=f"{base}/v1/metrics", **common),
+    )
+
+
+def is_success(result) -> bool:
+    # SpanExportResult / LogRecordExportResult / MetricExportResult all name it SUCCESS.
+    return getattr(result, "name", None) == "SUCCESS"
+
+
+def export_batched(exporter, items, signal: str, batch: int) -> None:
+    for start in range(0, len(items), batch):
+        chunk = items[start : start + batch]
+        t0 = time.monotonic()
+        try:
+            result = exporter.export(chunk)
+        except Exception as e:  # noqa: BLE001
+            fail(f"{signal} export of items {start}..{start + len(chunk) - 1} raised {type(e).__name__}: {e}")
+        if not is_success(result):
+            fail(
+                f"{signal} export of items {start}..{start + len(chunk) - 1} returned {result} "
+                f"after {time.monotonic() - t0:.1f}s"
+            )
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    resource = build_resource(args)
+
+    spans = make_spans(resource, args.spans)
+    logs = make_logs(resource, args.logs)
+    metrics_data, points = make_metrics(resource, args.metric_series)
+
+    span_exp, log_exp, metric_exp = build_exporters(args)
+    try:
+        export_batched(span_exp, spans, "traces", args.batch_size)
+        export_batched(log_exp, logs, "logs", args.batch_size)
+        if metrics_data is not None:
+            try:
+                result = metric_exp.export(metrics_data, timeout_millis=args.timeout * 1000)
+            except Exception as e:  # noqa: BLE001
+                fail(f"metrics export raised {type(e).__name__}: {e}")
+            if not is_success(result):
+                fail(f"metrics export returned {result}")
+    finally:
+        for exp in (span_exp, log_exp, metric_exp):
+            try:
+                exp.shutdown()
+            except Exception:  # noqa: BLE001
+                pass
+
+    print(
+        json.dumps(
+            {
+                "spans": len(spans),
+                "logs": len(logs),
+                "metric_points": points,
+                "protocol": args.protocol,
+                "compression": args.compression,
+            }
+        ),
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
