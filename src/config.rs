@@ -70,10 +70,15 @@ impl Config {
         Config::extract(figment.merge(env_provider()))
     }
 
-    /// Defaults overridden by a TOML snippet, ignoring files and the
-    /// environment (tests, embedding).
-    pub fn from_toml(overrides: &str) -> anyhow::Result<Config> {
-        Config::extract(Figment::from(Toml::string(DEFAULTS)).merge(Toml::string(overrides)))
+    /// Defaults overridden by TOML snippets, later ones winning, ignoring
+    /// files and the environment (tests, embedding).
+    pub fn from_toml(layers: &[&str]) -> anyhow::Result<Config> {
+        let figment = layers
+            .iter()
+            .fold(Figment::from(Toml::string(DEFAULTS)), |f, layer| {
+                f.merge(Toml::string(layer))
+            });
+        Config::extract(figment)
     }
 
     fn extract(figment: Figment) -> anyhow::Result<Config> {
@@ -162,7 +167,7 @@ mod tests {
 
     #[test]
     fn defaults_parse_and_validate() {
-        let c = Config::from_toml("").unwrap();
+        let c = Config::from_toml(&[]).unwrap();
         assert_eq!(c.otlp.grpc_addr.to_string(), "127.0.0.1:4317");
         assert_eq!(c.otlp.http_addr.to_string(), "127.0.0.1:4318");
         assert_eq!(c.api.addr.to_string(), "127.0.0.1:8080");
@@ -173,11 +178,11 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused_by_name() {
-        let err = Config::from_toml("[otlp]\ngrpc_adr = \"x\"")
+        let err = Config::from_toml(&["[otlp]\ngrpc_adr = \"x\""])
             .unwrap_err()
             .to_string();
         assert!(err.contains("grpc_adr"), "{err}");
-        let err = Config::from_toml("colour = 1").unwrap_err().to_string();
+        let err = Config::from_toml(&["colour = 1"]).unwrap_err().to_string();
         assert!(err.contains("colour"), "{err}");
     }
 

@@ -1,1 +1,12 @@
+//! tally's integration tests: one binary, real servers on 127.0.0.1:0, the
+//! real PostgreSQL on 127.0.0.1:5432 (`TEST_PG_URL`), SQLite files in temp
+//! dirs, and real OpenTelemetry SDK clients (installed by `scripts/test-deps`).
 
+mod support;
+
+mod e2e_backpressure;
+mod e2e_bad_input;
+mod e2e_real_clients;
+mod e2e_shutdown;
+mod e2e_storage;
+mod e2e_tenancy;

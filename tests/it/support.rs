@@ -1,0 +1,297 @@
+//! Test harness: fresh databases, servers on free ports, OTLP helpers.
+
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use sqlx::{Connection, Executor, PgConnection};
+use tally::{Config, Server};
+use tally_core::otlp::{
+    collector::trace::v1::ExportTraceServiceRequest,
+    common::v1::{AnyValue, KeyValue, any_value::Value},
+    resource::v1::Resource,
+    trace::v1::{ResourceSpans, ScopeSpans, Span},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// Admin connection for creating per-test PostgreSQL databases.
+pub fn pg_admin_url() -> String {
+    std::env::var("TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database of its own for one test; PostgreSQL ones are dropped at the end.
+pub struct TestDb {
+    pub url: String,
+    pg_name: Option<String>,
+}
+
+impl TestDb {
+    pub async fn new(db: Db) -> TestDb {
+        match db {
+            // Empty: the embedded SQLite file in the server's data dir.
+            Db::Sqlite => TestDb {
+                url: String::new(),
+                pg_name: None,
+            },
+            Db::Postgres => {
+                static N: AtomicU32 = AtomicU32::new(0);
+                let name = format!(
+                    "tally_it_{}_{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                );
+                let admin = pg_admin_url();
+                let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+                    panic!(
+                        "PostgreSQL at {admin} is required for tests (scripts/test starts it): {e}"
+                    )
+                });
+                conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .await
+                    .unwrap();
+                let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+                TestDb {
+                    url: format!("{base}/{name}"),
+                    pg_name: Some(name),
+                }
+            }
+        }
+    }
+
+    pub async fn drop_db(&self) {
+        if let Some(name) = &self.pg_name {
+            if let Ok(mut conn) = PgConnection::connect(&pg_admin_url()).await {
+                let _ = conn
+                    .execute(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .await;
+            }
+        }
+    }
+}
+
+/// A tally on free loopback ports with its own data dir and database.
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub db: TestDb,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+impl TestServer {
+    pub async fn start(db: Db, overrides: &str) -> TestServer {
+        let db = TestDb::new(db).await;
+        let dir = tempfile::tempdir().unwrap();
+        let base = format!(
+            r#"
+            data_dir = "{dir}"
+            database_url = "{url}"
+            [api]
+            addr = "127.0.0.1:0"
+            [otlp]
+            grpc_addr = "127.0.0.1:0"
+            http_addr = "127.0.0.1:0"
+            [pipeline]
+            flush_interval = "50ms"
+            "#,
+            dir = dir.path().display(),
+            url = db.url,
+        );
+        let config = Config::from_toml(&[&base, overrides]).unwrap();
+        let server = tally::server::start(config).await.unwrap();
+        TestServer {
+            server: Some(server),
+            db,
+            dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn server(&self) -> &Server {
+        self.server.as_ref().expect("server running")
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.server().grpc_addr)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.server().http_addr)
+    }
+
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.server().api_addr)
+    }
+
+    /// `(spans, logs, metric_points)` stored for `tenant`.
+    pub async fn counts(&self, tenant: &str) -> (u64, u64, u64) {
+        let v: serde_json::Value = self
+            .http
+            .get(self.api_url(&format!("/v1/ingest/counts?tenant={tenant}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let t = &v["tenants"][0];
+        let n = |k: &str| t[k].as_u64().unwrap_or(0);
+        (n("spans"), n("logs"), n("metric_points"))
+    }
+
+    /// Polls until `tenant`'s counts equal `want` (flushes are periodic);
+    /// returns the last counts seen.
+    pub async fn wait_counts(&self, tenant: &str, want: (u64, u64, u64)) -> (u64, u64, u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.counts(tenant).await;
+            if got == want || Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.api_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.unwrap();
+        }
+        self.db.drop_db().await;
+    }
+}
+
+/// Value of one Prometheus sample, `name{labels}` exactly as rendered.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+pub fn kv(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(Value::StringValue(value.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+/// A trace request: one resource with `resource_attrs`, `n` valid spans each
+/// carrying `span_attrs`.
+pub fn traces(
+    resource_attrs: Vec<KeyValue>,
+    n: usize,
+    span_attrs: Vec<KeyValue>,
+) -> ExportTraceServiceRequest {
+    let spans = (0..n)
+        .map(|i| Span {
+            trace_id: vec![1; 16],
+            span_id: (i as u64 + 1).to_be_bytes().to_vec(),
+            name: format!("span-{i}"),
+            kind: 2,
+            start_time_unix_nano: 1_700_000_000_000_000_000,
+            end_time_unix_nano: 1_700_000_000_100_000_000,
+            attributes: span_attrs.clone(),
+            ..Default::default()
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: resource_attrs,
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+pub fn encode(msg: &impl prost::Message) -> Bytes {
+    msg.encode_to_vec().into()
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// A gRPC client sending raw (pre-encoded) OTLP messages.
+pub async fn grpc_client(url: &str) -> tonic::client::Grpc<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    tonic::client::Grpc::new(channel)
+}
+
+/// Sends a raw trace export over gRPC; returns the response or the status.
+pub async fn grpc_export_traces(
+    client: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    body: Bytes,
+    metadata: &[(&'static str, &str)],
+) -> Result<tally_core::otlp::collector::trace::v1::ExportTraceServiceResponse, tonic::Status> {
+    use tally_collector::otlp::{Proto, RawMessage, WireCodec};
+    client.ready().await.unwrap();
+    let mut req = tonic::Request::new(RawMessage(body));
+    for (k, v) in metadata {
+        req.metadata_mut().insert(*k, v.parse().unwrap());
+    }
+    let path = http::uri::PathAndQuery::from_static(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    );
+    client
+        .unary(req, path, WireCodec::<RawMessage, Proto<_>>::default())
+        .await
+        .map(|r| r.into_inner().0)
+}
+
+/// Path of the test clients' Python (`scripts/test-deps` installs it).
+pub fn client_python() -> PathBuf {
+    let p = std::env::var_os("TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/.venv/bin/python")
+        });
+    assert!(
+        p.exists(),
+        "{} not found: run scripts/test-deps (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+pub fn clients_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
