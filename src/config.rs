@@ -107,8 +107,8 @@ impl Config {
             "otlp.max_compressed_request_bytes must be greater than 0"
         );
         anyhow::ensure!(
-            self.pipeline.queue_capacity > 0,
-            "pipeline.queue_capacity must be greater than 0"
+            self.pipeline.queue_capacity > 0 && self.pipeline.max_queued_bytes > 0,
+            "pipeline.queue_capacity and pipeline.max_queued_bytes must be greater than 0"
         );
         anyhow::ensure!(
             !self.pipeline.flush_interval.is_zero(),

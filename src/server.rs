@@ -38,7 +38,11 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .context("applying database migrations")?;
 
     // Downstream first: the counting stage, then the queue feeding it.
-    let (pipeline, rx) = Pipeline::new(config.pipeline.queue_capacity, config.otlp.enqueue_timeout);
+    let (pipeline, rx) = Pipeline::new(
+        config.pipeline.queue_capacity,
+        config.pipeline.max_queued_bytes,
+        config.otlp.enqueue_timeout,
+    );
     let counter =
         tokio::spawn(IngestCounter::new(store.clone(), config.pipeline.flush_interval).run(rx));
 

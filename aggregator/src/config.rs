@@ -8,6 +8,9 @@ use serde::Deserialize;
 pub struct PipelineConfig {
     /// Requests the queue holds before receivers push back (429/UNAVAILABLE).
     pub queue_capacity: usize,
+    /// Request bytes (decompressed wire size) the queue may hold; bounds
+    /// tally's memory under load, decoded data taking a few times this.
+    pub max_queued_bytes: usize,
     /// How often downstream state is written to the database.
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,

@@ -3,7 +3,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use tally_core::{Signal, TelemetryBatch, TenantId, metric_names};
+use tally_core::{QueuedRequest, Signal, TelemetryBatch, TenantId, metric_names};
 use tally_store::{IngestCount, Store};
 use tokio::sync::mpsc;
 
@@ -28,14 +28,14 @@ impl IngestCounter {
     /// then flushes what it holds. It does not watch a shutdown signal of
     /// its own: stopping on the input closing is what guarantees the queue
     /// is drained first.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Vec<TelemetryBatch>>) {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<QueuedRequest>) {
         let mut tick = tokio::time::interval(self.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                batches = rx.recv() => match batches {
-                    Some(batches) => {
-                        self.add(&batches);
+                request = rx.recv() => match request {
+                    Some(request) => {
+                        self.add(&request.batches);
                         metrics::gauge!(metric_names::QUEUE_DEPTH).set(rx.len() as f64);
                     }
                     None => break,

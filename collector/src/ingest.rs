@@ -73,9 +73,12 @@ impl Ingest {
 
     /// Splits `req` by tenant, refuses what has no valid tenant or invalid
     /// ids, and enqueues the rest as one unit. On `Err` nothing was enqueued.
+    /// `wire_bytes` is the request's decompressed size, its share of the
+    /// queue's memory budget.
     pub async fn export<S: OtlpSignal>(
         &self,
         req: S::Request,
+        wire_bytes: usize,
         ctx: &RequestContext,
         transport: Transport,
     ) -> Result<Accepted, IngestError> {
@@ -97,7 +100,7 @@ impl Ingest {
                     payload: S::payload(resources),
                 })
                 .collect();
-            if let Err(e) = self.pipeline.send(batches).await {
+            if let Err(e) = self.pipeline.send(batches, wire_bytes).await {
                 let (err, why) = match e {
                     EnqueueError::Full => (IngestError::Overloaded, reason::OVERLOADED),
                     EnqueueError::Closed => (IngestError::ShuttingDown, reason::SHUTTING_DOWN),
@@ -204,16 +207,14 @@ impl Ingest {
     }
 
     fn tenant_hint(&self) -> String {
-        let mut hint = String::from("set resource attribute ");
-        hint.push_str(&self.resolver_attrs_hint());
+        let mut hint = format!(
+            "set resource attribute {}",
+            self.resolver.resource_attribute_names().join(" or ")
+        );
         if let Some(h) = self.resolver.header_name() {
             let _ = write!(hint, " or header {h}");
         }
         hint
-    }
-
-    fn resolver_attrs_hint(&self) -> String {
-        self.resolver.resource_attribute_names().join(" or ")
     }
 }
 

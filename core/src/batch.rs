@@ -38,3 +38,32 @@ impl TelemetryBatch {
         self.payload.signal()
     }
 }
+
+/// One accepted request's batches (one per tenant) as they wait between the
+/// collector and the downstream stages. It carries its share of the queue's
+/// memory budget: dropping it, once processed, gives the share back.
+pub struct QueuedRequest {
+    pub batches: Vec<TelemetryBatch>,
+    _budget: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl QueuedRequest {
+    /// `budget` is held until the request is dropped (e.g. a semaphore permit).
+    pub fn new(
+        batches: Vec<TelemetryBatch>,
+        budget: impl std::any::Any + Send + Sync,
+    ) -> QueuedRequest {
+        QueuedRequest {
+            batches,
+            _budget: Box::new(budget),
+        }
+    }
+}
+
+impl std::fmt::Debug for QueuedRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueuedRequest")
+            .field("batches", &self.batches)
+            .finish_non_exhaustive()
+    }
+}

@@ -8,7 +8,7 @@ mod secret;
 mod signal;
 mod tenant;
 
-pub use batch::{Payload, TelemetryBatch};
+pub use batch::{Payload, QueuedRequest, TelemetryBatch};
 pub use secret::Secret;
 pub use signal::{Signal, Transport};
 pub use tenant::{TenantError, TenantId};

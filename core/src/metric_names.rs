@@ -13,10 +13,14 @@ pub const REFUSED_ITEMS: &str = "tally_refused_items_total";
 pub const REFUSED_REQUESTS: &str = "tally_refused_requests_total";
 /// Export request handling time in seconds. Labels: `signal`, `transport`.
 pub const REQUEST_DURATION: &str = "tally_request_duration_seconds";
-/// Batches waiting in the pipeline queue.
+/// Requests waiting in the pipeline queue.
 pub const QUEUE_DEPTH: &str = "tally_pipeline_queue_depth";
-/// Capacity of the pipeline queue, in batches.
+/// Capacity of the pipeline queue, in requests.
 pub const QUEUE_CAPACITY: &str = "tally_pipeline_queue_capacity";
+/// Request bytes (decompressed wire size) held in the pipeline queue.
+pub const QUEUE_BYTES: &str = "tally_pipeline_queue_bytes";
+/// Budget of request bytes the pipeline queue may hold.
+pub const QUEUE_BYTES_CAPACITY: &str = "tally_pipeline_queue_bytes_capacity";
 /// Items counted by the downstream stage. Labels: `signal`.
 pub const PROCESSED_ITEMS: &str = "tally_processed_items_total";
 /// Storage flushes that failed and will be retried.

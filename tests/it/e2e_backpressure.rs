@@ -9,7 +9,7 @@ use crate::support::*;
 
 #[tokio::test]
 async fn full_queue_refuses_with_retry_after_and_recovers() {
-    let (pipeline, mut rx) = Pipeline::new(1, Duration::from_millis(20));
+    let (pipeline, mut rx) = Pipeline::new(1, 1 << 20, Duration::from_millis(20));
     let tenancy = TenancyConfig {
         resource_attributes: vec!["tenant.id".into()],
         header: "x-tenant-id".into(),
@@ -64,7 +64,7 @@ async fn full_queue_refuses_with_retry_after_and_recovers() {
 
     // Exactly the one accepted request is queued; draining makes room again.
     let queued = rx.recv().await.unwrap();
-    assert_eq!(queued.iter().map(|b| b.items).sum::<u64>(), 2);
+    assert_eq!(queued.batches.iter().map(|b| b.items).sum::<u64>(), 2);
     assert!(rx.try_recv().is_err());
     assert_eq!(send().await.unwrap().status(), 200);
     assert!(grpc_export_traces(&mut grpc, body, &[]).await.is_err()); // full again

@@ -6,6 +6,7 @@ mod support;
 
 mod e2e_backpressure;
 mod e2e_bad_input;
+mod e2e_cli;
 mod e2e_real_clients;
 mod e2e_shutdown;
 mod e2e_storage;

@@ -212,7 +212,9 @@ impl<S: OtlpSignal> UnaryService<RawMessage> for OtlpGrpc<S> {
                 count_refused_request::<S>(reason::MALFORMED);
                 Status::invalid_argument(e.to_string())
             })?;
-            let result = ingest.export::<S>(req, &ctx, Transport::Grpc).await;
+            let result = ingest
+                .export::<S>(req, body.len(), &ctx, Transport::Grpc)
+                .await;
             metrics::histogram!(metric_names::REQUEST_DURATION, "signal" => S::SIGNAL.as_str(), "transport" => "grpc")
                 .record(start.elapsed().as_secs_f64());
             match result {

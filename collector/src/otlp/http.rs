@@ -61,8 +61,8 @@ impl Format {
     }
 }
 
-/// An error answer: HTTP status, gRPC code for the `Status` body, message,
-/// the `reason` label, and whether to send `Retry-After`.
+/// An error answer: HTTP status, the `reason` label, and the message for
+/// the client.
 struct Refusal {
     status: StatusCode,
     reason: &'static str,
@@ -175,7 +175,7 @@ async fn handle<S: OtlpSignal>(
     };
     let accepted = st
         .ingest
-        .export::<S>(req, &ctx, Transport::Http)
+        .export::<S>(req, body.len(), &ctx, Transport::Http)
         .await
         .map_err(|e| match e {
             IngestError::Overloaded => Refusal::new(
@@ -192,6 +192,12 @@ async fn handle<S: OtlpSignal>(
     let response = S::response(accepted.rejected as i64, accepted.message);
     let body = match format {
         Format::Protobuf => prost::Message::encode_to_vec(&response),
+        // Full success is `{}` (serde would write `"partialSuccess":null`).
+        Format::Json
+            if S::rejected(&response) == 0 && prost::Message::encoded_len(&response) == 0 =>
+        {
+            b"{}".to_vec()
+        }
         Format::Json => serde_json::to_vec(&response).unwrap_or_default(),
     };
     Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())

@@ -444,3 +444,179 @@ impl OtlpSignal for Metrics {
             .map_or(0, |p| p.rejected_data_points)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tally_core::otlp::{
+        common::v1::{AnyValue, any_value::Value},
+        metrics::v1::{
+            ExponentialHistogram, ExponentialHistogramDataPoint, Gauge, Histogram,
+            HistogramDataPoint, NumberDataPoint, Sum, Summary, SummaryDataPoint,
+        },
+        trace::v1::Span,
+    };
+
+    use super::*;
+
+    fn tag(i: usize) -> Vec<KeyValue> {
+        vec![KeyValue {
+            key: "k".into(),
+            value: Some(AnyValue {
+                value: Some(Value::IntValue((i % 3) as i64)),
+            }),
+            ..Default::default()
+        }]
+    }
+
+    /// Routes by the `k` attribute; refuses invalid items.
+    fn route(attrs: Option<&[KeyValue]>) -> Route<i64> {
+        match attrs
+            .ok_or(INVALID_ID)?
+            .first()
+            .and_then(|kv| kv.value.as_ref()?.value.clone())
+        {
+            Some(Value::IntValue(k)) => Ok(k),
+            _ => Err("none"),
+        }
+    }
+
+    #[test]
+    fn partitioning_spans_keeps_every_span_once_under_its_route() {
+        let spans = |scope: usize| -> Vec<Span> {
+            (0..10)
+                .map(|i| Span {
+                    trace_id: vec![1; 16],
+                    span_id: if i == 7 {
+                        vec![]
+                    } else {
+                        vec![(scope * 10 + i + 1) as u8; 8]
+                    },
+                    attributes: tag(i),
+                    ..Default::default()
+                })
+                .collect()
+        };
+        let res = ResourceSpans {
+            scope_spans: (0..3)
+                .map(|s| ScopeSpans {
+                    spans: spans(s),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        assert_eq!(Traces::count_items(&res), 30);
+        assert!(!Traces::all_items_valid(&res));
+        let parts = Traces::partition(res, &mut route);
+        assert_eq!(
+            parts
+                .iter()
+                .map(|(_, r, n)| {
+                    assert_eq!(Traces::count_items(r), *n);
+                    n
+                })
+                .sum::<u64>(),
+            30
+        );
+        let of = |k: Route<i64>| {
+            parts
+                .iter()
+                .find(|(r, _, _)| *r == k)
+                .map_or(0, |(_, _, n)| *n)
+        };
+        // i % 3 over 0..10 is 4×0, 3×1, 3×2 per scope; span 7 (k = 1) is invalid.
+        assert_eq!(
+            (of(Ok(0)), of(Ok(1)), of(Ok(2)), of(Err(INVALID_ID))),
+            (12, 6, 9, 3)
+        );
+        // Every span of a part carries that part's route.
+        for (k, r, _) in &parts {
+            for span in r.scope_spans.iter().flat_map(|s| &s.spans) {
+                let valid = span.span_id.len() == 8;
+                assert_eq!(route(valid.then_some(&span.attributes)), *k);
+            }
+        }
+    }
+
+    #[test]
+    fn partitioning_metrics_keeps_every_point_and_the_metric_type() {
+        let n = 6;
+        let number = |i| NumberDataPoint {
+            attributes: tag(i),
+            ..Default::default()
+        };
+        let metrics = vec![
+            Data::Gauge(Gauge {
+                data_points: (0..n).map(number).collect(),
+            }),
+            Data::Sum(Sum {
+                data_points: (0..n).map(number).collect(),
+                aggregation_temporality: 2,
+                is_monotonic: true,
+            }),
+            Data::Histogram(Histogram {
+                data_points: (0..n)
+                    .map(|i| HistogramDataPoint {
+                        attributes: tag(i),
+                        ..Default::default()
+                    })
+                    .collect(),
+                aggregation_temporality: 1,
+            }),
+            Data::ExponentialHistogram(ExponentialHistogram {
+                data_points: (0..n)
+                    .map(|i| ExponentialHistogramDataPoint {
+                        attributes: tag(i),
+                        ..Default::default()
+                    })
+                    .collect(),
+                aggregation_temporality: 1,
+            }),
+            Data::Summary(Summary {
+                data_points: (0..n)
+                    .map(|i| SummaryDataPoint {
+                        attributes: tag(i),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+        ];
+        let res = ResourceMetrics {
+            scope_metrics: vec![ScopeMetrics {
+                metrics: metrics
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, data)| Metric {
+                        name: format!("m{i}"),
+                        data: Some(data),
+                        ..Default::default()
+                    })
+                    .chain([Metric {
+                        name: "empty".into(),
+                        data: None,
+                        ..Default::default()
+                    }])
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(Metrics::count_items(&res), 30);
+        let parts = Metrics::partition(res, &mut route);
+        assert_eq!(parts.iter().map(|(_, _, n)| n).sum::<u64>(), 30);
+        for (k, r, n) in &parts {
+            assert_eq!(Metrics::count_items(r), *n);
+            let ms = &r.scope_metrics[0].metrics;
+            if *k == Err("none") {
+                assert_eq!((ms.len(), *n), (1, 0)); // the data-less metric
+                continue;
+            }
+            // Each route gets all five metrics, with their type and temporality.
+            assert_eq!(ms.len(), 5);
+            assert!(
+                matches!(&ms[1].data, Some(Data::Sum(s)) if s.is_monotonic && s.aggregation_temporality == 2)
+            );
+            assert_eq!(*n, 10);
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The `tally` binary itself: config errors name the key, `serve` starts on
+//! the configured addresses, answers, and exits cleanly on SIGTERM after
+//! flushing.
+
+use std::{process::Stdio, time::Duration};
+
+use crate::support::*;
+
+fn tally() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tally"));
+    // Only what the test sets: a developer's TALLY_* must not leak in.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TALLY_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.kill_on_drop(true);
+    cmd
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn unknown_env_key_is_refused_by_name() {
+    let out = tally()
+        .arg("check-config")
+        .env("TALLY_OTLP_GRPC_ADRESS", "x")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("grpc_adress"), "{err}");
+
+    let out = tally()
+        .arg("check-config")
+        .env(
+            "TALLY_DATABASE_URL",
+            "postgres://u:hunter2@db.example.com/t",
+        )
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("config ok") && !printed.contains("hunter2"),
+        "{printed}"
+    );
+}
+
+#[tokio::test]
+async fn serve_answers_and_exits_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (grpc, http, api) = (free_port(), free_port(), free_port());
+    let mut child = tally()
+        .arg("serve")
+        .env("TALLY_DATA_DIR", dir.path().join("data"))
+        .env("TALLY_OTLP_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("TALLY_OTLP_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("TALLY_API_ADDR", format!("127.0.0.1:{api}"))
+        .env("TALLY_LOG_FORMAT", "json")
+        .env("TALLY_PIPELINE_FLUSH_INTERVAL", "1h")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..100 {
+        if client
+            .get(format!("http://127.0.0.1:{api}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "tally did not become ready");
+    let body = encode(&traces(vec![kv("tenant.id", "cli")], 7, vec![]));
+    let resp = client
+        .post(format!("http://127.0.0.1:{http}/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let logs =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{logs}");
+    assert!(logs.contains("\"message\":\"shutdown complete\""), "{logs}");
+
+    // The shutdown flush wrote the 7 spans (periodic flushes were off).
+    let store = tally_store::Store::open("", &dir.path().join("data"))
+        .await
+        .unwrap();
+    let counts = store
+        .ingest_counts(Some(&tally_core::TenantId::parse("cli").unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(counts.iter().map(|c| c.items).sum::<u64>(), 7);
+}
