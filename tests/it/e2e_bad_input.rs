@@ -155,13 +155,39 @@ async fn http_bad_input_gets_clear_errors_and_server_keeps_serving() {
         prost::Message::decode(resp.bytes().await.unwrap()).unwrap();
     assert_eq!(resp.partial_success.unwrap().rejected_spans, 1);
 
+    // A gzip request is answered in gzip when the client accepts it.
+    let resp = s
+        .http
+        .post(s.http_url("/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .header("content-encoding", "gzip")
+        .header("accept-encoding", "zstd, gzip;q=0.8")
+        .body(gzip(&encode(&traces(
+            vec![kv("tenant.id", "good")],
+            2,
+            vec![],
+        ))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-encoding"], "gzip");
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(&resp.bytes().await.unwrap()[..]),
+        &mut plain,
+    )
+    .unwrap();
+    let resp: ExportTraceServiceResponse = prost::Message::decode(&plain[..]).unwrap();
+    assert_eq!(resp.partial_success, None);
+
     // Still serving: a good request succeeds, with no partial success.
     let resp = post(&s, "application/x-protobuf", None, good).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let resp: ExportTraceServiceResponse =
         prost::Message::decode(resp.bytes().await.unwrap()).unwrap();
     assert_eq!(resp.partial_success, None);
-    assert_eq!(s.wait_counts("good", (5, 0, 0)).await, (5, 0, 0));
+    assert_eq!(s.wait_counts("good", (7, 0, 0)).await, (7, 0, 0));
 
     // Counted in /metrics (other tests share the process-wide registry, so
     // compare increases).

@@ -200,7 +200,52 @@ async fn handle<S: OtlpSignal>(
         }
         Format::Json => serde_json::to_vec(&response).unwrap_or_default(),
     };
-    Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
+    let mut response = match response_encoding(encoding, headers).and_then(|e| compress(&body, e)) {
+        Some((body, name)) => (
+            [
+                (header::CONTENT_TYPE, format.content_type()),
+                (header::CONTENT_ENCODING, HeaderValue::from_static(name)),
+            ],
+            body,
+        )
+            .into_response(),
+        None => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
+    };
+    response
+        .headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    Ok(response)
+}
+
+/// The request's own content encoding, if the client accepts it back
+/// (`Accept-Encoding`): OTLP/HTTP answers in the request's encoding.
+fn response_encoding(encoding: Encoding, headers: &HeaderMap) -> Option<Encoding> {
+    let name = match encoding {
+        Encoding::Identity => return None,
+        Encoding::Gzip => "gzip",
+        Encoding::Zstd => "zstd",
+    };
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|e| e.split(';').next().unwrap_or("").trim())
+        .any(|e| e.eq_ignore_ascii_case(name) || e == "*")
+        .then_some(encoding)
+}
+
+fn compress(body: &[u8], encoding: Encoding) -> Option<(Vec<u8>, &'static str)> {
+    match encoding {
+        Encoding::Identity => None,
+        Encoding::Gzip => {
+            use std::io::Write;
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(body).ok()?;
+            Some((e.finish().ok()?, "gzip"))
+        }
+        Encoding::Zstd => Some((zstd::encode_all(body, 1).ok()?, "zstd")),
+    }
 }
 
 /// Reads at most `limit` bytes of body, refusing at once when the declared
