@@ -239,10 +239,15 @@ async fn grpc_bad_input_gets_otlp_status_codes() {
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
 
     let no_tenant = encode(&traces(vec![], 3, vec![]));
-    let resp = grpc_export_traces(&mut client, no_tenant, &[])
+    let resp = grpc_export_traces(&mut client, no_tenant.clone(), &[])
         .await
         .unwrap();
     assert_eq!(resp.partial_success.unwrap().rejected_spans, 3);
+    // The tenant header works as gRPC metadata too.
+    let resp = grpc_export_traces(&mut client, no_tenant, &[("x-tenant-id", "g")])
+        .await
+        .unwrap();
+    assert_eq!(resp.partial_success, None);
 
     // Still serving, including gzip-compressed requests.
     assert_eq!(
@@ -259,6 +264,6 @@ async fn grpc_bad_input_gets_otlp_status_codes() {
             .partial_success,
         None
     );
-    assert_eq!(s.wait_counts("g", (4, 0, 0)).await, (4, 0, 0));
+    assert_eq!(s.wait_counts("g", (7, 0, 0)).await, (7, 0, 0));
     s.stop().await;
 }
