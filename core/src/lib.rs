@@ -3,15 +3,19 @@
 //! tally's own metrics, and a `Secret` wrapper for config values. No I/O here.
 
 mod batch;
+pub mod meter;
 pub mod metric_names;
 mod secret;
 mod signal;
 mod tenant;
+mod usage;
 
 pub use batch::{Payload, QueuedRequest, TelemetryBatch};
+pub use meter::{Aggregation, JsonPath, MeterConfig};
 pub use secret::Secret;
 pub use signal::{Signal, Transport};
 pub use tenant::{TenantError, TenantId};
+pub use usage::{HOUR_MS, UsageOutcome, UsageRecord, hour_start};
 
 /// The OTLP protobuf types tally works with, re-exported so downstream crates
 /// agree on one version.

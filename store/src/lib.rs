@@ -9,10 +9,12 @@
 
 mod error;
 mod ingest;
+mod ledger;
 mod store;
 
 pub use error::StoreError;
 pub use ingest::IngestCount;
+pub use ledger::HourlyUsage;
 pub use store::{Backend, Store};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,251 @@
+//! Meters: what usage is counted, from which events, and how it adds up.
+
+use std::{collections::BTreeMap, fmt};
+
+use serde::{Deserialize, Deserializer};
+
+/// How a meter's values combine over a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregation {
+    Sum,
+    Count,
+    Min,
+    Max,
+    Avg,
+    Last,
+    UniqueCount,
+}
+
+impl Aggregation {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Aggregation::Sum => "sum",
+            Aggregation::Count => "count",
+            Aggregation::Min => "min",
+            Aggregation::Max => "max",
+            Aggregation::Avg => "avg",
+            Aggregation::Last => "last",
+            Aggregation::UniqueCount => "unique_count",
+        }
+    }
+
+    /// Whether events must carry a value (`count` counts events; the others
+    /// need a number, `unique_count` any scalar).
+    pub const fn needs_value(self) -> bool {
+        !matches!(self, Aggregation::Count)
+    }
+}
+
+/// `[[meters]]` in the config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeterConfig {
+    /// Unique name; also the default Stripe event name.
+    pub name: String,
+    pub aggregation: Aggregation,
+    #[serde(default)]
+    pub unit: String,
+    #[serde(default)]
+    pub description: String,
+    /// CloudEvents `type` whose events feed this meter.
+    pub event_type: Option<String>,
+    /// JSON path of the value in the event's `data`, e.g. `$.tokens`.
+    pub value: Option<JsonPath>,
+    /// Group-by dimension name → JSON path in `data`.
+    #[serde(default)]
+    pub group_by: BTreeMap<String, JsonPath>,
+    /// OTLP metric name feeding this meter (not yet supported).
+    pub otlp_metric: Option<String>,
+    /// Span attribute feeding this meter (not yet supported).
+    pub span_attribute: Option<String>,
+    /// Log attribute feeding this meter (not yet supported).
+    pub log_attribute: Option<String>,
+}
+
+impl MeterConfig {
+    /// Checks one meter on its own; `validate_meters` checks them together.
+    pub fn validate(&self) -> Result<(), String> {
+        let name = &self.name;
+        let ok_name = !name.is_empty()
+            && name.len() <= 100
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !ok_name {
+            return Err(format!(
+                "meters: name {name:?} must be 1-100 ASCII letters, digits, _ - ."
+            ));
+        }
+        for (key, unsupported) in [
+            ("otlp_metric", &self.otlp_metric),
+            ("span_attribute", &self.span_attribute),
+            ("log_attribute", &self.log_attribute),
+        ] {
+            if unsupported.is_some() {
+                return Err(format!(
+                    "meters.{name}.{key}: usage from OTLP data is not supported yet; use event_type"
+                ));
+            }
+        }
+        if self.event_type.as_deref().is_none_or(str::is_empty) {
+            return Err(format!("meters.{name}: event_type is required"));
+        }
+        if self.aggregation.needs_value() && self.value.is_none() {
+            return Err(format!(
+                "meters.{name}.value: a JSON path like \"$.tokens\" is required for aggregation {}",
+                self.aggregation.as_str()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a set of meters: each valid, names unique.
+pub fn validate_meters(meters: &[MeterConfig]) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for m in meters {
+        m.validate()?;
+        if !seen.insert(&m.name) {
+            return Err(format!("meters: name {:?} is declared twice", m.name));
+        }
+    }
+    Ok(())
+}
+
+/// A JSON path into an event's `data`: `$`, then `.field` or `["field"]`
+/// or `[index]` steps. Enough for the flat and nested payloads usage events
+/// carry; no wildcards or filters.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JsonPath {
+    text: String,
+    steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Field(String),
+    Index(usize),
+}
+
+impl JsonPath {
+    pub fn parse(text: &str) -> Result<JsonPath, String> {
+        let err = |why: &str| format!("invalid JSON path {text:?}: {why}");
+        let mut rest = text
+            .strip_prefix('$')
+            .ok_or_else(|| err("must start with $"))?;
+        let mut steps = Vec::new();
+        while !rest.is_empty() {
+            if let Some(r) = rest.strip_prefix('.') {
+                let end = r.find(['.', '[']).unwrap_or(r.len());
+                if end == 0 {
+                    return Err(err("empty field name"));
+                }
+                steps.push(Step::Field(r[..end].to_owned()));
+                rest = &r[end..];
+            } else if let Some(r) = rest.strip_prefix("[\"") {
+                let end = r.find("\"]").ok_or_else(|| err("unterminated [\"…\"]"))?;
+                steps.push(Step::Field(r[..end].to_owned()));
+                rest = &r[end + 2..];
+            } else if let Some(r) = rest.strip_prefix('[') {
+                let end = r.find(']').ok_or_else(|| err("unterminated [ ]"))?;
+                let i = r[..end]
+                    .parse()
+                    .map_err(|_| err("index must be a number"))?;
+                steps.push(Step::Index(i));
+                rest = &r[end + 1..];
+            } else {
+                return Err(err("expected . or ["));
+            }
+        }
+        Ok(JsonPath {
+            text: text.to_owned(),
+            steps,
+        })
+    }
+
+    /// The value at this path, if present (JSON `null` counts as absent).
+    pub fn get<'a>(&self, mut v: &'a serde_json::Value) -> Option<&'a serde_json::Value> {
+        for step in &self.steps {
+            v = match step {
+                Step::Field(f) => v.get(f)?,
+                Step::Index(i) => v.get(*i)?,
+            };
+        }
+        (!v.is_null()).then_some(v)
+    }
+
+    /// The path as a field name for messages: `$.usage.tokens` → `data.usage.tokens`.
+    pub fn describe(&self) -> String {
+        format!("data{}", &self.text[1..])
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Debug for JsonPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for JsonPath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<JsonPath, D::Error> {
+        let s = String::deserialize(d)?;
+        JsonPath::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn paths_reach_nested_fields_and_indexes() {
+        let data = json!({"usage": {"tokens": 42, "by": [{"m": "gpt"}]}, "a.b": 1, "z": null});
+        let get = |p: &str| JsonPath::parse(p).unwrap().get(&data).cloned();
+        assert_eq!(get("$.usage.tokens"), Some(json!(42)));
+        assert_eq!(get("$.usage.by[0].m"), Some(json!("gpt")));
+        assert_eq!(get("$[\"a.b\"]"), Some(json!(1)));
+        assert_eq!(get("$.missing"), None);
+        assert_eq!(get("$.z"), None);
+        assert_eq!(get("$"), Some(data.clone()));
+        assert_eq!(
+            JsonPath::parse("$.usage.tokens").unwrap().describe(),
+            "data.usage.tokens"
+        );
+        for bad in ["tokens", "$.", "$..a", "$[x]", "$[\"a"] {
+            assert!(JsonPath::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn meters_are_checked() {
+        let meter =
+            |toml_value: serde_json::Value| serde_json::from_value::<MeterConfig>(toml_value);
+        let ok = meter(json!({"name": "llm_tokens", "aggregation": "sum", "event_type": "llm.completion", "value": "$.tokens"})).unwrap();
+        assert!(validate_meters(&[ok.clone()]).is_ok());
+        assert!(
+            validate_meters(&[ok.clone(), ok.clone()])
+                .unwrap_err()
+                .contains("twice")
+        );
+        let no_value =
+            meter(json!({"name": "t", "aggregation": "sum", "event_type": "x"})).unwrap();
+        assert!(no_value.validate().unwrap_err().contains("meters.t.value"));
+        let count =
+            meter(json!({"name": "tasks", "aggregation": "count", "event_type": "task.done"}))
+                .unwrap();
+        assert!(count.validate().is_ok());
+        let otlp =
+            meter(json!({"name": "o", "aggregation": "sum", "otlp_metric": "tasks.completed"}))
+                .unwrap();
+        assert!(otlp.validate().unwrap_err().contains("not supported yet"));
+        assert!(meter(json!({"name": "x", "aggregation": "median"})).is_err());
+        assert!(meter(json!({"name": "x", "aggregation": "sum", "colour": 1})).is_err());
+    }
+}

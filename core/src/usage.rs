@@ -1,0 +1,53 @@
+//! Usage records: what the billing ledger stores, one per (event, meter).
+
+use std::sync::Arc;
+
+use crate::TenantId;
+
+/// One meter's share of one usage event, ready for the ledger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRecord {
+    pub tenant: TenantId,
+    /// CloudEvents `source`, or `otlp/...` for usage derived from telemetry.
+    pub source: String,
+    /// CloudEvents `id`, or a deterministic id for OTLP-derived usage.
+    pub event_id: String,
+    pub meter: Arc<str>,
+    pub value: f64,
+    /// For `unique_count` meters: the value counted distinctly.
+    pub distinct_key: Option<String>,
+    pub event_time_ms: i64,
+    /// Group-by values as a JSON object with sorted keys (`{}` when none).
+    pub group_key: String,
+    /// Hex sha256 of the event's content: same id and hash is a duplicate,
+    /// same id and another hash a conflict.
+    pub content_hash: String,
+}
+
+/// What the ledger did with a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageOutcome {
+    /// Stored now; counted once.
+    Accepted,
+    /// Stored before with the same content: a success, not counted again.
+    Duplicate,
+    /// Stored before with different content: refused, not counted.
+    Conflict,
+}
+
+impl UsageOutcome {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            UsageOutcome::Accepted => "accepted",
+            UsageOutcome::Duplicate => "duplicate",
+            UsageOutcome::Conflict => "conflict",
+        }
+    }
+}
+
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// Start of the UTC hour holding `ms`.
+pub fn hour_start(ms: i64) -> i64 {
+    ms.div_euclid(HOUR_MS) * HOUR_MS
+}

@@ -1,0 +1,527 @@
+//! The usage ledger: exactly-once inserts keyed by (tenant, source, event
+//! id, meter) and the hourly rollup maintained in the same transaction.
+//!
+//! Bulk statements differ by dialect (PostgreSQL binds whole columns as
+//! arrays through `UNNEST`; SQLite takes multi-row `VALUES`), so each backend
+//! has its own statements below; the steps and everything computed in memory
+//! are shared.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use sqlx::{PgConnection, Row, SqliteConnection};
+use tally_core::{TenantId, UsageOutcome, UsageRecord, hour_start};
+
+use crate::{Result, Store};
+
+/// The ledger's unique key of a record.
+type Key<'a> = (&'a str, &'a str, &'a str, &'a str);
+
+fn key(r: &UsageRecord) -> Key<'_> {
+    (r.tenant.as_str(), &r.source, &r.event_id, &r.meter)
+}
+
+/// Hourly rollup delta of the records inserted by one transaction.
+#[derive(Debug, Clone, PartialEq)]
+struct HourlyDelta {
+    sum: f64,
+    count: i64,
+    min: f64,
+    max: f64,
+    last_value: f64,
+    last_time_ms: i64,
+}
+
+type HourlyKey<'a> = (&'a str, &'a str, i64, &'a str);
+
+fn hourly_deltas<'a>(
+    inserted: impl Iterator<Item = &'a UsageRecord>,
+) -> BTreeMap<HourlyKey<'a>, HourlyDelta> {
+    // BTreeMap: rows are upserted in key order, so concurrent writers lock
+    // them in the same order and cannot deadlock.
+    let mut deltas: BTreeMap<HourlyKey<'a>, HourlyDelta> = BTreeMap::new();
+    for r in inserted {
+        let k = (
+            r.tenant.as_str(),
+            &*r.meter,
+            hour_start(r.event_time_ms),
+            r.group_key.as_str(),
+        );
+        let d = deltas.entry(k).or_insert(HourlyDelta {
+            sum: 0.0,
+            count: 0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            last_value: r.value,
+            last_time_ms: i64::MIN,
+        });
+        d.sum += r.value;
+        d.count += 1;
+        d.min = d.min.min(r.value);
+        d.max = d.max.max(r.value);
+        if r.event_time_ms >= d.last_time_ms {
+            d.last_value = r.value;
+            d.last_time_ms = r.event_time_ms;
+        }
+    }
+    deltas
+}
+
+impl Store {
+    /// Writes `records` in one transaction and says, for each, whether it was
+    /// stored now, stored before with the same content (duplicate), or stored
+    /// before with different content (conflict). Only accepted records reach
+    /// the hourly rollup. Unknown tenants are created on first sight.
+    pub async fn record_usage(
+        &self,
+        records: &[UsageRecord],
+        now_ms: i64,
+    ) -> Result<Vec<UsageOutcome>> {
+        // The same key twice in one batch: the first is written, the others
+        // are judged against it.
+        let mut first_of: HashMap<Key<'_>, usize> = HashMap::with_capacity(records.len());
+        let mut unique: Vec<&UsageRecord> = Vec::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            first_of.entry(key(r)).or_insert_with(|| {
+                unique.push(r);
+                i
+            });
+        }
+        // Sorted, like the rollup rows, so concurrent writers insert in the
+        // same order.
+        unique.sort_by(|a, b| key(a).cmp(&key(b)));
+        let mut tenants: Vec<&TenantId> = unique.iter().map(|r| &r.tenant).collect();
+        tenants.sort();
+        tenants.dedup();
+
+        let (inserted, existing) = match self {
+            Store::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                pg::ensure_tenants(&mut tx, &tenants, now_ms).await?;
+                let inserted = pg::insert_events(&mut tx, &unique, now_ms).await?;
+                let existing = pg::stored_hashes(
+                    &mut tx,
+                    unique.iter().filter(|r| !inserted.contains(&key(r))),
+                )
+                .await?;
+                pg::upsert_hourly(
+                    &mut tx,
+                    &hourly_deltas(
+                        unique
+                            .iter()
+                            .copied()
+                            .filter(|r| inserted.contains(&key(r))),
+                    ),
+                )
+                .await?;
+                tx.commit().await?;
+                (inserted, existing)
+            }
+            Store::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                lite::ensure_tenants(&mut tx, &tenants, now_ms).await?;
+                let inserted = lite::insert_events(&mut tx, &unique, now_ms).await?;
+                let existing = lite::stored_hashes(
+                    &mut tx,
+                    unique.iter().filter(|r| !inserted.contains(&key(r))),
+                )
+                .await?;
+                lite::upsert_hourly(
+                    &mut tx,
+                    &hourly_deltas(
+                        unique
+                            .iter()
+                            .copied()
+                            .filter(|r| inserted.contains(&key(r))),
+                    ),
+                )
+                .await?;
+                tx.commit().await?;
+                (inserted, existing)
+            }
+        };
+
+        Ok(records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let k = key(r);
+                let first = first_of[&k];
+                let stored_hash = if inserted.contains(&k) {
+                    if first == i {
+                        return UsageOutcome::Accepted;
+                    }
+                    &records[first].content_hash
+                } else {
+                    match existing.get(&owned(k)) {
+                        Some(h) => h,
+                        // Deleted between insert and lookup: cannot happen in
+                        // one transaction; treat as conflict rather than count.
+                        None => return UsageOutcome::Conflict,
+                    }
+                };
+                if *stored_hash == r.content_hash {
+                    UsageOutcome::Duplicate
+                } else {
+                    UsageOutcome::Conflict
+                }
+            })
+            .collect())
+    }
+}
+
+type OwnedKey = (String, String, String, String);
+
+fn owned(k: Key<'_>) -> OwnedKey {
+    (
+        k.0.to_owned(),
+        k.1.to_owned(),
+        k.2.to_owned(),
+        k.3.to_owned(),
+    )
+}
+
+/// PostgreSQL: whole columns bound as arrays, one statement per step.
+mod pg {
+    use super::*;
+
+    pub async fn ensure_tenants(
+        tx: &mut PgConnection,
+        tenants: &[&TenantId],
+        now_ms: i64,
+    ) -> Result<()> {
+        let ids: Vec<&str> = tenants.iter().map(|t| t.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO tenants (id, created_ms) SELECT id, $2 FROM UNNEST($1::text[]) AS t(id) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&ids)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn insert_events<'a>(
+        tx: &mut PgConnection,
+        rows: &[&'a UsageRecord],
+        now_ms: i64,
+    ) -> Result<HashSet<Key<'a>>> {
+        let col = |f: fn(&UsageRecord) -> &str| rows.iter().map(|r| f(r)).collect::<Vec<_>>();
+        let inserted = sqlx::query(
+            "INSERT INTO usage_events (tenant, source, event_id, meter, value, distinct_key, \
+                 event_time_ms, group_key, content_hash, received_ms) \
+             SELECT t, s, e, m, v, d, ts, g, h, $10 FROM UNNEST($1::text[], $2::text[], $3::text[], \
+                 $4::text[], $5::float8[], $6::text[], $7::int8[], $8::text[], $9::text[]) \
+                 AS x(t, s, e, m, v, d, ts, g, h) \
+             ON CONFLICT DO NOTHING \
+             RETURNING tenant, source, event_id, meter",
+        )
+        .bind(col(|r| r.tenant.as_str()))
+        .bind(col(|r| &r.source))
+        .bind(col(|r| &r.event_id))
+        .bind(col(|r| &r.meter))
+        .bind(rows.iter().map(|r| r.value).collect::<Vec<f64>>())
+        .bind(rows.iter().map(|r| r.distinct_key.as_deref()).collect::<Vec<Option<&str>>>())
+        .bind(rows.iter().map(|r| r.event_time_ms).collect::<Vec<i64>>())
+        .bind(col(|r| &r.group_key))
+        .bind(col(|r| &r.content_hash))
+        .bind(now_ms)
+        .fetch_all(&mut *tx)
+        .await?;
+        let returned: HashSet<OwnedKey> = inserted
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    row.try_get(3)?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok(rows
+            .iter()
+            .map(|r| key(r))
+            .filter(|k| returned.contains(&owned(*k)))
+            .collect())
+    }
+
+    pub async fn stored_hashes<'a>(
+        tx: &mut PgConnection,
+        rows: impl Iterator<Item = &'a &'a UsageRecord>,
+    ) -> Result<HashMap<OwnedKey, String>> {
+        let rows: Vec<&UsageRecord> = rows.copied().collect();
+        if rows.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let col = |f: fn(&UsageRecord) -> &str| rows.iter().map(|r| f(r)).collect::<Vec<_>>();
+        let found = sqlx::query(
+            "SELECT u.tenant, u.source, u.event_id, u.meter, u.content_hash FROM usage_events u \
+             JOIN UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS k(t, s, e, m) \
+               ON u.tenant = k.t AND u.source = k.s AND u.event_id = k.e AND u.meter = k.m",
+        )
+        .bind(col(|r| r.tenant.as_str()))
+        .bind(col(|r| &r.source))
+        .bind(col(|r| &r.event_id))
+        .bind(col(|r| &r.meter))
+        .fetch_all(&mut *tx)
+        .await?;
+        found
+            .iter()
+            .map(|row| {
+                Ok((
+                    (
+                        row.try_get(0)?,
+                        row.try_get(1)?,
+                        row.try_get(2)?,
+                        row.try_get(3)?,
+                    ),
+                    row.try_get(4)?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    pub async fn upsert_hourly(
+        tx: &mut PgConnection,
+        deltas: &BTreeMap<HourlyKey<'_>, HourlyDelta>,
+    ) -> Result<()> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<_> = deltas.keys().collect();
+        let vals: Vec<_> = deltas.values().collect();
+        sqlx::query(
+            "INSERT INTO usage_hourly (tenant, meter, hour_ms, group_key, sum, count, min, max, last_value, last_time_ms) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::float8[], $6::int8[], \
+                 $7::float8[], $8::float8[], $9::float8[], $10::int8[]) \
+             ON CONFLICT (tenant, meter, hour_ms, group_key) DO UPDATE SET \
+                 sum = usage_hourly.sum + EXCLUDED.sum, \
+                 count = usage_hourly.count + EXCLUDED.count, \
+                 min = LEAST(usage_hourly.min, EXCLUDED.min), \
+                 max = GREATEST(usage_hourly.max, EXCLUDED.max), \
+                 last_value = CASE WHEN EXCLUDED.last_time_ms >= usage_hourly.last_time_ms \
+                     THEN EXCLUDED.last_value ELSE usage_hourly.last_value END, \
+                 last_time_ms = GREATEST(usage_hourly.last_time_ms, EXCLUDED.last_time_ms)",
+        )
+        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.2).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.3).collect::<Vec<_>>())
+        .bind(vals.iter().map(|d| d.sum).collect::<Vec<_>>())
+        .bind(vals.iter().map(|d| d.count).collect::<Vec<_>>())
+        .bind(vals.iter().map(|d| d.min).collect::<Vec<_>>())
+        .bind(vals.iter().map(|d| d.max).collect::<Vec<_>>())
+        .bind(vals.iter().map(|d| d.last_value).collect::<Vec<_>>())
+        .bind(vals.iter().map(|d| d.last_time_ms).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// SQLite: multi-row `VALUES`, in chunks under SQLite's parameter limit.
+mod lite {
+    use sqlx::{QueryBuilder, Sqlite};
+
+    use super::*;
+
+    /// Rows per statement: 10 columns × 90 rows stays under 999 parameters.
+    const CHUNK: usize = 90;
+
+    pub async fn ensure_tenants(
+        tx: &mut SqliteConnection,
+        tenants: &[&TenantId],
+        now_ms: i64,
+    ) -> Result<()> {
+        for t in tenants {
+            sqlx::query(
+                "INSERT INTO tenants (id, created_ms) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(t.as_str())
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn insert_events<'a>(
+        tx: &mut SqliteConnection,
+        rows: &[&'a UsageRecord],
+        now_ms: i64,
+    ) -> Result<HashSet<Key<'a>>> {
+        let mut returned = HashSet::new();
+        for chunk in rows.chunks(CHUNK) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO usage_events (tenant, source, event_id, meter, value, distinct_key, \
+                 event_time_ms, group_key, content_hash, received_ms) ",
+            );
+            qb.push_values(chunk, |mut b, r| {
+                b.push_bind(r.tenant.as_str())
+                    .push_bind(&r.source)
+                    .push_bind(&r.event_id)
+                    .push_bind(&*r.meter)
+                    .push_bind(r.value)
+                    .push_bind(r.distinct_key.as_deref())
+                    .push_bind(r.event_time_ms)
+                    .push_bind(&r.group_key)
+                    .push_bind(&r.content_hash)
+                    .push_bind(now_ms);
+            });
+            qb.push(" ON CONFLICT DO NOTHING RETURNING tenant, source, event_id, meter");
+            for row in qb.build().fetch_all(&mut *tx).await? {
+                returned.insert((
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    row.try_get(3)?,
+                ));
+            }
+        }
+        Ok(rows
+            .iter()
+            .map(|r| key(r))
+            .filter(|k| returned.contains(&owned(*k)))
+            .collect())
+    }
+
+    pub async fn stored_hashes<'a>(
+        tx: &mut SqliteConnection,
+        rows: impl Iterator<Item = &'a &'a UsageRecord>,
+    ) -> Result<HashMap<OwnedKey, String>> {
+        let mut out = HashMap::new();
+        for r in rows {
+            let hash: Option<String> = sqlx::query_scalar(
+                "SELECT content_hash FROM usage_events \
+                 WHERE tenant = $1 AND source = $2 AND event_id = $3 AND meter = $4",
+            )
+            .bind(r.tenant.as_str())
+            .bind(&r.source)
+            .bind(&r.event_id)
+            .bind(&*r.meter)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(h) = hash {
+                out.insert(owned(key(r)), h);
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn upsert_hourly(
+        tx: &mut SqliteConnection,
+        deltas: &BTreeMap<HourlyKey<'_>, HourlyDelta>,
+    ) -> Result<()> {
+        let deltas: Vec<_> = deltas.iter().collect();
+        for chunk in deltas.chunks(CHUNK) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO usage_hourly (tenant, meter, hour_ms, group_key, sum, count, min, max, last_value, last_time_ms) ",
+            );
+            qb.push_values(chunk, |mut b, (k, d)| {
+                b.push_bind(k.0)
+                    .push_bind(k.1)
+                    .push_bind(k.2)
+                    .push_bind(k.3)
+                    .push_bind(d.sum)
+                    .push_bind(d.count)
+                    .push_bind(d.min)
+                    .push_bind(d.max)
+                    .push_bind(d.last_value)
+                    .push_bind(d.last_time_ms);
+            });
+            qb.push(
+                " ON CONFLICT (tenant, meter, hour_ms, group_key) DO UPDATE SET \
+                 sum = usage_hourly.sum + excluded.sum, \
+                 count = usage_hourly.count + excluded.count, \
+                 min = MIN(usage_hourly.min, excluded.min), \
+                 max = MAX(usage_hourly.max, excluded.max), \
+                 last_value = CASE WHEN excluded.last_time_ms >= usage_hourly.last_time_ms \
+                     THEN excluded.last_value ELSE usage_hourly.last_value END, \
+                 last_time_ms = MAX(usage_hourly.last_time_ms, excluded.last_time_ms)",
+            );
+            qb.build().execute(&mut *tx).await?;
+        }
+        Ok(())
+    }
+}
+
+/// One hourly rollup row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HourlyUsage {
+    pub hour_ms: i64,
+    pub group_key: String,
+    pub sum: f64,
+    pub count: i64,
+    pub min: f64,
+    pub max: f64,
+    pub last_value: f64,
+    pub last_time_ms: i64,
+}
+
+impl Store {
+    /// Hourly rollup rows of one tenant and meter with `from_ms <= hour < to_ms`.
+    pub async fn usage_hourly(
+        &self,
+        tenant: &TenantId,
+        meter: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<HourlyUsage>> {
+        const SELECT: &str = "SELECT hour_ms, group_key, sum, count, min, max, last_value, last_time_ms \
+             FROM usage_hourly WHERE tenant = $1 AND meter = $2 AND hour_ms >= $3 AND hour_ms < $4 \
+             ORDER BY hour_ms, group_key";
+        let rows = crate::on_pool!(self, |pool| {
+            sqlx::query(SELECT)
+                .bind(tenant.as_str())
+                .bind(meter)
+                .bind(from_ms)
+                .bind(to_ms)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(HourlyUsage {
+                        hour_ms: r.try_get(0)?,
+                        group_key: r.try_get(1)?,
+                        sum: r.try_get(2)?,
+                        count: r.try_get(3)?,
+                        min: r.try_get(4)?,
+                        max: r.try_get(5)?,
+                        last_value: r.try_get(6)?,
+                        last_time_ms: r.try_get(7)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+        })?;
+        Ok(rows)
+    }
+
+    /// Distinct `(hour, group_key, distinct_key)` of a `unique_count` meter in
+    /// `[from_ms, to_ms)`: the one query that reads the ledger itself.
+    pub async fn usage_distinct(
+        &self,
+        tenant: &TenantId,
+        meter: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(i64, String, String)>> {
+        const SELECT: &str = "SELECT DISTINCT (event_time_ms / 3600000) * 3600000, group_key, distinct_key \
+             FROM usage_events WHERE tenant = $1 AND meter = $2 AND event_time_ms >= $3 AND event_time_ms < $4 \
+             AND distinct_key IS NOT NULL";
+        let rows = crate::on_pool!(self, |pool| {
+            sqlx::query(SELECT)
+                .bind(tenant.as_str())
+                .bind(meter)
+                .bind(from_ms)
+                .bind(to_ms)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+        })?;
+        Ok(rows)
+    }
+}
