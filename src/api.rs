@@ -41,39 +41,25 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: message.into(),
-        }
+        ApiError { status: StatusCode::BAD_REQUEST, message: message.into() }
     }
 
     pub fn internal(err: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %err, "api request failed");
-        ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: "internal error; see tally's log".into(),
-        }
+        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: "internal error; see tally's log".into() }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(serde_json::json!({ "error": self.message })),
-        )
-            .into_response()
+        (self.status, Json(serde_json::json!({ "error": self.message }))).into_response()
     }
 }
 
 async fn metrics() -> Response {
     let handle = crate::observability::prometheus();
     handle.run_upkeep();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        handle.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
 }
 
 async fn readyz(State(st): State<ApiState>) -> Response {
@@ -114,18 +100,11 @@ async fn ingest_counts(
         .map(TenantId::parse)
         .transpose()
         .map_err(|e| ApiError::bad_request(format!("tenant: {e}")))?;
-    let rows = st
-        .store
-        .ingest_counts(tenant.as_ref())
-        .await
-        .map_err(ApiError::internal)?;
+    let rows = st.store.ingest_counts(tenant.as_ref()).await.map_err(ApiError::internal)?;
     let mut out: Vec<TenantCounts> = Vec::new();
     for row in rows {
         if out.last().is_none_or(|t| t.tenant != row.tenant.as_str()) {
-            out.push(TenantCounts {
-                tenant: row.tenant.to_string(),
-                ..Default::default()
-            });
+            out.push(TenantCounts { tenant: row.tenant.to_string(), ..Default::default() });
         }
         let Some(t) = out.last_mut() else { continue };
         match row.signal {

@@ -27,8 +27,10 @@ const SECTIONS: [&str; 4] = ["api", "otlp", "tenancy", "pipeline"];
 pub struct Config {
     pub data_dir: PathBuf,
     pub database_url: Secret,
+    #[serde(deserialize_with = "tally_core::lenient::string")]
     pub lake_url: String,
     pub log_format: LogFormat,
+    #[serde(deserialize_with = "tally_core::lenient::string")]
     pub log_level: String,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -62,9 +64,7 @@ impl Config {
                 anyhow::ensure!(path.is_file(), "config file {} not found", path.display());
                 figment = figment.merge(Toml::file_exact(path));
             }
-            None if Path::new("tally.toml").is_file() => {
-                figment = figment.merge(Toml::file_exact("tally.toml"))
-            }
+            None if Path::new("tally.toml").is_file() => figment = figment.merge(Toml::file_exact("tally.toml")),
             None => {}
         }
         Config::extract(figment.merge(env_provider()))
@@ -73,23 +73,15 @@ impl Config {
     /// Defaults overridden by TOML snippets, later ones winning, ignoring
     /// files and the environment (tests, embedding).
     pub fn from_toml(layers: &[&str]) -> anyhow::Result<Config> {
-        let figment = layers
-            .iter()
-            .fold(Figment::from(Toml::string(DEFAULTS)), |f, layer| {
-                f.merge(Toml::string(layer))
-            });
+        let figment =
+            layers.iter().fold(Figment::from(Toml::string(DEFAULTS)), |f, layer| f.merge(Toml::string(layer)));
         Config::extract(figment)
     }
 
     fn extract(figment: Figment) -> anyhow::Result<Config> {
         let config: Config = figment.extract().map_err(|e| {
             // figment lists every error with the key and where it came from.
-            anyhow::anyhow!(
-                e.into_iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )
+            anyhow::anyhow!(e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
         })?;
         config.validate()?;
         Ok(config)
@@ -98,35 +90,22 @@ impl Config {
     /// Checks what serde cannot: values that parse but make no sense.
     pub fn validate(&self) -> anyhow::Result<()> {
         let o = &self.otlp;
-        anyhow::ensure!(
-            o.max_request_bytes > 0,
-            "otlp.max_request_bytes must be greater than 0"
-        );
-        anyhow::ensure!(
-            o.max_compressed_request_bytes > 0,
-            "otlp.max_compressed_request_bytes must be greater than 0"
-        );
+        anyhow::ensure!(o.max_request_bytes > 0, "otlp.max_request_bytes must be greater than 0");
+        anyhow::ensure!(o.max_concurrent_requests > 0, "otlp.max_concurrent_requests must be greater than 0");
+        anyhow::ensure!(!o.request_timeout.is_zero(), "otlp.request_timeout must be greater than 0");
+        anyhow::ensure!(o.max_compressed_request_bytes > 0, "otlp.max_compressed_request_bytes must be greater than 0");
         anyhow::ensure!(
             self.pipeline.queue_capacity > 0 && self.pipeline.max_queued_bytes > 0,
             "pipeline.queue_capacity and pipeline.max_queued_bytes must be greater than 0"
         );
-        anyhow::ensure!(
-            !self.pipeline.flush_interval.is_zero(),
-            "pipeline.flush_interval must be greater than 0"
-        );
-        anyhow::ensure!(
-            !self.shutdown_timeout.is_zero(),
-            "shutdown_timeout must be greater than 0"
-        );
+        anyhow::ensure!(!self.pipeline.flush_interval.is_zero(), "pipeline.flush_interval must be greater than 0");
+        anyhow::ensure!(!self.shutdown_timeout.is_zero(), "shutdown_timeout must be greater than 0");
         TenantResolver::new(&self.tenancy)?;
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .with_context(|| format!("log_level: {:?} is not a valid filter", self.log_level))?;
         let url = self.database_url.expose();
         anyhow::ensure!(
-            url.is_empty()
-                || ["postgres://", "postgresql://", "sqlite:"]
-                    .iter()
-                    .any(|p| url.starts_with(p)),
+            url.is_empty() || ["postgres://", "postgresql://", "sqlite:"].iter().any(|p| url.starts_with(p)),
             "database_url: expected postgres://…, sqlite:… or empty for the embedded database"
         );
         Ok(())
@@ -178,9 +157,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused_by_name() {
-        let err = Config::from_toml(&["[otlp]\ngrpc_adr = \"x\""])
-            .unwrap_err()
-            .to_string();
+        let err = Config::from_toml(&["[otlp]\ngrpc_adr = \"x\""]).unwrap_err().to_string();
         assert!(err.contains("grpc_adr"), "{err}");
         let err = Config::from_toml(&["colour = 1"]).unwrap_err().to_string();
         assert!(err.contains("colour"), "{err}");
@@ -193,10 +170,7 @@ mod tests {
             jail.set_env("TALLY_API_ADDR", "127.0.0.1:9998");
             jail.set_env("TALLY_DATA_DIR", "/tmp/x");
             jail.set_env("TALLY_PIPELINE_QUEUE_CAPACITY", "7");
-            jail.set_env(
-                "TALLY_DATABASE_URL",
-                "postgres://u:hunter2@db:5432/t?sslmode=require",
-            );
+            jail.set_env("TALLY_DATABASE_URL", "postgres://u:hunter2@db:5432/t?sslmode=require");
             let c = Config::load(None).map_err(|e| e.to_string())?;
             assert_eq!(c.otlp.grpc_addr.to_string(), "127.0.0.1:9999");
             assert_eq!(c.api.addr.to_string(), "127.0.0.1:9998");
@@ -204,6 +178,11 @@ mod tests {
             assert_eq!(c.pipeline.queue_capacity, 7);
             assert!(!format!("{c:?}").contains("hunter2"));
             assert_eq!(c.database_description(), "postgres://db:5432/t");
+            jail.set_env("TALLY_TENANCY_DEFAULT_TENANT", "42");
+            jail.set_env("TALLY_TENANCY_RESOURCE_ATTRIBUTES", "tenant.id, org.id");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.tenancy.default_tenant, "42");
+            assert_eq!(c.tenancy.resource_attributes, ["tenant.id", "org.id"]);
             jail.set_env("TALLY_NO_SUCH_KEY", "1");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("no_such_key"), "{err}");
@@ -214,10 +193,7 @@ mod tests {
     #[test]
     fn tally_toml_overrides_defaults_and_bad_values_are_named() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file(
-                "tally.toml",
-                "log_format = \"json\"\n[tenancy]\ndefault_tenant = \"shared\"",
-            )?;
+            jail.create_file("tally.toml", "log_format = \"json\"\n[tenancy]\ndefault_tenant = \"shared\"")?;
             let c = Config::load(None).map_err(|e| e.to_string())?;
             assert_eq!(c.log_format, LogFormat::Json);
             assert_eq!(c.tenancy.default_tenant, "shared");

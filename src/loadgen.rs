@@ -29,8 +29,8 @@ use tally_core::otlp::{
     common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value},
     logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
     metrics::v1::{
-        AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
-        ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
+        AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics,
+        ScopeMetrics, Sum, metric, number_data_point,
     },
     resource::v1::Resource,
     trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::SpanKind, status::StatusCode},
@@ -172,7 +172,7 @@ async fn run_signal<S: OtlpSignal>(
     // Requests per second per worker, when rate-limited.
     let interval = (args.rate > 0).then(|| {
         let requests_per_sec = args.rate as f64 / args.spans_per_request as f64;
-        Duration::from_secs_f64(args.concurrency as f64 / requests_per_sec)
+        Duration::from_secs_f64(args.concurrency as f64 / requests_per_sec).max(Duration::from_micros(1))
     });
 
     let mut workers = Vec::new();
@@ -199,12 +199,7 @@ async fn run_signal<S: OtlpSignal>(
                     }
                     Err(reason) => {
                         stats.requests_failed.fetch_add(1, Relaxed);
-                        *stats
-                            .errors
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .entry(reason)
-                            .or_default() += 1;
+                        *stats.errors.lock().unwrap_or_else(|p| p.into_inner()).entry(reason).or_default() += 1;
                         // Back off a little so a refusing server is not spun on.
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
@@ -243,11 +238,7 @@ async fn run_signal<S: OtlpSignal>(
 }
 
 fn report(args: &LoadgenArgs, stats: &Stats, elapsed: f64) -> anyhow::Result<()> {
-    let errors = stats
-        .errors
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let errors = stats.errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let acked = stats.items_acked.load(Relaxed);
     let summary = serde_json::json!({
         "signal": format!("{:?}", args.signal).to_lowercase(),
@@ -280,11 +271,7 @@ fn gzip(data: &[u8]) -> Bytes {
 
 /// One connection and how to send a pre-encoded request over it.
 enum Sender<S> {
-    Grpc(
-        tonic::client::Grpc<tonic::transport::Channel>,
-        tonic::metadata::MetadataMap,
-        std::marker::PhantomData<S>,
-    ),
+    Grpc(tonic::client::Grpc<tonic::transport::Channel>, tonic::metadata::MetadataMap, std::marker::PhantomData<S>),
     Http(reqwest::Client, String, reqwest::header::HeaderMap),
 }
 
@@ -304,36 +291,21 @@ impl<S: OtlpSignal> Sender<S> {
                 }
                 let mut md = tonic::metadata::MetadataMap::new();
                 for (k, v) in &args.headers {
-                    md.insert(
-                        tonic::metadata::MetadataKey::from_bytes(k.as_bytes())?,
-                        v.parse()?,
-                    );
+                    md.insert(tonic::metadata::MetadataKey::from_bytes(k.as_bytes())?, v.parse()?);
                 }
                 Ok(Sender::Grpc(client, md, std::marker::PhantomData))
             }
             Protocol::Http => {
                 let mut headers = reqwest::header::HeaderMap::new();
-                headers.insert(
-                    reqwest::header::CONTENT_TYPE,
-                    "application/x-protobuf".parse()?,
-                );
+                headers.insert(reqwest::header::CONTENT_TYPE, "application/x-protobuf".parse()?);
                 if args.compression == Compression::Gzip {
                     headers.insert(reqwest::header::CONTENT_ENCODING, "gzip".parse()?);
                 }
                 for (k, v) in &args.headers {
-                    headers.insert(
-                        reqwest::header::HeaderName::from_bytes(k.as_bytes())?,
-                        v.parse()?,
-                    );
+                    headers.insert(reqwest::header::HeaderName::from_bytes(k.as_bytes())?, v.parse()?);
                 }
-                let client = reqwest::Client::builder()
-                    .pool_max_idle_per_host(1)
-                    .build()?;
-                Ok(Sender::Http(
-                    client,
-                    format!("{base}{}", S::HTTP_PATH),
-                    headers,
-                ))
+                let client = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
+                Ok(Sender::Http(client, format!("{base}{}", S::HTTP_PATH), headers))
             }
         }
     }
@@ -342,49 +314,25 @@ impl<S: OtlpSignal> Sender<S> {
     async fn send(&mut self, body: Bytes) -> Result<i64, String> {
         match self {
             Sender::Grpc(client, md, _) => {
-                client
-                    .ready()
-                    .await
-                    .map_err(|e| format!("grpc_connect: {e}"))?;
+                client.ready().await.map_err(|e| format!("grpc_connect: {e}"))?;
                 let mut req = tonic::Request::new(RawMessage(body));
                 *req.metadata_mut() = md.clone();
                 let path = http::uri::PathAndQuery::from_static(S::GRPC_PATH);
-                match client
-                    .unary(
-                        req,
-                        path,
-                        WireCodec::<RawMessage, Proto<S::Response>>::default(),
-                    )
-                    .await
-                {
+                match client.unary(req, path, WireCodec::<RawMessage, Proto<S::Response>>::default()).await {
                     Ok(resp) => Ok(S::rejected(&resp.into_inner().0)),
                     Err(status) => Err(format!("grpc_{:?}", status.code()).to_lowercase()),
                 }
             }
             Sender::Http(client, url, headers) => {
-                let resp = client
-                    .post(url.as_str())
-                    .headers(headers.clone())
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        if e.is_connect() {
-                            "http_connect".to_owned()
-                        } else {
-                            "http_transport".to_owned()
-                        }
-                    })?;
+                let resp = client.post(url.as_str()).headers(headers.clone()).body(body).send().await.map_err(|e| {
+                    if e.is_connect() { "http_connect".to_owned() } else { "http_transport".to_owned() }
+                })?;
                 let status = resp.status();
-                let bytes = resp
-                    .bytes()
-                    .await
-                    .map_err(|_| "http_transport".to_owned())?;
+                let bytes = resp.bytes().await.map_err(|_| "http_transport".to_owned())?;
                 if !status.is_success() {
                     return Err(format!("http_{}", status.as_u16()));
                 }
-                let decoded: S::Response =
-                    prost::Message::decode(bytes).map_err(|_| "http_bad_response".to_owned())?;
+                let decoded: S::Response = prost::Message::decode(bytes).map_err(|_| "http_bad_response".to_owned())?;
                 Ok(S::rejected(&decoded))
             }
         }
@@ -406,9 +354,7 @@ impl Generator {
         let p99 = (args.latency_p99_ms.max(args.latency_p50_ms).max(0.001) * 1e6).ln();
         Generator {
             rng: SmallRng::seed_from_u64(args.seed),
-            now_ns: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64),
+            now_ns: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
             mu: p50,
             sigma: (p99 - p50) / 2.326,
         }
@@ -423,21 +369,14 @@ impl Generator {
 
     fn duration_ns(&mut self) -> u64 {
         // Box-Muller: one standard normal sample.
-        let (u1, u2): (f64, f64) = (
-            self.rng.random::<f64>().max(f64::MIN_POSITIVE),
-            self.rng.random(),
-        );
+        let (u1, u2): (f64, f64) = (self.rng.random::<f64>().max(f64::MIN_POSITIVE), self.rng.random());
         let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
         (self.mu + self.sigma * z).exp().min(3.6e12) as u64
     }
 }
 
 fn kv(key: &str, value: Value) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
-    }
+    KeyValue { key: key.to_owned(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
 }
 
 fn s(v: impl Into<String>) -> Value {
@@ -473,11 +412,7 @@ fn extra_attributes(args: &LoadgenArgs, g: &mut Generator, out: &mut Vec<KeyValu
         let v = g.rng.random_range(0..1000u32);
         out.push(kv(
             &format!("app.attr_{j}"),
-            if j % 2 == 0 {
-                s(format!("value-{v}"))
-            } else {
-                Value::IntValue(v.into())
-            },
+            if j % 2 == 0 { s(format!("value-{v}")) } else { Value::IntValue(v.into()) },
         ));
     }
 }
@@ -495,19 +430,12 @@ fn build_traces(args: &LoadgenArgs, g: &mut Generator, i: usize) -> ExportTraceS
         for k in 0..per_trace.min(args.spans_per_request - spans.len()) {
             let root = k == 0;
             let span_id = if root { root_id.clone() } else { g.id::<8>() };
-            let dur = if root {
-                root_dur
-            } else {
-                g.duration_ns().min(root_dur)
-            };
+            let dur = if root { root_dur } else { g.duration_ns().min(root_dur) };
             let mut attributes = Vec::with_capacity(args.attributes_per_span + 3);
             if root {
                 attributes.push(kv("http.request.method", s("GET")));
                 attributes.push(kv("http.route", s(route.clone())));
-                attributes.push(kv(
-                    "http.response.status_code",
-                    Value::IntValue(if error { 500 } else { 200 }),
-                ));
+                attributes.push(kv("http.response.status_code", Value::IntValue(if error { 500 } else { 200 })));
             } else {
                 attributes.push(kv("db.system.name", s("postgresql")));
             }
@@ -516,25 +444,13 @@ fn build_traces(args: &LoadgenArgs, g: &mut Generator, i: usize) -> ExportTraceS
                 trace_id: trace_id.clone(),
                 span_id,
                 parent_span_id: if root { Vec::new() } else { root_id.clone() },
-                name: if root {
-                    format!("GET {route}")
-                } else {
-                    format!("SELECT items{k}")
-                },
-                kind: if root {
-                    SpanKind::Server
-                } else {
-                    SpanKind::Client
-                } as i32,
+                name: if root { format!("GET {route}") } else { format!("SELECT items{k}") },
+                kind: if root { SpanKind::Server } else { SpanKind::Client } as i32,
                 start_time_unix_nano: start,
                 end_time_unix_nano: start + dur,
                 attributes,
                 status: Some(Status {
-                    code: if root && error {
-                        StatusCode::Error
-                    } else {
-                        StatusCode::Unset
-                    } as i32,
+                    code: if root && error { StatusCode::Error } else { StatusCode::Unset } as i32,
                     message: String::new(),
                 }),
                 ..Default::default()
@@ -544,11 +460,7 @@ fn build_traces(args: &LoadgenArgs, g: &mut Generator, i: usize) -> ExportTraceS
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(resource(args, i)),
-            scope_spans: vec![ScopeSpans {
-                scope: scope(),
-                spans,
-                schema_url: String::new(),
-            }],
+            scope_spans: vec![ScopeSpans { scope: scope(), spans, schema_url: String::new() }],
             schema_url: String::new(),
         }],
     }
@@ -565,9 +477,7 @@ fn build_logs(args: &LoadgenArgs, g: &mut Generator, i: usize) -> ExportLogsServ
                 observed_time_unix_nano: g.now_ns,
                 severity_number: if error { 17 } else { 9 },
                 severity_text: if error { "ERROR" } else { "INFO" }.into(),
-                body: Some(AnyValue {
-                    value: Some(s(format!("request {k} handled"))),
-                }),
+                body: Some(AnyValue { value: Some(s(format!("request {k} handled"))) }),
                 attributes,
                 trace_id: g.id::<16>(),
                 span_id: g.id::<8>(),
@@ -578,11 +488,7 @@ fn build_logs(args: &LoadgenArgs, g: &mut Generator, i: usize) -> ExportLogsServ
     ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
             resource: Some(resource(args, i)),
-            scope_logs: vec![ScopeLogs {
-                scope: scope(),
-                log_records,
-                schema_url: String::new(),
-            }],
+            scope_logs: vec![ScopeLogs { scope: scope(), log_records, schema_url: String::new() }],
             schema_url: String::new(),
         }],
     }
@@ -616,14 +522,9 @@ fn build_metrics(args: &LoadgenArgs, g: &mut Generator, i: usize) -> ExportMetri
     let bounds = vec![5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0];
     let hist_points = (0..hists)
         .map(|k| {
-            let counts: Vec<u64> = (0..=bounds.len())
-                .map(|_| g.rng.random_range(0..50))
-                .collect();
+            let counts: Vec<u64> = (0..=bounds.len()).map(|_| g.rng.random_range(0..50)).collect();
             HistogramDataPoint {
-                attributes: vec![kv(
-                    "http.route",
-                    s(format!("/api/v1/items{}", k % args.routes)),
-                )],
+                attributes: vec![kv("http.route", s(format!("/api/v1/items{}", k % args.routes)))],
                 start_time_unix_nano: g.now_ns - 60_000_000_000,
                 time_unix_nano: g.now_ns,
                 count: counts.iter().sum(),
@@ -646,13 +547,7 @@ fn build_metrics(args: &LoadgenArgs, g: &mut Generator, i: usize) -> ExportMetri
             scope_metrics: vec![ScopeMetrics {
                 scope: scope(),
                 metrics: vec![
-                    metric(
-                        "worker.queue.depth",
-                        "{task}",
-                        metric::Data::Gauge(Gauge {
-                            data_points: gauge_points,
-                        }),
-                    ),
+                    metric("worker.queue.depth", "{task}", metric::Data::Gauge(Gauge { data_points: gauge_points })),
                     metric(
                         "tasks.completed",
                         "{task}",

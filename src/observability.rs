@@ -11,18 +11,10 @@ use crate::config::{Config, LogFormat};
 /// Installs the tracing subscriber (once per process). `RUST_LOG` wins over
 /// `log_level`.
 pub fn init_logging(config: &Config) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match config.log_format {
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false),
-            )
-            .try_init(),
+        LogFormat::Json => registry.with(fmt::layer().json().flatten_event(true).with_current_span(false)).try_init(),
         LogFormat::Text => registry.with(fmt::layer()).try_init(),
     };
 }
@@ -35,9 +27,7 @@ pub fn prometheus() -> &'static PrometheusHandle {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(
                 Matcher::Full(m::REQUEST_DURATION.to_owned()),
-                &[
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                ],
+                &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
             )
             .expect("bucket list is not empty")
             .build_recorder();
@@ -52,32 +42,15 @@ pub fn prometheus() -> &'static PrometheusHandle {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(
-        m::RECEIVED_ITEMS,
-        "Items (spans, log records, metric points) accepted"
-    );
-    describe_counter!(
-        m::RECEIVED_BYTES,
-        "Request bytes received, after decompression"
-    );
+    describe_counter!(m::RECEIVED_ITEMS, "Items (spans, log records, metric points) accepted");
+    describe_counter!(m::RECEIVED_BYTES, "Request bytes received, after decompression");
     describe_counter!(m::REFUSED_ITEMS, "Items refused, by reason");
     describe_counter!(m::REFUSED_REQUESTS, "Whole requests refused, by reason");
-    describe_histogram!(
-        m::REQUEST_DURATION,
-        metrics::Unit::Seconds,
-        "OTLP export request handling time"
-    );
+    describe_histogram!(m::REQUEST_DURATION, metrics::Unit::Seconds, "OTLP export request handling time");
     describe_gauge!(m::QUEUE_DEPTH, "Requests waiting in the pipeline queue");
-    describe_gauge!(
-        m::QUEUE_CAPACITY,
-        "Capacity of the pipeline queue, in requests"
-    );
-    describe_counter!(
-        m::PROCESSED_ITEMS,
-        "Items taken off the queue by the downstream stage"
-    );
-    describe_counter!(
-        m::FLUSH_ERRORS,
-        "Failed writes of downstream state (retried)"
-    );
+    describe_gauge!(m::QUEUE_CAPACITY, "Capacity of the pipeline queue, in requests");
+    describe_gauge!(m::QUEUE_BYTES, "Request bytes held in the pipeline queue");
+    describe_gauge!(m::QUEUE_BYTES_CAPACITY, "Byte budget of the pipeline queue");
+    describe_counter!(m::PROCESSED_ITEMS, "Items taken off the queue by the downstream stage");
+    describe_counter!(m::FLUSH_ERRORS, "Failed writes of downstream state (retried)");
 }

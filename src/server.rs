@@ -29,45 +29,38 @@ pub struct Server {
 /// starts serving. Port 0 in an address picks a free port; the bound
 /// addresses are in the returned [`Server`].
 pub async fn start(config: Config) -> anyhow::Result<Server> {
+    // Install the metrics recorder before anything records (the pipeline
+    // sets its capacity gauges once, at construction).
+    crate::observability::prometheus();
     let store = Store::open(config.database_url.expose(), &config.data_dir)
         .await
         .with_context(|| format!("opening database {}", config.database_description()))?;
-    store
-        .migrate()
-        .await
-        .context("applying database migrations")?;
+    store.migrate().await.context("applying database migrations")?;
 
     // Downstream first: the counting stage, then the queue feeding it.
-    let (pipeline, rx) = Pipeline::new(
-        config.pipeline.queue_capacity,
-        config.pipeline.max_queued_bytes,
-        config.otlp.enqueue_timeout,
-    );
-    let counter =
-        tokio::spawn(IngestCounter::new(store.clone(), config.pipeline.flush_interval).run(rx));
+    let (pipeline, rx) =
+        Pipeline::new(config.pipeline.queue_capacity, config.pipeline.max_queued_bytes, config.otlp.enqueue_timeout);
+    let counter = tokio::spawn(IngestCounter::new(store.clone(), config.pipeline.flush_interval).run(rx));
 
-    let ingest = Arc::new(Ingest::new(TenantResolver::new(&config.tenancy)?, pipeline));
+    let ingest = Arc::new(Ingest::new(
+        TenantResolver::new(&config.tenancy)?,
+        pipeline,
+        config.otlp.max_concurrent_requests,
+        config.otlp.enqueue_timeout,
+    ));
     let bind = |addr: SocketAddr, what: &'static str| async move {
-        TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {what} on {addr}"))
+        TcpListener::bind(addr).await.with_context(|| format!("binding {what} on {addr}"))
     };
     let grpc_listener = bind(config.otlp.grpc_addr, "otlp grpc").await?;
     let http_listener = bind(config.otlp.http_addr, "otlp http").await?;
     let api_listener = bind(config.api.addr, "api").await?;
-    let (grpc_addr, http_addr, api_addr) = (
-        grpc_listener.local_addr()?,
-        http_listener.local_addr()?,
-        api_listener.local_addr()?,
-    );
+    let (grpc_addr, http_addr, api_addr) =
+        (grpc_listener.local_addr()?, http_listener.local_addr()?, api_listener.local_addr()?);
 
     let shutdown = CancellationToken::new();
-    crate::observability::prometheus();
     let grpc = tonic::transport::Server::builder()
-        .add_routes(otlp::grpc_routes(
-            ingest.clone(),
-            config.otlp.max_request_bytes,
-        ))
+        .timeout(config.otlp.request_timeout)
+        .add_routes(otlp::grpc_routes(ingest.clone(), config.otlp.max_request_bytes))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             shutdown.clone().cancelled_owned(),
@@ -75,14 +68,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let http = axum::serve(http_listener, otlp::http_router(ingest, &config.otlp))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let draining = Arc::new(AtomicBool::new(false));
-    let api = axum::serve(
-        api_listener,
-        api::router(api::ApiState {
-            store: store.clone(),
-            draining: draining.clone(),
-        }),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let api =
+        axum::serve(api_listener, api::router(api::ApiState { store: store.clone(), draining: draining.clone() }))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
 
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(async move { http.await });
@@ -94,14 +82,16 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         draining.store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::info!("shutting down: draining receivers");
         // Receivers first: once both have finished their in-flight requests
-        // every queue sender is gone, so the counter drains and flushes.
-        let grpc = grpc.await?.context("otlp grpc server");
-        let http = http.await?.context("otlp http server");
-        counter.await.context("counting stage")?;
-        api.await?.context("api server")?;
+        // (bounded by otlp.request_timeout) every queue sender is gone, so
+        // the counter drains and flushes. Each step runs whatever the
+        // previous ones returned, so a failed receiver cannot skip the flush.
+        let grpc = joined(grpc.await, "otlp grpc server");
+        let http = joined(http.await, "otlp http server");
+        let counter = counter.await.context("counting stage");
+        let api = joined(api.await, "api server");
         task_store.close().await;
         tracing::info!("shutdown complete");
-        grpc.and(http)
+        grpc.and(http).and(counter).and(api)
     });
 
     tracing::info!(
@@ -109,14 +99,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         database = %config.database_description(),
         "tally is serving"
     );
-    Ok(Server {
-        grpc_addr,
-        http_addr,
-        api_addr,
-        store,
-        shutdown,
-        task,
-    })
+    Ok(Server { grpc_addr, http_addr, api_addr, store, shutdown, task })
 }
 
 impl Server {
@@ -130,4 +113,12 @@ impl Server {
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
+}
+
+/// A server task's outcome, whether it failed or panicked.
+fn joined<E: Into<anyhow::Error>>(
+    r: Result<Result<(), E>, tokio::task::JoinError>,
+    what: &'static str,
+) -> anyhow::Result<()> {
+    r.context(what)?.map_err(Into::into).context(what)
 }

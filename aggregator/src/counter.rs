@@ -17,11 +17,7 @@ pub struct IngestCounter {
 
 impl IngestCounter {
     pub fn new(store: Store, flush_interval: Duration) -> IngestCounter {
-        IngestCounter {
-            store,
-            flush_interval,
-            pending: HashMap::new(),
-        }
+        IngestCounter { store, flush_interval, pending: HashMap::new() }
     }
 
     /// Runs until every sender of `rx` is gone (the receivers have stopped),
@@ -52,21 +48,14 @@ impl IngestCounter {
             tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
         }
         if !self.pending.is_empty() {
-            tracing::error!(
-                rows = self.pending.len(),
-                "ingest counts could not be written before exit"
-            );
+            tracing::error!(rows = self.pending.len(), "ingest counts could not be written before exit");
         }
     }
 
     fn add(&mut self, batches: &[TelemetryBatch]) {
         for b in batches {
-            *self
-                .pending
-                .entry((b.tenant.clone(), b.signal()))
-                .or_default() += b.items;
-            metrics::counter!(metric_names::PROCESSED_ITEMS, "signal" => b.signal().as_str())
-                .increment(b.items);
+            *self.pending.entry((b.tenant.clone(), b.signal())).or_default() += b.items;
+            metrics::counter!(metric_names::PROCESSED_ITEMS, "signal" => b.signal().as_str()).increment(b.items);
         }
     }
 
@@ -79,15 +68,9 @@ impl IngestCounter {
         let rows: Vec<IngestCount> = self
             .pending
             .iter()
-            .map(|((tenant, signal), items)| IngestCount {
-                tenant: tenant.clone(),
-                signal: *signal,
-                items: *items,
-            })
+            .map(|((tenant, signal), items)| IngestCount { tenant: tenant.clone(), signal: *signal, items: *items })
             .collect();
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         match self.store.add_ingest_counts(&rows, now_ms).await {
             Ok(()) => self.pending.clear(),
             Err(e) => {

@@ -20,6 +20,14 @@ pub struct OtlpConfig {
     pub enqueue_timeout: Duration,
     /// Seconds a refused sender is told to wait (`Retry-After`).
     pub retry_after_secs: u32,
+    /// Export requests handled at once, across both transports; more wait
+    /// up to `enqueue_timeout`, then are refused like a full queue. With
+    /// `max_request_bytes` this bounds the memory of requests in flight.
+    pub max_concurrent_requests: usize,
+    /// Longest time to receive and handle one request (slow senders are cut
+    /// off with 408 / DEADLINE_EXCEEDED).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 /// `[tenancy]`: how the tenant of each resource or item is found.
@@ -27,15 +35,20 @@ pub struct OtlpConfig {
 #[serde(deny_unknown_fields)]
 pub struct TenancyConfig {
     /// Resource attributes naming the tenant; the first present wins.
+    #[serde(deserialize_with = "tally_core::lenient::string_list")]
     pub resource_attributes: Vec<String>,
     /// Request header naming the tenant when no resource attribute does
     /// (empty: disabled).
+    #[serde(deserialize_with = "tally_core::lenient::string")]
     pub header: String,
     /// Attributes holding a host name, looked up on the resource and then on
     /// each span, log record or data point, matched against `host_pattern`.
+    #[serde(deserialize_with = "tally_core::lenient::string_list")]
     pub host_attributes: Vec<String>,
     /// Pattern like `{tenant}.example.com` (empty: disabled).
+    #[serde(deserialize_with = "tally_core::lenient::string")]
     pub host_pattern: String,
     /// Tenant for items that name none (empty: such items are refused).
+    #[serde(deserialize_with = "tally_core::lenient::string")]
     pub default_tenant: String,
 }

@@ -1,6 +1,11 @@
-use std::{fmt::Write, time::SystemTime};
+use std::{
+    fmt::Write,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use tally_core::{Signal, TelemetryBatch, TenantId, Transport, metric_names, metric_names::reason};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::{
     Pipeline, TenantResolver,
@@ -25,21 +30,48 @@ pub struct Accepted {
     pub message: String,
 }
 
-/// A request refused as a whole: nothing of it was enqueued.
+/// A request refused as a whole: nothing of it was enqueued. Both are
+/// retriable: the sender should try again after `Retry-After`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum IngestError {
-    #[error("tally is overloaded: the pipeline queue is full, retry later")]
+    #[error("tally is overloaded (queue full or too many requests in flight), retry later")]
     Overloaded,
     #[error("tally is shutting down, retry against another replica or later")]
     ShuttingDown,
 }
 
-/// The transport-independent part of receiving OTLP: tenant resolution,
-/// item checks, partial success, enqueueing.
+impl IngestError {
+    /// The `reason` label in `/metrics`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            IngestError::Overloaded => reason::OVERLOADED,
+            IngestError::ShuttingDown => reason::SHUTTING_DOWN,
+        }
+    }
+
+    /// OTLP/HTTP status: 429 and 503 are the codes clients retry.
+    pub fn http_status(self) -> http::StatusCode {
+        match self {
+            IngestError::Overloaded => http::StatusCode::TOO_MANY_REQUESTS,
+            IngestError::ShuttingDown => http::StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// OTLP/gRPC status: UNAVAILABLE, which every OTLP client retries
+    /// (RESOURCE_EXHAUSTED is retried only with RetryInfo).
+    pub fn grpc_status(self) -> tonic::Status {
+        tonic::Status::unavailable(self.to_string())
+    }
+}
+
+/// The transport-independent part of receiving OTLP: admission, tenant
+/// resolution, item checks, partial success, enqueueing.
 #[derive(Debug, Clone)]
 pub struct Ingest {
     resolver: TenantResolver,
     pipeline: Pipeline,
+    in_flight: Arc<Semaphore>,
+    admission_timeout: Duration,
 }
 
 /// Counts of refused items per reason, for the partial-success message.
@@ -63,8 +95,36 @@ impl Refusals {
 }
 
 impl Ingest {
-    pub fn new(resolver: TenantResolver, pipeline: Pipeline) -> Ingest {
-        Ingest { resolver, pipeline }
+    /// `max_concurrent_requests` requests are handled at once; more wait up
+    /// to `admission_timeout`.
+    pub fn new(
+        resolver: TenantResolver,
+        pipeline: Pipeline,
+        max_concurrent_requests: usize,
+        admission_timeout: Duration,
+    ) -> Ingest {
+        Ingest {
+            resolver,
+            pipeline,
+            in_flight: Arc::new(Semaphore::new(max_concurrent_requests.max(1))),
+            admission_timeout,
+        }
+    }
+
+    /// Admits one request before its body is read; the permit is held until
+    /// the request is answered.
+    pub async fn admit(&self) -> Result<OwnedSemaphorePermit, IngestError> {
+        match self.in_flight.clone().try_acquire_owned() {
+            Ok(p) => Ok(p),
+            Err(TryAcquireError::Closed) => Err(IngestError::ShuttingDown),
+            Err(TryAcquireError::NoPermits) => {
+                match tokio::time::timeout(self.admission_timeout, self.in_flight.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => Ok(p),
+                    Ok(Err(_)) => Err(IngestError::ShuttingDown),
+                    Err(_) => Err(IngestError::Overloaded),
+                }
+            }
+        }
     }
 
     pub fn resolver(&self) -> &TenantResolver {
@@ -101,11 +161,14 @@ impl Ingest {
                 })
                 .collect();
             if let Err(e) = self.pipeline.send(batches, wire_bytes).await {
-                let (err, why) = match e {
-                    EnqueueError::Full => (IngestError::Overloaded, reason::OVERLOADED),
-                    EnqueueError::Closed => (IngestError::ShuttingDown, reason::SHUTTING_DOWN),
+                let err = match e {
+                    EnqueueError::Full => IngestError::Overloaded,
+                    EnqueueError::Closed => IngestError::ShuttingDown,
                 };
-                count_refused(S::SIGNAL, why, accepted + refused.total());
+                count_refused(S::SIGNAL, err.reason(), accepted);
+                for (why, n) in &refused.0 {
+                    count_refused(S::SIGNAL, why, *n);
+                }
                 return Err(err);
             }
         }
@@ -115,11 +178,7 @@ impl Ingest {
         for (why, n) in &refused.0 {
             count_refused(S::SIGNAL, why, *n);
         }
-        Ok(Accepted {
-            accepted,
-            rejected: refused.total(),
-            message: self.message::<S>(&refused),
-        })
+        Ok(Accepted { accepted, rejected: refused.total(), message: self.message::<S>(&refused) })
     }
 
     fn route_resource<S: OtlpSignal>(
@@ -129,9 +188,7 @@ impl Ingest {
         groups: &mut Vec<(TenantId, Vec<S::Resource>, u64)>,
         refused: &mut Refusals,
     ) {
-        let lookup = self
-            .resolver
-            .resource_tenant(S::resource_attributes(&res), ctx.header_tenant.as_deref());
+        let lookup = self.resolver.resource_tenant(S::resource_attributes(&res), ctx.header_tenant.as_deref());
         let resource_tenant = match lookup {
             Lookup::Found(t) => Some(t),
             Lookup::Invalid(_) => {
@@ -141,11 +198,9 @@ impl Ingest {
             Lookup::NotFound => None,
         };
         // Fast path: one tenant for the whole resource and nothing to refuse.
-        let whole = resource_tenant.clone().or_else(|| {
-            (!self.resolver.resolves_items())
-                .then(|| self.resolver.default_tenant().cloned())
-                .flatten()
-        });
+        let whole = resource_tenant
+            .clone()
+            .or_else(|| (!self.resolver.resolves_items()).then(|| self.resolver.default_tenant().cloned()).flatten());
         if let Some(tenant) = whole
             && S::all_items_valid(&res)
         {
@@ -153,10 +208,7 @@ impl Ingest {
             add_to_group(groups, tenant, res, n);
             return;
         }
-        if resource_tenant.is_none()
-            && !self.resolver.resolves_items()
-            && self.resolver.default_tenant().is_none()
-        {
+        if resource_tenant.is_none() && !self.resolver.resolves_items() && self.resolver.default_tenant().is_none() {
             refused.add(reason::MISSING_TENANT, S::count_items(&res));
             return;
         }
@@ -169,11 +221,7 @@ impl Ingest {
             match self.resolver.item_tenant(attrs) {
                 Lookup::Found(t) => Ok(t),
                 Lookup::Invalid(_) => Err(reason::INVALID_TENANT),
-                Lookup::NotFound => self
-                    .resolver
-                    .default_tenant()
-                    .cloned()
-                    .ok_or(reason::MISSING_TENANT),
+                Lookup::NotFound => self.resolver.default_tenant().cloned().ok_or(reason::MISSING_TENANT),
             }
         };
         for (route, part, n) in S::partition(res, &mut route) {
@@ -193,10 +241,7 @@ impl Ingest {
             let _ = write!(msg, "{n} {} refused: ", S::NOUN);
             let _ = match *why {
                 reason::MISSING_TENANT => write!(msg, "no tenant ({})", self.tenant_hint()),
-                reason::INVALID_TENANT => write!(
-                    msg,
-                    "invalid tenant (1-128 ASCII letters, digits or . _ - : @)"
-                ),
+                reason::INVALID_TENANT => write!(msg, "invalid tenant (1-128 ASCII letters, digits or . _ - : @)"),
                 crate::otlp::signal::INVALID_ID => {
                     write!(msg, "invalid trace_id/span_id (need 16/8 non-zero bytes)")
                 }
@@ -207,10 +252,7 @@ impl Ingest {
     }
 
     fn tenant_hint(&self) -> String {
-        let mut hint = format!(
-            "set resource attribute {}",
-            self.resolver.resource_attribute_names().join(" or ")
-        );
+        let mut hint = format!("set resource attribute {}", self.resolver.resource_attribute_names().join(" or "));
         if let Some(h) = self.resolver.header_name() {
             let _ = write!(hint, " or header {h}");
         }

@@ -30,34 +30,18 @@ pub enum EnqueueError {
 }
 
 impl Pipeline {
-    pub fn new(
-        capacity: usize,
-        max_bytes: usize,
-        enqueue_timeout: Duration,
-    ) -> (Pipeline, PipelineReceiver) {
+    pub fn new(capacity: usize, max_bytes: usize, enqueue_timeout: Duration) -> (Pipeline, PipelineReceiver) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let max_bytes = max_bytes.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize)) as u32;
         metrics::gauge!(metric_names::QUEUE_CAPACITY).set(capacity as f64);
         metrics::gauge!(metric_names::QUEUE_BYTES_CAPACITY).set(f64::from(max_bytes));
         let budget = Arc::new(Semaphore::new(max_bytes as usize));
-        (
-            Pipeline {
-                tx,
-                budget,
-                max_bytes,
-                enqueue_timeout,
-            },
-            rx,
-        )
+        (Pipeline { tx, budget, max_bytes, enqueue_timeout }, rx)
     }
 
     /// Enqueues one request's batches, `bytes` being its size; waits up to
     /// the enqueue timeout for room.
-    pub(crate) async fn send(
-        &self,
-        batches: Vec<TelemetryBatch>,
-        bytes: usize,
-    ) -> Result<(), EnqueueError> {
+    pub(crate) async fn send(&self, batches: Vec<TelemetryBatch>, bytes: usize) -> Result<(), EnqueueError> {
         let deadline = Instant::now() + self.enqueue_timeout;
         // A request larger than the whole budget still passes when the queue is empty.
         let want = (bytes.max(1) as u64).min(u64::from(self.max_bytes)) as u32;
@@ -75,20 +59,29 @@ impl Pipeline {
         let slot = match self.tx.try_reserve() {
             Ok(slot) => slot,
             Err(mpsc::error::TrySendError::Closed(())) => return Err(EnqueueError::Closed),
-            Err(mpsc::error::TrySendError::Full(())) => {
-                match timeout_at(deadline, self.tx.reserve()).await {
-                    Ok(Ok(slot)) => slot,
-                    Ok(Err(_)) => return Err(EnqueueError::Closed),
-                    Err(_) => return Err(EnqueueError::Full),
-                }
-            }
+            Err(mpsc::error::TrySendError::Full(())) => match timeout_at(deadline, self.tx.reserve()).await {
+                Ok(Ok(slot)) => slot,
+                Ok(Err(_)) => return Err(EnqueueError::Closed),
+                Err(_) => return Err(EnqueueError::Full),
+            },
         };
-        slot.send(QueuedRequest::new(batches, permit));
-        metrics::gauge!(metric_names::QUEUE_DEPTH)
-            .set((self.tx.max_capacity() - self.tx.capacity()) as f64);
-        metrics::gauge!(metric_names::QUEUE_BYTES)
-            .set(f64::from(self.max_bytes) - self.budget.available_permits() as f64);
+        metrics::gauge!(metric_names::QUEUE_BYTES).increment(f64::from(want));
+        slot.send(QueuedRequest::new(batches, BudgetShare { _permit: permit, bytes: want }));
+        metrics::gauge!(metric_names::QUEUE_DEPTH).set((self.tx.max_capacity() - self.tx.capacity()) as f64);
         Ok(())
+    }
+}
+
+/// A queued request's share of the byte budget; returned (and the gauge
+/// lowered) when the downstream stage drops the request.
+struct BudgetShare {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    bytes: u32,
+}
+
+impl Drop for BudgetShare {
+    fn drop(&mut self) {
+        metrics::gauge!(metric_names::QUEUE_BYTES).decrement(f64::from(self.bytes));
     }
 }
 

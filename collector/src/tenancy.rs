@@ -30,9 +30,7 @@ pub struct TenantResolver {
 pub enum TenancyConfigError {
     #[error("tenancy.header: {0:?} is not a valid header name")]
     Header(String),
-    #[error(
-        "tenancy.host_pattern: {0:?} must contain `{{tenant}}` exactly once, like `{{tenant}}.example.com`"
-    )]
+    #[error("tenancy.host_pattern: {0:?} must contain `{{tenant}}` exactly once, like `{{tenant}}.example.com`")]
     HostPattern(String),
     #[error("tenancy.default_tenant: {0}")]
     DefaultTenant(TenantError),
@@ -52,9 +50,7 @@ impl TenantResolver {
             p => {
                 let p = p.to_ascii_lowercase();
                 match p.split_once("{tenant}") {
-                    Some((pre, suf)) if !suf.contains("{tenant}") => {
-                        Some((pre.to_owned(), suf.to_owned()))
-                    }
+                    Some((pre, suf)) if !suf.contains("{tenant}") => Some((pre.to_owned(), suf.to_owned())),
                     _ => return Err(TenancyConfigError::HostPattern(p)),
                 }
             }
@@ -119,16 +115,9 @@ impl TenantResolver {
                 let host = host.to_ascii_lowercase();
                 // `acme.example.com:8443` → `acme.example.com`
                 let host = host.rsplit_once(':').map_or(host.as_str(), |(h, port)| {
-                    if port.bytes().all(|b| b.is_ascii_digit()) {
-                        h
-                    } else {
-                        host.as_str()
-                    }
+                    if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host.as_str() }
                 });
-                if let Some(t) = host
-                    .strip_prefix(prefix.as_str())
-                    .and_then(|r| r.strip_suffix(suffix.as_str()))
-                {
+                if let Some(t) = host.strip_prefix(prefix.as_str()).and_then(|r| r.strip_suffix(suffix.as_str())) {
                     // `{tenant}` is one DNS label: `a.b.example.com` does not match.
                     if !t.is_empty() && !t.contains('.') {
                         return parse(t);
@@ -151,12 +140,8 @@ fn parse(s: &str) -> Lookup {
 fn attr_string(attrs: &[KeyValue], key: &str) -> Option<String> {
     let v = attrs.iter().find(|kv| kv.key == key)?.value.as_ref()?;
     match v {
-        AnyValue {
-            value: Some(Value::StringValue(s)),
-        } => Some(s.clone()),
-        AnyValue {
-            value: Some(Value::IntValue(i)),
-        } => Some(i.to_string()),
+        AnyValue { value: Some(Value::StringValue(s)) } => Some(s.clone()),
+        AnyValue { value: Some(Value::IntValue(i)) } => Some(i.to_string()),
         _ => None,
     }
 }
@@ -168,9 +153,7 @@ mod tests {
     fn kv(k: &str, v: &str) -> KeyValue {
         KeyValue {
             key: k.into(),
-            value: Some(AnyValue {
-                value: Some(Value::StringValue(v.into())),
-            }),
+            value: Some(AnyValue { value: Some(Value::StringValue(v.into())) }),
             ..Default::default()
         }
     }
@@ -193,14 +176,8 @@ mod tests {
     #[test]
     fn first_present_resource_attribute_wins_over_header() {
         let r = resolver("", "");
-        assert_eq!(
-            r.resource_tenant(&[kv("org.id", "o"), kv("tenant.id", "t")], Some("h")),
-            found("t")
-        );
-        assert_eq!(
-            r.resource_tenant(&[kv("org.id", "o")], Some("h")),
-            found("o")
-        );
+        assert_eq!(r.resource_tenant(&[kv("org.id", "o"), kv("tenant.id", "t")], Some("h")), found("t"));
+        assert_eq!(r.resource_tenant(&[kv("org.id", "o")], Some("h")), found("o"));
         assert_eq!(r.resource_tenant(&[], Some("h")), found("h"));
         assert_eq!(r.resource_tenant(&[], None), Lookup::NotFound);
     }
@@ -208,36 +185,18 @@ mod tests {
     #[test]
     fn invalid_tenant_is_not_silently_replaced() {
         let r = resolver("", "fallback");
-        assert!(matches!(
-            r.resource_tenant(&[kv("tenant.id", "a/b")], None),
-            Lookup::Invalid(_)
-        ));
+        assert!(matches!(r.resource_tenant(&[kv("tenant.id", "a/b")], None), Lookup::Invalid(_)));
     }
 
     #[test]
     fn host_pattern_takes_one_label_and_ignores_port_and_case() {
         let r = resolver("{tenant}.shop.example.com", "");
         assert!(r.resolves_items());
-        assert_eq!(
-            r.item_tenant(&[kv("server.address", "Acme.Shop.Example.com:8443")]),
-            found("acme")
-        );
-        assert_eq!(
-            r.item_tenant(&[kv("http.host", "acme.shop.example.com")]),
-            found("acme")
-        );
-        assert_eq!(
-            r.item_tenant(&[kv("http.host", "a.b.shop.example.com")]),
-            Lookup::NotFound
-        );
-        assert_eq!(
-            r.item_tenant(&[kv("http.host", "shop.example.com")]),
-            Lookup::NotFound
-        );
-        assert_eq!(
-            r.item_tenant(&[kv("http.host", "acme.other.com")]),
-            Lookup::NotFound
-        );
+        assert_eq!(r.item_tenant(&[kv("server.address", "Acme.Shop.Example.com:8443")]), found("acme"));
+        assert_eq!(r.item_tenant(&[kv("http.host", "acme.shop.example.com")]), found("acme"));
+        assert_eq!(r.item_tenant(&[kv("http.host", "a.b.shop.example.com")]), Lookup::NotFound);
+        assert_eq!(r.item_tenant(&[kv("http.host", "shop.example.com")]), Lookup::NotFound);
+        assert_eq!(r.item_tenant(&[kv("http.host", "acme.other.com")]), Lookup::NotFound);
     }
 
     #[test]
@@ -249,19 +208,9 @@ mod tests {
             host_pattern: "example.com".into(),
             default_tenant: "".into(),
         };
-        assert!(
-            TenantResolver::new(&c)
-                .unwrap_err()
-                .to_string()
-                .contains("tenancy.host_pattern")
-        );
+        assert!(TenantResolver::new(&c).unwrap_err().to_string().contains("tenancy.host_pattern"));
         c.host_pattern = "".into();
         c.default_tenant = "no spaces".into();
-        assert!(
-            TenantResolver::new(&c)
-                .unwrap_err()
-                .to_string()
-                .contains("tenancy.default_tenant")
-        );
+        assert!(TenantResolver::new(&c).unwrap_err().to_string().contains("tenancy.default_tenant"));
     }
 }

@@ -49,21 +49,13 @@ pub struct QueuedRequest {
 
 impl QueuedRequest {
     /// `budget` is held until the request is dropped (e.g. a semaphore permit).
-    pub fn new(
-        batches: Vec<TelemetryBatch>,
-        budget: impl std::any::Any + Send + Sync,
-    ) -> QueuedRequest {
-        QueuedRequest {
-            batches,
-            _budget: Box::new(budget),
-        }
+    pub fn new(batches: Vec<TelemetryBatch>, budget: impl std::any::Any + Send + Sync) -> QueuedRequest {
+        QueuedRequest { batches, _budget: Box::new(budget) }
     }
 }
 
 impl std::fmt::Debug for QueuedRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QueuedRequest")
-            .field("batches", &self.batches)
-            .finish_non_exhaustive()
+        f.debug_struct("QueuedRequest").field("batches", &self.batches).finish_non_exhaustive()
     }
 }

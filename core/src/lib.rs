@@ -3,6 +3,7 @@
 //! tally's own metrics, and a `Secret` wrapper for config values. No I/O here.
 
 mod batch;
+pub mod lenient;
 pub mod meter;
 pub mod metric_names;
 mod secret;

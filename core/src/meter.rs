@@ -69,13 +69,9 @@ impl MeterConfig {
         let name = &self.name;
         let ok_name = !name.is_empty()
             && name.len() <= 100
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
         if !ok_name {
-            return Err(format!(
-                "meters: name {name:?} must be 1-100 ASCII letters, digits, _ - ."
-            ));
+            return Err(format!("meters: name {name:?} must be 1-100 ASCII letters, digits, _ - ."));
         }
         for (key, unsupported) in [
             ("otlp_metric", &self.otlp_metric),
@@ -83,9 +79,7 @@ impl MeterConfig {
             ("log_attribute", &self.log_attribute),
         ] {
             if unsupported.is_some() {
-                return Err(format!(
-                    "meters.{name}.{key}: usage from OTLP data is not supported yet; use event_type"
-                ));
+                return Err(format!("meters.{name}.{key}: usage from OTLP data is not supported yet; use event_type"));
             }
         }
         if self.event_type.as_deref().is_none_or(str::is_empty) {
@@ -131,9 +125,7 @@ enum Step {
 impl JsonPath {
     pub fn parse(text: &str) -> Result<JsonPath, String> {
         let err = |why: &str| format!("invalid JSON path {text:?}: {why}");
-        let mut rest = text
-            .strip_prefix('$')
-            .ok_or_else(|| err("must start with $"))?;
+        let mut rest = text.strip_prefix('$').ok_or_else(|| err("must start with $"))?;
         let mut steps = Vec::new();
         while !rest.is_empty() {
             if let Some(r) = rest.strip_prefix('.') {
@@ -149,19 +141,14 @@ impl JsonPath {
                 rest = &r[end + 2..];
             } else if let Some(r) = rest.strip_prefix('[') {
                 let end = r.find(']').ok_or_else(|| err("unterminated [ ]"))?;
-                let i = r[..end]
-                    .parse()
-                    .map_err(|_| err("index must be a number"))?;
+                let i = r[..end].parse().map_err(|_| err("index must be a number"))?;
                 steps.push(Step::Index(i));
                 rest = &r[end + 1..];
             } else {
                 return Err(err("expected . or ["));
             }
         }
-        Ok(JsonPath {
-            text: text.to_owned(),
-            steps,
-        })
+        Ok(JsonPath { text: text.to_owned(), steps })
     }
 
     /// The value at this path, if present (JSON `null` counts as absent).
@@ -214,10 +201,7 @@ mod tests {
         assert_eq!(get("$.missing"), None);
         assert_eq!(get("$.z"), None);
         assert_eq!(get("$"), Some(data.clone()));
-        assert_eq!(
-            JsonPath::parse("$.usage.tokens").unwrap().describe(),
-            "data.usage.tokens"
-        );
+        assert_eq!(JsonPath::parse("$.usage.tokens").unwrap().describe(), "data.usage.tokens");
         for bad in ["tokens", "$.", "$..a", "$[x]", "$[\"a"] {
             assert!(JsonPath::parse(bad).is_err(), "{bad}");
         }
@@ -225,25 +209,18 @@ mod tests {
 
     #[test]
     fn meters_are_checked() {
-        let meter =
-            |toml_value: serde_json::Value| serde_json::from_value::<MeterConfig>(toml_value);
-        let ok = meter(json!({"name": "llm_tokens", "aggregation": "sum", "event_type": "llm.completion", "value": "$.tokens"})).unwrap();
+        let meter = |toml_value: serde_json::Value| serde_json::from_value::<MeterConfig>(toml_value);
+        let ok = meter(
+            json!({"name": "llm_tokens", "aggregation": "sum", "event_type": "llm.completion", "value": "$.tokens"}),
+        )
+        .unwrap();
         assert!(validate_meters(&[ok.clone()]).is_ok());
-        assert!(
-            validate_meters(&[ok.clone(), ok.clone()])
-                .unwrap_err()
-                .contains("twice")
-        );
-        let no_value =
-            meter(json!({"name": "t", "aggregation": "sum", "event_type": "x"})).unwrap();
+        assert!(validate_meters(&[ok.clone(), ok.clone()]).unwrap_err().contains("twice"));
+        let no_value = meter(json!({"name": "t", "aggregation": "sum", "event_type": "x"})).unwrap();
         assert!(no_value.validate().unwrap_err().contains("meters.t.value"));
-        let count =
-            meter(json!({"name": "tasks", "aggregation": "count", "event_type": "task.done"}))
-                .unwrap();
+        let count = meter(json!({"name": "tasks", "aggregation": "count", "event_type": "task.done"})).unwrap();
         assert!(count.validate().is_ok());
-        let otlp =
-            meter(json!({"name": "o", "aggregation": "sum", "otlp_metric": "tasks.completed"}))
-                .unwrap();
+        let otlp = meter(json!({"name": "o", "aggregation": "sum", "otlp_metric": "tasks.completed"})).unwrap();
         assert!(otlp.validate().unwrap_err().contains("not supported yet"));
         assert!(meter(json!({"name": "x", "aggregation": "median"})).is_err());
         assert!(meter(json!({"name": "x", "aggregation": "sum", "colour": 1})).is_err());

@@ -4,7 +4,7 @@
 
 /// Items received and accepted. Labels: `signal`, `transport`.
 pub const RECEIVED_ITEMS: &str = "tally_received_items_total";
-/// Request bytes received on the wire (before decompression). Labels: `signal`, `transport`.
+/// Request bytes received, after decompression. Labels: `signal`, `transport`.
 pub const RECEIVED_BYTES: &str = "tally_received_bytes_total";
 /// Items refused (partial success or whole request). Labels: `signal`, `reason`.
 pub const REFUSED_ITEMS: &str = "tally_refused_items_total";
@@ -37,4 +37,5 @@ pub mod reason {
     pub const UNSUPPORTED_ENCODING: &str = "unsupported_encoding";
     pub const OVERLOADED: &str = "overloaded";
     pub const SHUTTING_DOWN: &str = "shutting_down";
+    pub const TIMEOUT: &str = "timeout";
 }

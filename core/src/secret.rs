@@ -24,11 +24,7 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
-            f.write_str("\"\"")
-        } else {
-            f.write_str("\"[redacted]\"")
-        }
+        if self.0.is_empty() { f.write_str("\"\"") } else { f.write_str("\"[redacted]\"") }
     }
 }
 

@@ -28,10 +28,7 @@ impl TenantId {
         if s.len() > MAX_TENANT_LEN {
             return Err(TenantError::TooLong);
         }
-        if let Some(c) = s
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@')))
-        {
+        if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@'))) {
             return Err(TenantError::InvalidChar(c));
         }
         Ok(TenantId(Arc::from(s)))

@@ -4,10 +4,7 @@ pub enum StoreError {
     #[error("invalid database url: {0}")]
     InvalidUrl(String),
     #[error("cannot create data directory {path}: {source}")]
-    DataDir {
-        path: String,
-        source: std::io::Error,
-    },
+    DataDir { path: String, source: std::io::Error },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
@@ -32,9 +29,7 @@ impl StoreError {
                     .and_then(|d| d.code())
                     // SQLite BUSY/LOCKED; PostgreSQL serialization failure,
                     // deadlock, too many connections, admin shutdown.
-                    .is_some_and(|c| {
-                        matches!(&*c, "5" | "6" | "40001" | "40P01" | "53300" | "57P01")
-                    })
+                    .is_some_and(|c| matches!(&*c, "5" | "6" | "40001" | "40P01" | "53300" | "57P01"))
             }
             _ => false,
         }

@@ -12,16 +12,21 @@ pub struct IngestCount {
 }
 
 impl Store {
-    /// Adds `rows` to the stored totals in one transaction: either all of a
-    /// flush lands or none of it does, so a retried flush cannot double count.
+    /// Adds `rows` to the stored totals in one transaction: all of a flush
+    /// lands or none of it. (A connection lost after COMMIT was sent leaves
+    /// the caller unsure; its retry may then count twice. These are
+    /// observability counts, not billing.) Rows are written in key order so
+    /// replicas flushing the same rows cannot deadlock.
     pub async fn add_ingest_counts(&self, rows: &[IngestCount], now_ms: i64) -> Result<()> {
+        let mut rows: Vec<&IngestCount> = rows.iter().collect();
+        rows.sort_by(|a, b| (&a.tenant, a.signal).cmp(&(&b.tenant, b.signal)));
         const UPSERT: &str = "INSERT INTO ingest_counts (tenant, signal, items, updated_ms) \
              VALUES ($1, $2, $3, $4) \
              ON CONFLICT (tenant, signal) DO UPDATE \
              SET items = ingest_counts.items + excluded.items, updated_ms = excluded.updated_ms";
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
-            for row in rows {
+            for row in &rows {
                 sqlx::query(UPSERT)
                     .bind(row.tenant.as_str())
                     .bind(row.signal.as_str())
@@ -75,23 +80,10 @@ mod tests {
         store.migrate().await.unwrap(); // idempotent
         let a = TenantId::parse("a").unwrap();
         let b = TenantId::parse("b").unwrap();
-        let row = |t: &TenantId, s, n| IngestCount {
-            tenant: t.clone(),
-            signal: s,
-            items: n,
-        };
-        store
-            .add_ingest_counts(&[row(&a, Signal::Spans, 3), row(&b, Signal::Logs, 1)], 1)
-            .await
-            .unwrap();
-        store
-            .add_ingest_counts(&[row(&a, Signal::Spans, 4)], 2)
-            .await
-            .unwrap();
-        assert_eq!(
-            store.ingest_counts(Some(&a)).await.unwrap(),
-            vec![row(&a, Signal::Spans, 7)]
-        );
+        let row = |t: &TenantId, s, n| IngestCount { tenant: t.clone(), signal: s, items: n };
+        store.add_ingest_counts(&[row(&a, Signal::Spans, 3), row(&b, Signal::Logs, 1)], 1).await.unwrap();
+        store.add_ingest_counts(&[row(&a, Signal::Spans, 4)], 2).await.unwrap();
+        assert_eq!(store.ingest_counts(Some(&a)).await.unwrap(), vec![row(&a, Signal::Spans, 7)]);
         assert_eq!(store.ingest_counts(None).await.unwrap().len(), 2);
     }
 }

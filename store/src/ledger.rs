@@ -33,19 +33,12 @@ struct HourlyDelta {
 
 type HourlyKey<'a> = (&'a str, &'a str, i64, &'a str);
 
-fn hourly_deltas<'a>(
-    inserted: impl Iterator<Item = &'a UsageRecord>,
-) -> BTreeMap<HourlyKey<'a>, HourlyDelta> {
+fn hourly_deltas<'a>(inserted: impl Iterator<Item = &'a UsageRecord>) -> BTreeMap<HourlyKey<'a>, HourlyDelta> {
     // BTreeMap: rows are upserted in key order, so concurrent writers lock
     // them in the same order and cannot deadlock.
     let mut deltas: BTreeMap<HourlyKey<'a>, HourlyDelta> = BTreeMap::new();
     for r in inserted {
-        let k = (
-            r.tenant.as_str(),
-            &*r.meter,
-            hour_start(r.event_time_ms),
-            r.group_key.as_str(),
-        );
+        let k = (r.tenant.as_str(), &*r.meter, hour_start(r.event_time_ms), r.group_key.as_str());
         let d = deltas.entry(k).or_insert(HourlyDelta {
             sum: 0.0,
             count: 0,
@@ -71,11 +64,7 @@ impl Store {
     /// stored now, stored before with the same content (duplicate), or stored
     /// before with different content (conflict). Only accepted records reach
     /// the hourly rollup. Unknown tenants are created on first sight.
-    pub async fn record_usage(
-        &self,
-        records: &[UsageRecord],
-        now_ms: i64,
-    ) -> Result<Vec<UsageOutcome>> {
+    pub async fn record_usage(&self, records: &[UsageRecord], now_ms: i64) -> Result<Vec<UsageOutcome>> {
         // The same key twice in one batch: the first is written, the others
         // are judged against it.
         let mut first_of: HashMap<Key<'_>, usize> = HashMap::with_capacity(records.len());
@@ -98,19 +87,11 @@ impl Store {
                 let mut tx = pool.begin().await?;
                 pg::ensure_tenants(&mut tx, &tenants, now_ms).await?;
                 let inserted = pg::insert_events(&mut tx, &unique, now_ms).await?;
-                let existing = pg::stored_hashes(
-                    &mut tx,
-                    unique.iter().filter(|r| !inserted.contains(&key(r))),
-                )
-                .await?;
+                let existing =
+                    pg::stored_hashes(&mut tx, unique.iter().filter(|r| !inserted.contains(&key(r)))).await?;
                 pg::upsert_hourly(
                     &mut tx,
-                    &hourly_deltas(
-                        unique
-                            .iter()
-                            .copied()
-                            .filter(|r| inserted.contains(&key(r))),
-                    ),
+                    &hourly_deltas(unique.iter().copied().filter(|r| inserted.contains(&key(r)))),
                 )
                 .await?;
                 tx.commit().await?;
@@ -120,19 +101,11 @@ impl Store {
                 let mut tx = pool.begin().await?;
                 lite::ensure_tenants(&mut tx, &tenants, now_ms).await?;
                 let inserted = lite::insert_events(&mut tx, &unique, now_ms).await?;
-                let existing = lite::stored_hashes(
-                    &mut tx,
-                    unique.iter().filter(|r| !inserted.contains(&key(r))),
-                )
-                .await?;
+                let existing =
+                    lite::stored_hashes(&mut tx, unique.iter().filter(|r| !inserted.contains(&key(r)))).await?;
                 lite::upsert_hourly(
                     &mut tx,
-                    &hourly_deltas(
-                        unique
-                            .iter()
-                            .copied()
-                            .filter(|r| inserted.contains(&key(r))),
-                    ),
+                    &hourly_deltas(unique.iter().copied().filter(|r| inserted.contains(&key(r)))),
                 )
                 .await?;
                 tx.commit().await?;
@@ -159,11 +132,7 @@ impl Store {
                         None => return UsageOutcome::Conflict,
                     }
                 };
-                if *stored_hash == r.content_hash {
-                    UsageOutcome::Duplicate
-                } else {
-                    UsageOutcome::Conflict
-                }
+                if *stored_hash == r.content_hash { UsageOutcome::Duplicate } else { UsageOutcome::Conflict }
             })
             .collect())
     }
@@ -172,23 +141,14 @@ impl Store {
 type OwnedKey = (String, String, String, String);
 
 fn owned(k: Key<'_>) -> OwnedKey {
-    (
-        k.0.to_owned(),
-        k.1.to_owned(),
-        k.2.to_owned(),
-        k.3.to_owned(),
-    )
+    (k.0.to_owned(), k.1.to_owned(), k.2.to_owned(), k.3.to_owned())
 }
 
 /// PostgreSQL: whole columns bound as arrays, one statement per step.
 mod pg {
     use super::*;
 
-    pub async fn ensure_tenants(
-        tx: &mut PgConnection,
-        tenants: &[&TenantId],
-        now_ms: i64,
-    ) -> Result<()> {
+    pub async fn ensure_tenants(tx: &mut PgConnection, tenants: &[&TenantId], now_ms: i64) -> Result<()> {
         let ids: Vec<&str> = tenants.iter().map(|t| t.as_str()).collect();
         sqlx::query(
             "INSERT INTO tenants (id, created_ms) SELECT id, $2 FROM UNNEST($1::text[]) AS t(id) \
@@ -230,20 +190,9 @@ mod pg {
         .await?;
         let returned: HashSet<OwnedKey> = inserted
             .iter()
-            .map(|row| {
-                Ok((
-                    row.try_get(0)?,
-                    row.try_get(1)?,
-                    row.try_get(2)?,
-                    row.try_get(3)?,
-                ))
-            })
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?)))
             .collect::<Result<_, sqlx::Error>>()?;
-        Ok(rows
-            .iter()
-            .map(|r| key(r))
-            .filter(|k| returned.contains(&owned(*k)))
-            .collect())
+        Ok(rows.iter().map(|r| key(r)).filter(|k| returned.contains(&owned(*k))).collect())
     }
 
     pub async fn stored_hashes<'a>(
@@ -268,25 +217,12 @@ mod pg {
         .await?;
         found
             .iter()
-            .map(|row| {
-                Ok((
-                    (
-                        row.try_get(0)?,
-                        row.try_get(1)?,
-                        row.try_get(2)?,
-                        row.try_get(3)?,
-                    ),
-                    row.try_get(4)?,
-                ))
-            })
+            .map(|row| Ok(((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?), row.try_get(4)?)))
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Into::into)
     }
 
-    pub async fn upsert_hourly(
-        tx: &mut PgConnection,
-        deltas: &BTreeMap<HourlyKey<'_>, HourlyDelta>,
-    ) -> Result<()> {
+    pub async fn upsert_hourly(tx: &mut PgConnection, deltas: &BTreeMap<HourlyKey<'_>, HourlyDelta>) -> Result<()> {
         if deltas.is_empty() {
             return Ok(());
         }
@@ -330,19 +266,13 @@ mod lite {
     /// Rows per statement: 10 columns × 90 rows stays under 999 parameters.
     const CHUNK: usize = 90;
 
-    pub async fn ensure_tenants(
-        tx: &mut SqliteConnection,
-        tenants: &[&TenantId],
-        now_ms: i64,
-    ) -> Result<()> {
+    pub async fn ensure_tenants(tx: &mut SqliteConnection, tenants: &[&TenantId], now_ms: i64) -> Result<()> {
         for t in tenants {
-            sqlx::query(
-                "INSERT INTO tenants (id, created_ms) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(t.as_str())
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query("INSERT INTO tenants (id, created_ms) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")
+                .bind(t.as_str())
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
         }
         Ok(())
     }
@@ -372,19 +302,10 @@ mod lite {
             });
             qb.push(" ON CONFLICT DO NOTHING RETURNING tenant, source, event_id, meter");
             for row in qb.build().fetch_all(&mut *tx).await? {
-                returned.insert((
-                    row.try_get(0)?,
-                    row.try_get(1)?,
-                    row.try_get(2)?,
-                    row.try_get(3)?,
-                ));
+                returned.insert((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?));
             }
         }
-        Ok(rows
-            .iter()
-            .map(|r| key(r))
-            .filter(|k| returned.contains(&owned(*k)))
-            .collect())
+        Ok(rows.iter().map(|r| key(r)).filter(|k| returned.contains(&owned(*k))).collect())
     }
 
     pub async fn stored_hashes<'a>(
@@ -410,10 +331,7 @@ mod lite {
         Ok(out)
     }
 
-    pub async fn upsert_hourly(
-        tx: &mut SqliteConnection,
-        deltas: &BTreeMap<HourlyKey<'_>, HourlyDelta>,
-    ) -> Result<()> {
+    pub async fn upsert_hourly(tx: &mut SqliteConnection, deltas: &BTreeMap<HourlyKey<'_>, HourlyDelta>) -> Result<()> {
         let deltas: Vec<_> = deltas.iter().collect();
         for chunk in deltas.chunks(CHUNK) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(

@@ -3,9 +3,7 @@ use std::{path::Path, str::FromStr, time::Duration};
 use sqlx::{
     ConnectOptions,
     postgres::{PgConnectOptions, PgPool, PgPoolOptions},
-    sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-    },
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
 };
 
 use crate::{Result, StoreError};
@@ -43,14 +41,9 @@ impl Store {
     /// SQLite file `<data_dir>/tally.db`, created on first start.
     pub async fn open(url: &str, data_dir: &Path) -> Result<Store> {
         if url.is_empty() {
-            std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
-                path: data_dir.display().to_string(),
-                source,
-            })?;
-            return Store::open_sqlite(
-                SqliteConnectOptions::new().filename(data_dir.join("tally.db")),
-            )
-            .await;
+            std::fs::create_dir_all(data_dir)
+                .map_err(|source| StoreError::DataDir { path: data_dir.display().to_string(), source })?;
+            return Store::open_sqlite(SqliteConnectOptions::new().filename(data_dir.join("tally.db"))).await;
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)
@@ -65,13 +58,10 @@ impl Store {
             return Ok(Store::Postgres(pool));
         }
         if url.starts_with("sqlite:") {
-            let opts = SqliteConnectOptions::from_str(url)
-                .map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
+            let opts = SqliteConnectOptions::from_str(url).map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
             return Store::open_sqlite(opts).await;
         }
-        Err(StoreError::InvalidUrl(
-            "expected postgres://…, sqlite:… or empty for the embedded database".into(),
-        ))
+        Err(StoreError::InvalidUrl("expected postgres://…, sqlite:… or empty for the embedded database".into()))
     }
 
     async fn open_sqlite(opts: SqliteConnectOptions) -> Result<Store> {
@@ -110,10 +100,7 @@ impl Store {
 
     /// A cheap round trip, for readiness checks.
     pub async fn ping(&self) -> Result<()> {
-        on_pool!(self, |pool| sqlx::query("SELECT 1")
-            .execute(pool)
-            .await
-            .map(drop))?;
+        on_pool!(self, |pool| sqlx::query("SELECT 1").execute(pool).await.map(drop))?;
         Ok(())
     }
 

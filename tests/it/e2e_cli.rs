@@ -19,47 +19,32 @@ fn tally() -> tokio::process::Command {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[tokio::test]
 async fn unknown_env_key_is_refused_by_name() {
-    let out = tally()
-        .arg("check-config")
-        .env("TALLY_OTLP_GRPC_ADRESS", "x")
-        .output()
-        .await
-        .unwrap();
+    let out = tally().arg("check-config").env("TALLY_OTLP_GRPC_ADRESS", "x").output().await.unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("grpc_adress"), "{err}");
 
     let out = tally()
         .arg("check-config")
-        .env(
-            "TALLY_DATABASE_URL",
-            "postgres://u:hunter2@db.example.com/t",
-        )
+        .env("TALLY_DATABASE_URL", "postgres://u:hunter2@db.example.com/t")
         .output()
         .await
         .unwrap();
     assert!(out.status.success());
     let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        printed.contains("config ok") && !printed.contains("hunter2"),
-        "{printed}"
-    );
+    assert!(printed.contains("config ok") && !printed.contains("hunter2"), "{printed}");
 }
 
 #[tokio::test]
 async fn serve_answers_and_exits_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let (grpc, http, api) = (free_port(), free_port(), free_port());
-    let mut child = tally()
+    let child = tally()
         .arg("serve")
         .env("TALLY_DATA_DIR", dir.path().join("data"))
         .env("TALLY_OTLP_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
@@ -74,12 +59,7 @@ async fn serve_answers_and_exits_cleanly_on_sigterm() {
     let client = reqwest::Client::new();
     let mut ready = false;
     for _ in 0..100 {
-        if client
-            .get(format!("http://127.0.0.1:{api}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
+        if client.get(format!("http://127.0.0.1:{api}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
             ready = true;
             break;
         }
@@ -97,29 +77,14 @@ async fn serve_answers_and_exits_cleanly_on_sigterm() {
     assert_eq!(resp.status(), 200);
 
     let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let logs =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.unwrap().unwrap();
+    let logs = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{logs}");
     assert!(logs.contains("\"message\":\"shutdown complete\""), "{logs}");
 
     // The shutdown flush wrote the 7 spans (periodic flushes were off).
-    let store = tally_store::Store::open("", &dir.path().join("data"))
-        .await
-        .unwrap();
-    let counts = store
-        .ingest_counts(Some(&tally_core::TenantId::parse("cli").unwrap()))
-        .await
-        .unwrap();
+    let store = tally_store::Store::open("", &dir.path().join("data")).await.unwrap();
+    let counts = store.ingest_counts(Some(&tally_core::TenantId::parse("cli").unwrap())).await.unwrap();
     assert_eq!(counts.iter().map(|c| c.items).sum::<u64>(), 7);
 }

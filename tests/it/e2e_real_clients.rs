@@ -18,24 +18,8 @@ struct Run {
 }
 
 const RUNS: &[Run] = &[
-    Run {
-        client: "python",
-        protocol: "grpc",
-        compression: "none",
-        tenant: "acme",
-        spans: 700,
-        logs: 40,
-        series: 3,
-    },
-    Run {
-        client: "python",
-        protocol: "grpc",
-        compression: "gzip",
-        tenant: "globex",
-        spans: 30,
-        logs: 600,
-        series: 2,
-    },
+    Run { client: "python", protocol: "grpc", compression: "none", tenant: "acme", spans: 700, logs: 40, series: 3 },
+    Run { client: "python", protocol: "grpc", compression: "gzip", tenant: "globex", spans: 30, logs: 600, series: 2 },
     Run {
         client: "python",
         protocol: "http/protobuf",
@@ -54,15 +38,7 @@ const RUNS: &[Run] = &[
         logs: 13,
         series: 1,
     },
-    Run {
-        client: "node",
-        protocol: "http/json",
-        compression: "none",
-        tenant: "acme",
-        spans: 9,
-        logs: 5,
-        series: 2,
-    },
+    Run { client: "node", protocol: "http/json", compression: "none", tenant: "acme", spans: 9, logs: 5, series: 2 },
     Run {
         client: "node",
         protocol: "http/json",
@@ -75,11 +51,7 @@ const RUNS: &[Run] = &[
 ];
 
 async fn send(s: &TestServer, run: &Run) -> serde_json::Value {
-    let endpoint = if run.protocol == "grpc" {
-        s.grpc_url()
-    } else {
-        s.http_url("")
-    };
+    let endpoint = if run.protocol == "grpc" { s.grpc_url() } else { s.http_url("") };
     let mut cmd = match run.client {
         "python" => {
             let mut c = tokio::process::Command::new(client_python());
@@ -92,39 +64,13 @@ async fn send(s: &TestServer, run: &Run) -> serde_json::Value {
             c
         }
     };
-    let (spans, logs, series) = (
-        run.spans.to_string(),
-        run.logs.to_string(),
-        run.series.to_string(),
-    );
-    cmd.args([
-        "--endpoint",
-        &endpoint,
-        "--protocol",
-        run.protocol,
-        "--compression",
-        run.compression,
-    ])
-    .args([
-        "--tenant",
-        run.tenant,
-        "--service",
-        &format!("{}-svc", run.client),
-    ])
-    .args([
-        "--spans",
-        &spans,
-        "--logs",
-        &logs,
-        "--metric-series",
-        &series,
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let out = cmd
-        .output()
-        .await
-        .expect("start the test client (run scripts/test-deps)");
+    let (spans, logs, series) = (run.spans.to_string(), run.logs.to_string(), run.series.to_string());
+    cmd.args(["--endpoint", &endpoint, "--protocol", run.protocol, "--compression", run.compression])
+        .args(["--tenant", run.tenant, "--service", &format!("{}-svc", run.client)])
+        .args(["--spans", &spans, "--logs", &logs, "--metric-series", &series])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = cmd.output().await.expect("start the test client (run scripts/test-deps)");
     assert!(
         out.status.success(),
         "{} {} {} failed: {}",
@@ -143,32 +89,18 @@ async fn sdk_clients_counts_match(db: Db) {
     let mut want = std::collections::BTreeMap::<&str, (u64, u64, u64)>::new();
     for run in RUNS {
         let sent = send(&s, run).await;
-        let reported = (
-            sent["spans"].as_u64().unwrap(),
-            sent["logs"].as_u64().unwrap(),
-            sent["metric_points"].as_u64().unwrap(),
-        );
-        assert_eq!(
-            reported,
-            (run.spans, run.logs, run.series),
-            "{} {} reported {sent}",
-            run.client,
-            run.protocol
-        );
+        let reported =
+            (sent["spans"].as_u64().unwrap(), sent["logs"].as_u64().unwrap(), sent["metric_points"].as_u64().unwrap());
+        assert_eq!(reported, (run.spans, run.logs, run.series), "{} {} reported {sent}", run.client, run.protocol);
         let w = want.entry(run.tenant).or_default();
         *w = (w.0 + reported.0, w.1 + reported.1, w.2 + reported.2);
     }
     for (tenant, want) in want {
-        assert_eq!(
-            s.wait_counts(tenant, want).await,
-            want,
-            "tenant {tenant} on {db:?}"
-        );
+        assert_eq!(s.wait_counts(tenant, want).await, want, "tenant {tenant} on {db:?}");
     }
     let metrics = s.metrics().await;
     for transport in ["grpc", "http"] {
-        let series =
-            format!("tally_received_items_total{{signal=\"spans\",transport=\"{transport}\"}}");
+        let series = format!("tally_received_items_total{{signal=\"spans\",transport=\"{transport}\"}}");
         assert!(metric_value(&metrics, &series) > 0.0, "{series} missing");
     }
     s.stop().await;

@@ -11,24 +11,13 @@ async fn replicas_sum(db: Db) {
     let dir = tempfile::tempdir().unwrap();
     let a = Store::open(&test_db.url, dir.path()).await.unwrap();
     let b = Store::open(&test_db.url, dir.path()).await.unwrap();
-    assert_eq!(
-        a.backend(),
-        if db == Db::Sqlite {
-            Backend::Sqlite
-        } else {
-            Backend::Postgres
-        }
-    );
+    assert_eq!(a.backend(), if db == Db::Sqlite { Backend::Sqlite } else { Backend::Postgres });
     a.migrate().await.unwrap();
     b.migrate().await.unwrap(); // second replica, same schema: no-op
     a.ping().await.unwrap();
 
     let t = TenantId::parse("acme").unwrap();
-    let row = |signal, items| IngestCount {
-        tenant: t.clone(),
-        signal,
-        items,
-    };
+    let row = |signal, items| IngestCount { tenant: t.clone(), signal, items };
     let mut tasks = Vec::new();
     for store in [a.clone(), b.clone()] {
         let rows = vec![row(Signal::Spans, 5), row(Signal::Logs, 2)];
@@ -43,12 +32,7 @@ async fn replicas_sum(db: Db) {
     }
     let counts = b.ingest_counts(Some(&t)).await.unwrap();
     assert_eq!(counts, vec![row(Signal::Logs, 80), row(Signal::Spans, 200)]);
-    assert!(
-        a.ingest_counts(Some(&TenantId::parse("other").unwrap()))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(a.ingest_counts(Some(&TenantId::parse("other").unwrap())).await.unwrap().is_empty());
     a.close().await;
     b.close().await;
     test_db.drop_db().await;
@@ -67,9 +51,6 @@ async fn postgres_store_migrates_and_sums_across_replicas() {
 #[tokio::test]
 async fn bad_database_url_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let err = Store::open("mysql://x", dir.path())
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = Store::open("mysql://x", dir.path()).await.unwrap_err().to_string();
     assert!(err.contains("invalid database url"), "{err}");
 }

@@ -16,6 +16,11 @@ use tally_core::otlp::{
     trace::v1::{ResourceSpans, ScopeSpans, Span},
 };
 
+/// Held by tests that make tally refuse items or requests, so the test that
+/// checks exact `/metrics` deltas (the registry is process-wide) sees only
+/// its own.
+pub static METRICS_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Db {
     Sqlite,
@@ -24,8 +29,7 @@ pub enum Db {
 
 /// Admin connection for creating per-test PostgreSQL databases.
 pub fn pg_admin_url() -> String {
-    std::env::var("TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// A database of its own for one test; PostgreSQL ones are dropped at the end.
@@ -38,31 +42,17 @@ impl TestDb {
     pub async fn new(db: Db) -> TestDb {
         match db {
             // Empty: the embedded SQLite file in the server's data dir.
-            Db::Sqlite => TestDb {
-                url: String::new(),
-                pg_name: None,
-            },
+            Db::Sqlite => TestDb { url: String::new(), pg_name: None },
             Db::Postgres => {
                 static N: AtomicU32 = AtomicU32::new(0);
-                let name = format!(
-                    "tally_it_{}_{}",
-                    std::process::id(),
-                    N.fetch_add(1, Ordering::Relaxed)
-                );
+                let name = format!("tally_it_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
                 let admin = pg_admin_url();
                 let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
-                    panic!(
-                        "PostgreSQL at {admin} is required for tests (scripts/test starts it): {e}"
-                    )
+                    panic!("PostgreSQL at {admin} is required for tests (scripts/test starts it): {e}")
                 });
-                conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .await
-                    .unwrap();
+                conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.unwrap();
                 let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-                TestDb {
-                    url: format!("{base}/{name}"),
-                    pg_name: Some(name),
-                }
+                TestDb { url: format!("{base}/{name}"), pg_name: Some(name) }
             }
         }
     }
@@ -70,11 +60,7 @@ impl TestDb {
     pub async fn drop_db(&self) {
         if let Some(name) = &self.pg_name {
             if let Ok(mut conn) = PgConnection::connect(&pg_admin_url()).await {
-                let _ = conn
-                    .execute(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .await;
+                let _ = conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await;
             }
         }
     }
@@ -109,12 +95,7 @@ impl TestServer {
         );
         let config = Config::from_toml(&[&base, overrides]).unwrap();
         let server = tally::server::start(config).await.unwrap();
-        TestServer {
-            server: Some(server),
-            db,
-            dir,
-            http: reqwest::Client::new(),
-        }
+        TestServer { server: Some(server), db, dir, http: reqwest::Client::new() }
     }
 
     fn server(&self) -> &Server {
@@ -163,14 +144,7 @@ impl TestServer {
     }
 
     pub async fn metrics(&self) -> String {
-        self.http
-            .get(self.api_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        self.http.get(self.api_url("/metrics")).send().await.unwrap().text().await.unwrap()
     }
 
     pub async fn stop(mut self) {
@@ -183,31 +157,20 @@ impl TestServer {
 
 /// Value of one Prometheus sample, `name{labels}` exactly as rendered.
 pub fn metric_value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
 }
 
 pub fn kv(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.into(),
-        value: Some(AnyValue {
-            value: Some(Value::StringValue(value.into())),
-        }),
+        value: Some(AnyValue { value: Some(Value::StringValue(value.into())) }),
         ..Default::default()
     }
 }
 
 /// A trace request: one resource with `resource_attrs`, `n` valid spans each
 /// carrying `span_attrs`.
-pub fn traces(
-    resource_attrs: Vec<KeyValue>,
-    n: usize,
-    span_attrs: Vec<KeyValue>,
-) -> ExportTraceServiceRequest {
+pub fn traces(resource_attrs: Vec<KeyValue>, n: usize, span_attrs: Vec<KeyValue>) -> ExportTraceServiceRequest {
     let spans = (0..n)
         .map(|i| Span {
             trace_id: vec![1; 16],
@@ -222,14 +185,8 @@ pub fn traces(
         .collect();
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: resource_attrs,
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
+            resource: Some(Resource { attributes: resource_attrs, ..Default::default() }),
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
             ..Default::default()
         }],
     }
@@ -248,11 +205,7 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 
 /// A gRPC client sending raw (pre-encoded) OTLP messages.
 pub async fn grpc_client(url: &str) -> tonic::client::Grpc<tonic::transport::Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned()).unwrap().connect().await.unwrap();
     tonic::client::Grpc::new(channel)
 }
 
@@ -268,27 +221,16 @@ pub async fn grpc_export_traces(
     for (k, v) in metadata {
         req.metadata_mut().insert(*k, v.parse().unwrap());
     }
-    let path = http::uri::PathAndQuery::from_static(
-        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-    );
-    client
-        .unary(req, path, WireCodec::<RawMessage, Proto<_>>::default())
-        .await
-        .map(|r| r.into_inner().0)
+    let path = http::uri::PathAndQuery::from_static("/opentelemetry.proto.collector.trace.v1.TraceService/Export");
+    client.unary(req, path, WireCodec::<RawMessage, Proto<_>>::default()).await.map(|r| r.into_inner().0)
 }
 
 /// Path of the test clients' Python (`scripts/test-deps` installs it).
 pub fn client_python() -> PathBuf {
     let p = std::env::var_os("TEST_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/.venv/bin/python")
-        });
-    assert!(
-        p.exists(),
-        "{} not found: run scripts/test-deps (scripts/test does)",
-        p.display()
-    );
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/.venv/bin/python"));
+    assert!(p.exists(), "{} not found: run scripts/test-deps (scripts/test does)", p.display());
     p
 }
 

@@ -31,10 +31,7 @@ pub enum BodyError {
     #[error("request body exceeds the limit of {limit} bytes{}", if *.decompressed { " after decompression" } else { "" })]
     TooLarge { limit: usize, decompressed: bool },
     #[error("cannot decompress {encoding} body: {detail}")]
-    Decompress {
-        encoding: &'static str,
-        detail: String,
-    },
+    Decompress { encoding: &'static str, detail: String },
     #[error("invalid protobuf: {0}")]
     Protobuf(String),
     #[error("invalid OTLP/JSON at {path}: {detail}")]
@@ -49,10 +46,7 @@ pub enum BodyError {
 /// Decompresses `body`, reading at most `limit` bytes of output, so a
 /// decompression bomb costs at most `limit` bytes of memory.
 pub fn decompress(body: Bytes, encoding: Encoding, limit: usize) -> Result<Bytes, BodyError> {
-    let err = |encoding, e: std::io::Error| BodyError::Decompress {
-        encoding,
-        detail: e.to_string(),
-    };
+    let err = |encoding, e: std::io::Error| BodyError::Decompress { encoding, detail: e.to_string() };
     let mut out = Vec::with_capacity((body.len() * 4).min(limit));
     match encoding {
         Encoding::Identity => return Ok(body),
@@ -67,10 +61,7 @@ pub fn decompress(body: Bytes, encoding: Encoding, limit: usize) -> Result<Bytes
             .map_err(|e| err("zstd", e))?,
     };
     if out.len() > limit {
-        return Err(BodyError::TooLarge {
-            limit,
-            decompressed: true,
-        });
+        return Err(BodyError::TooLarge { limit, decompressed: true });
     }
     Ok(out.into())
 }
@@ -91,16 +82,12 @@ pub fn decode_json<S: OtlpSignal>(body: &[u8]) -> Result<S::Request, BodyError> 
         },
         detail: e.inner().to_string(),
     })?;
-    let trivially_empty = body
-        .iter()
-        .filter(|b| !b.is_ascii_whitespace())
-        .eq(b"{}".iter());
+    let trivially_empty = body.iter().filter(|b| !b.is_ascii_whitespace()).eq(b"{}".iter());
     if !trivially_empty && prost::Message::encoded_len(&req) == 0 {
         let field = S::JSON_FIELD;
         // `{"resourceSpans": []}` is a valid empty request.
-        let names_field =
-            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
-                .is_ok_and(|m| m.contains_key(field));
+        let names_field = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
+            .is_ok_and(|m| m.contains_key(field));
         if !names_field {
             return Err(BodyError::JsonEmpty { field });
         }
@@ -126,29 +113,22 @@ mod tests {
         let bomb = gzip(&vec![0u8; 64 << 20]);
         assert!(bomb.len() < 200 << 10);
         let err = decompress(bomb, Encoding::Gzip, 1 << 20).unwrap_err();
-        assert!(
-            matches!(err, BodyError::TooLarge { limit, decompressed: true } if limit == 1 << 20)
-        );
+        assert!(matches!(err, BodyError::TooLarge { limit, decompressed: true } if limit == 1 << 20));
     }
 
     #[test]
     fn roundtrips_gzip_and_zstd_within_limit() {
         let data = b"hello otlp".repeat(100);
-        assert_eq!(
-            decompress(gzip(&data), Encoding::Gzip, data.len()).unwrap(),
-            &data[..]
-        );
+        assert_eq!(decompress(gzip(&data), Encoding::Gzip, data.len()).unwrap(), &data[..]);
         let z = zstd::encode_all(&data[..], 1).unwrap();
-        assert_eq!(
-            decompress(z.into(), Encoding::Zstd, data.len()).unwrap(),
-            &data[..]
-        );
+        assert_eq!(decompress(z.into(), Encoding::Zstd, data.len()).unwrap(), &data[..]);
         assert!(decompress(Bytes::from_static(b"not gzip"), Encoding::Gzip, 10).is_err());
     }
 
     #[test]
     fn json_decoder_accepts_spec_json() {
-        let body = br#"{"resourceSpans":[{"resource":{"attributes":[{"key":"tenant.id","value":{"stringValue":"acme"}}]},
+        let body =
+            br#"{"resourceSpans":[{"resource":{"attributes":[{"key":"tenant.id","value":{"stringValue":"acme"}}]},
             "scopeSpans":[{"scope":{"name":"s"},"spans":[{"traceId":"5b8efff798038103d269b633813fc60c",
             "spanId":"eee19b7ec3c1b174","name":"GET /","kind":2,"startTimeUnixNano":"1544712660000000000",
             "endTimeUnixNano":1544712661000000000,"attributes":[{"key":"n","value":{"intValue":"42"}}],
@@ -165,10 +145,7 @@ mod tests {
     fn json_errors_name_the_field() {
         let body = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz","spanId":"eee19b7ec3c1b174"}]}]}]}"#;
         let err = decode_json::<Traces>(body).unwrap_err().to_string();
-        assert!(
-            err.contains("resourceSpans[0].scopeSpans[0].spans[0].traceId"),
-            "{err}"
-        );
+        assert!(err.contains("resourceSpans[0].scopeSpans[0].spans[0].traceId"), "{err}");
         let err = decode_json::<Traces>(b"{not json").unwrap_err().to_string();
         assert!(err.starts_with("invalid OTLP/JSON"), "{err}");
     }
@@ -177,21 +154,13 @@ mod tests {
     fn snake_case_json_is_refused_not_silently_empty() {
         let err = decode_json::<Logs>(br#"{"resource_logs":[{"scope_logs":[]}]}"#).unwrap_err();
         assert!(err.to_string().contains("`resourceLogs`"), "{err}");
-        assert!(
-            decode_json::<Logs>(b" { } ")
-                .unwrap()
-                .resource_logs
-                .is_empty()
-        );
+        assert!(decode_json::<Logs>(b" { } ").unwrap().resource_logs.is_empty());
         assert!(decode_json::<Logs>(br#"{"resourceLogs":[]}"#).is_ok());
     }
 
     #[test]
     fn truncated_protobuf_is_an_error() {
-        let req = decode_json::<Traces>(
-            br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"name":"x"}]}]}]}"#,
-        )
-        .unwrap();
+        let req = decode_json::<Traces>(br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"name":"x"}]}]}]}"#).unwrap();
         let bytes = prost::Message::encode_to_vec(&req);
         assert!(decode_protobuf::<Traces>(&bytes[..bytes.len() - 2]).is_err());
         assert_eq!(decode_protobuf::<Traces>(&bytes).unwrap(), req);

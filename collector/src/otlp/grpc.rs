@@ -25,7 +25,7 @@ use tonic::{
 };
 
 use crate::{
-    Ingest, IngestError, RequestContext,
+    Ingest, RequestContext,
     otlp::{
         body::decode_protobuf,
         signal::{Logs, Metrics, OtlpSignal, Traces},
@@ -66,9 +66,7 @@ impl<M: prost::Message + Default + Send + 'static> Wire for Proto<M> {
         let _ = self.0.encode(dst);
     }
     fn decode(src: &mut DecodeBuf<'_>) -> Result<Self, Status> {
-        M::decode(src)
-            .map(Proto)
-            .map_err(|e| Status::invalid_argument(format!("invalid protobuf: {e}")))
+        M::decode(src).map(Proto).map_err(|e| Status::invalid_argument(format!("invalid protobuf: {e}")))
     }
 }
 
@@ -121,21 +119,13 @@ struct OtlpGrpc<S> {
 
 impl<S> Clone for OtlpGrpc<S> {
     fn clone(&self) -> Self {
-        OtlpGrpc {
-            ingest: self.ingest.clone(),
-            max_request_bytes: self.max_request_bytes,
-            _signal: PhantomData,
-        }
+        OtlpGrpc { ingest: self.ingest.clone(), max_request_bytes: self.max_request_bytes, _signal: PhantomData }
     }
 }
 
 impl<S: OtlpSignal> OtlpGrpc<S> {
     fn new(ingest: Arc<Ingest>, max_request_bytes: usize) -> Self {
-        OtlpGrpc {
-            ingest,
-            max_request_bytes,
-            _signal: PhantomData,
-        }
+        OtlpGrpc { ingest, max_request_bytes, _signal: PhantomData }
     }
 }
 
@@ -164,27 +154,34 @@ where
         }
         let this = self.clone();
         Box::pin(async move {
-            let mut grpc =
-                tonic::server::Grpc::new(WireCodec::<Proto<S::Response>, RawMessage>::default())
-                    .accept_compressed(CompressionEncoding::Gzip)
-                    .accept_compressed(CompressionEncoding::Zstd)
-                    .send_compressed(CompressionEncoding::Gzip)
-                    .send_compressed(CompressionEncoding::Zstd)
-                    .max_decoding_message_size(this.max_request_bytes);
+            // Admitted before the message is read, held until answered.
+            let _admitted = match this.ingest.admit().await {
+                Ok(permit) => permit,
+                Err(e) => {
+                    count_refused_request::<S>(e.reason());
+                    return Ok(e.grpc_status().into_http());
+                }
+            };
+            let mut grpc = tonic::server::Grpc::new(WireCodec::<Proto<S::Response>, RawMessage>::default())
+                .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Zstd)
+                .send_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Zstd)
+                .max_decoding_message_size(this.max_request_bytes);
             let mut res = grpc.unary(this, req).await;
-            // tonic refuses a message whose length prefix is over the limit
-            // with OUT_OF_RANGE (and one that inflates past it with
-            // RESOURCE_EXHAUSTED); OTLP clients expect RESOURCE_EXHAUSTED for
-            // both. The handler itself never answers OUT_OF_RANGE.
-            let status = res
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok());
-            if matches!(status, Some("11") | Some("8")) {
-                res.headers_mut()
-                    .insert("grpc-status", http::HeaderValue::from_static("8"));
-                count_refused_request::<S>(reason::TOO_LARGE);
-            }
+            // Statuses tonic itself answers before the handler runs, mapped
+            // to what OTLP clients expect (the handler never answers these):
+            // a length prefix over the limit is OUT_OF_RANGE and a message
+            // inflating past it RESOURCE_EXHAUSTED → RESOURCE_EXHAUSTED; a
+            // corrupt compressed frame is INTERNAL → INVALID_ARGUMENT.
+            let status = res.headers().get("grpc-status").and_then(|v| v.to_str().ok());
+            let (code, why) = match status {
+                Some("11") | Some("8") => ("8", reason::TOO_LARGE),
+                Some("13") => ("3", reason::MALFORMED),
+                _ => return Ok(res),
+            };
+            res.headers_mut().insert("grpc-status", http::HeaderValue::from_static(code));
+            count_refused_request::<S>(why);
             Ok(res)
         })
     }
@@ -212,22 +209,14 @@ impl<S: OtlpSignal> UnaryService<RawMessage> for OtlpGrpc<S> {
                 count_refused_request::<S>(reason::MALFORMED);
                 Status::invalid_argument(e.to_string())
             })?;
-            let result = ingest
-                .export::<S>(req, body.len(), &ctx, Transport::Grpc)
-                .await;
+            let result = ingest.export::<S>(req, body.len(), &ctx, Transport::Grpc).await;
             metrics::histogram!(metric_names::REQUEST_DURATION, "signal" => S::SIGNAL.as_str(), "transport" => "grpc")
                 .record(start.elapsed().as_secs_f64());
             match result {
-                Ok(ok) => Ok(tonic::Response::new(Proto(S::response(
-                    ok.rejected as i64,
-                    ok.message,
-                )))),
-                Err(e @ (IngestError::Overloaded | IngestError::ShuttingDown)) => {
-                    count_refused_request::<S>(match e {
-                        IngestError::Overloaded => reason::OVERLOADED,
-                        IngestError::ShuttingDown => reason::SHUTTING_DOWN,
-                    });
-                    Err(Status::unavailable(e.to_string()))
+                Ok(ok) => Ok(tonic::Response::new(Proto(S::response(ok.rejected as i64, ok.message)))),
+                Err(e) => {
+                    count_refused_request::<S>(e.reason());
+                    Err(e.grpc_status())
                 }
             }
         })

@@ -2,7 +2,10 @@
 //! JSON, identity/gzip/zstd, chunked or not. Errors carry a
 //! `google.rpc.Status` in the request's encoding, as the OTLP spec asks.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Router,
@@ -29,6 +32,7 @@ struct HttpState {
     max_request_bytes: usize,
     max_compressed_request_bytes: usize,
     retry_after: HeaderValue,
+    request_timeout: Duration,
 }
 
 /// The OTLP/HTTP routes.
@@ -38,6 +42,7 @@ pub fn http_router(ingest: Arc<Ingest>, config: &OtlpConfig) -> Router {
         max_request_bytes: config.max_request_bytes,
         max_compressed_request_bytes: config.max_compressed_request_bytes,
         retry_after: HeaderValue::from(config.retry_after_secs),
+        request_timeout: config.request_timeout,
     });
     Router::new()
         .route(Traces::HTTP_PATH, post(export::<Traces>))
@@ -71,11 +76,13 @@ struct Refusal {
 
 impl Refusal {
     fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Refusal {
-        Refusal {
-            status,
-            reason,
-            message: message.into(),
-        }
+        Refusal { status, reason, message: message.into() }
+    }
+}
+
+impl From<IngestError> for Refusal {
+    fn from(e: IngestError) -> Refusal {
+        Refusal::new(e.http_status(), e.reason(), e.to_string())
     }
 }
 
@@ -99,13 +106,9 @@ struct RpcStatus {
     message: String,
 }
 
-async fn export<S: OtlpSignal>(
-    State(st): State<Arc<HttpState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn export<S: OtlpSignal>(State(st): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
     let start = Instant::now();
-    let format = match media_type(&headers) {
+    let format = match media_type(&headers).map(|m| m.to_ascii_lowercase()).as_deref() {
         Some("application/x-protobuf") | Some("application/protobuf") => Format::Protobuf,
         Some("application/json") => Format::Json,
         other => {
@@ -117,11 +120,7 @@ async fn export<S: OtlpSignal>(
             return refuse::<S>(
                 &st,
                 Format::Json,
-                Refusal::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    reason::UNSUPPORTED_MEDIA_TYPE,
-                    msg,
-                ),
+                Refusal::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, reason::UNSUPPORTED_MEDIA_TYPE, msg),
             );
         }
     };
@@ -140,24 +139,28 @@ async fn handle<S: OtlpSignal>(
     body: Body,
     format: Format,
 ) -> Result<Response, Refusal> {
-    let encoding_header = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok());
+    let encoding_header = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
     let encoding = Encoding::parse(encoding_header).ok_or_else(|| {
         Refusal::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             reason::UNSUPPORTED_ENCODING,
-            format!(
-                "unsupported content encoding {:?}: use gzip, zstd or none",
-                encoding_header.unwrap_or("")
-            ),
+            format!("unsupported content encoding {:?}: use gzip, zstd or none", encoding_header.unwrap_or("")),
         )
     })?;
     let wire_limit = match encoding {
         Encoding::Identity => st.max_request_bytes,
         _ => st.max_compressed_request_bytes,
     };
-    let body = read_body(body, headers, wire_limit).await?;
+    // Admitted before the body is read, held until answered.
+    let _admitted = st.ingest.admit().await?;
+    let body =
+        tokio::time::timeout(st.request_timeout, read_body(body, headers, wire_limit)).await.map_err(|_| {
+            Refusal::new(
+                StatusCode::REQUEST_TIMEOUT,
+                reason::TIMEOUT,
+                format!("request body not received within otlp.request_timeout ({:?})", st.request_timeout),
+            )
+        })??;
     let body = decompress(body, encoding, st.max_request_bytes)?;
     metrics::counter!(metric_names::RECEIVED_BYTES, "signal" => S::SIGNAL.as_str(), "transport" => "http")
         .increment(body.len() as u64);
@@ -173,47 +176,23 @@ async fn handle<S: OtlpSignal>(
             .and_then(|h| headers.get(h))
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
     };
-    let accepted = st
-        .ingest
-        .export::<S>(req, body.len(), &ctx, Transport::Http)
-        .await
-        .map_err(|e| match e {
-            IngestError::Overloaded => Refusal::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                reason::OVERLOADED,
-                e.to_string(),
-            ),
-            IngestError::ShuttingDown => Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                reason::SHUTTING_DOWN,
-                e.to_string(),
-            ),
-        })?;
+    let accepted = st.ingest.export::<S>(req, body.len(), &ctx, Transport::Http).await?;
     let response = S::response(accepted.rejected as i64, accepted.message);
     let body = match format {
         Format::Protobuf => prost::Message::encode_to_vec(&response),
         // Full success is `{}` (serde would write `"partialSuccess":null`).
-        Format::Json
-            if S::rejected(&response) == 0 && prost::Message::encoded_len(&response) == 0 =>
-        {
-            b"{}".to_vec()
-        }
+        Format::Json if S::rejected(&response) == 0 && prost::Message::encoded_len(&response) == 0 => b"{}".to_vec(),
         Format::Json => serde_json::to_vec(&response).unwrap_or_default(),
     };
     let mut response = match response_encoding(encoding, headers).and_then(|e| compress(&body, e)) {
         Some((body, name)) => (
-            [
-                (header::CONTENT_TYPE, format.content_type()),
-                (header::CONTENT_ENCODING, HeaderValue::from_static(name)),
-            ],
+            [(header::CONTENT_TYPE, format.content_type()), (header::CONTENT_ENCODING, HeaderValue::from_static(name))],
             body,
         )
             .into_response(),
         None => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
     };
-    response
-        .headers_mut()
-        .insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    response.headers_mut().insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     Ok(response)
 }
 
@@ -230,8 +209,14 @@ fn response_encoding(encoding: Encoding, headers: &HeaderMap) -> Option<Encoding
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|e| e.split(';').next().unwrap_or("").trim())
-        .any(|e| e.eq_ignore_ascii_case(name) || e == "*")
+        .any(|e| {
+            let mut parts = e.split(';');
+            let coding = parts.next().unwrap_or("").trim();
+            // `gzip;q=0` means "not gzip".
+            let refused =
+                parts.any(|p| p.trim().strip_prefix("q=").is_some_and(|q| q.trim().parse::<f32>() == Ok(0.0)));
+            (coding.eq_ignore_ascii_case(name) || coding == "*") && !refused
+        })
         .then_some(encoding)
 }
 
@@ -251,27 +236,18 @@ fn compress(body: &[u8], encoding: Encoding) -> Option<(Vec<u8>, &'static str)> 
 /// Reads at most `limit` bytes of body, refusing at once when the declared
 /// length is over it.
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Refusal> {
-    let too_large = || {
-        Refusal::from(BodyError::TooLarge {
-            limit,
-            decompressed: false,
-        })
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = || Refusal::from(BodyError::TooLarge { limit, decompressed: false });
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(Refusal::new(
-            StatusCode::BAD_REQUEST,
-            reason::MALFORMED,
-            format!("cannot read request body: {e}"),
-        )),
+        Err(e) => {
+            Err(Refusal::new(StatusCode::BAD_REQUEST, reason::MALFORMED, format!("cannot read request body: {e}")))
+        }
     }
 }
 
@@ -285,33 +261,18 @@ fn refuse<S: OtlpSignal>(st: &HttpState, format: Format, r: Refusal) -> Response
         .increment(1);
     tracing::debug!(signal = S::SIGNAL.as_str(), status = r.status.as_u16(), reason = r.reason, message = %r.message, "refused otlp/http request");
     let code = match r.status {
-        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS => {
-            tonic::Code::ResourceExhausted
-        }
+        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS => tonic::Code::ResourceExhausted,
         StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
         _ => tonic::Code::InvalidArgument,
     };
-    let status = RpcStatus {
-        code: code as i32,
-        message: r.message,
-    };
+    let status = RpcStatus { code: code as i32, message: r.message };
     let body = match format {
         Format::Protobuf => prost::Message::encode_to_vec(&status),
         Format::Json => serde_json::to_vec(&status).unwrap_or_default(),
     };
-    let mut response = (
-        r.status,
-        [(header::CONTENT_TYPE, format.content_type())],
-        body,
-    )
-        .into_response();
-    if matches!(
-        r.status,
-        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-    ) {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, st.retry_after.clone());
+    let mut response = (r.status, [(header::CONTENT_TYPE, format.content_type())], body).into_response();
+    if matches!(r.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+        response.headers_mut().insert(header::RETRY_AFTER, st.retry_after.clone());
     }
     response
 }

@@ -6,16 +6,9 @@ use tally_core::{
     Payload, Signal,
     otlp::{
         collector::{
-            logs::v1::{
-                ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
-            },
-            metrics::v1::{
-                ExportMetricsPartialSuccess, ExportMetricsServiceRequest,
-                ExportMetricsServiceResponse,
-            },
-            trace::v1::{
-                ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-            },
+            logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse},
+            metrics::v1::{ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse},
+            trace::v1::{ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse},
         },
         common::v1::KeyValue,
         logs::v1::{ResourceLogs, ScopeLogs},
@@ -97,10 +90,17 @@ fn collect_resources<K: PartialEq, S, R>(
         .collect()
 }
 
+/// Span ids must be 16/8 non-zero bytes. On log records both are optional:
+/// empty or all-zero means "not set" (logs.proto).
 fn valid_trace_ids(trace_id: &[u8], span_id: &[u8], optional: bool) -> bool {
-    let ok = |id: &[u8], len| id.len() == len && id.iter().any(|b| *b != 0);
-    (optional && trace_id.is_empty() && span_id.is_empty())
-        || (ok(trace_id, 16) && (ok(span_id, 8) || (optional && span_id.is_empty())))
+    let set = |id: &[u8]| id.iter().any(|b| *b != 0);
+    let ok = |id: &[u8], len| id.len() == len && set(id);
+    if optional {
+        let unset = |id: &[u8]| id.is_empty() || (!set(id) && (id.len() == 16 || id.len() == 8));
+        (unset(trace_id) || ok(trace_id, 16)) && (unset(span_id) || ok(span_id, 8))
+    } else {
+        ok(trace_id, 16) && ok(span_id, 8)
+    }
 }
 
 pub const INVALID_ID: Reason = "invalid_id";
@@ -126,20 +126,13 @@ impl OtlpSignal for Traces {
         res.scope_spans.iter().map(|s| s.spans.len() as u64).sum()
     }
     fn all_items_valid(res: &ResourceSpans) -> bool {
-        res.scope_spans
-            .iter()
-            .flat_map(|s| &s.spans)
-            .all(|s| valid_trace_ids(&s.trace_id, &s.span_id, false))
+        res.scope_spans.iter().flat_map(|s| &s.spans).all(|s| valid_trace_ids(&s.trace_id, &s.span_id, false))
     }
     fn partition<K: PartialEq>(
         res: ResourceSpans,
         route: &mut dyn FnMut(Option<&[KeyValue]>) -> Route<K>,
     ) -> Vec<(Route<K>, ResourceSpans, u64)> {
-        let ResourceSpans {
-            resource,
-            scope_spans,
-            schema_url,
-        } = res;
+        let ResourceSpans { resource, scope_spans, schema_url } = res;
         let mut scopes = Vec::new();
         for ss in scope_spans {
             let mut groups = Vec::new();
@@ -150,15 +143,7 @@ impl OtlpSignal for Traces {
             }
             for (k, spans) in groups {
                 let n = spans.len() as u64;
-                scopes.push((
-                    k,
-                    ScopeSpans {
-                        scope: ss.scope.clone(),
-                        spans,
-                        schema_url: ss.schema_url.clone(),
-                    },
-                    n,
-                ));
+                scopes.push((k, ScopeSpans { scope: ss.scope.clone(), spans, schema_url: ss.schema_url.clone() }, n));
             }
         }
         collect_resources(scopes, |scope_spans| ResourceSpans {
@@ -172,18 +157,12 @@ impl OtlpSignal for Traces {
     }
     fn response(rejected: i64, message: String) -> ExportTraceServiceResponse {
         ExportTraceServiceResponse {
-            partial_success: (rejected > 0 || !message.is_empty()).then_some(
-                ExportTracePartialSuccess {
-                    rejected_spans: rejected,
-                    error_message: message,
-                },
-            ),
+            partial_success: (rejected > 0 || !message.is_empty())
+                .then_some(ExportTracePartialSuccess { rejected_spans: rejected, error_message: message }),
         }
     }
     fn rejected(resp: &ExportTraceServiceResponse) -> i64 {
-        resp.partial_success
-            .as_ref()
-            .map_or(0, |p| p.rejected_spans)
+        resp.partial_success.as_ref().map_or(0, |p| p.rejected_spans)
     }
 }
 
@@ -205,26 +184,16 @@ impl OtlpSignal for Logs {
         res.resource.as_ref().map_or(&[], |r| &r.attributes)
     }
     fn count_items(res: &ResourceLogs) -> u64 {
-        res.scope_logs
-            .iter()
-            .map(|s| s.log_records.len() as u64)
-            .sum()
+        res.scope_logs.iter().map(|s| s.log_records.len() as u64).sum()
     }
     fn all_items_valid(res: &ResourceLogs) -> bool {
-        res.scope_logs
-            .iter()
-            .flat_map(|s| &s.log_records)
-            .all(|l| valid_trace_ids(&l.trace_id, &l.span_id, true))
+        res.scope_logs.iter().flat_map(|s| &s.log_records).all(|l| valid_trace_ids(&l.trace_id, &l.span_id, true))
     }
     fn partition<K: PartialEq>(
         res: ResourceLogs,
         route: &mut dyn FnMut(Option<&[KeyValue]>) -> Route<K>,
     ) -> Vec<(Route<K>, ResourceLogs, u64)> {
-        let ResourceLogs {
-            resource,
-            scope_logs,
-            schema_url,
-        } = res;
+        let ResourceLogs { resource, scope_logs, schema_url } = res;
         let mut scopes = Vec::new();
         for sl in scope_logs {
             let mut groups = Vec::new();
@@ -237,11 +206,7 @@ impl OtlpSignal for Logs {
                 let n = log_records.len() as u64;
                 scopes.push((
                     k,
-                    ScopeLogs {
-                        scope: sl.scope.clone(),
-                        log_records,
-                        schema_url: sl.schema_url.clone(),
-                    },
+                    ScopeLogs { scope: sl.scope.clone(), log_records, schema_url: sl.schema_url.clone() },
                     n,
                 ));
             }
@@ -257,18 +222,12 @@ impl OtlpSignal for Logs {
     }
     fn response(rejected: i64, message: String) -> ExportLogsServiceResponse {
         ExportLogsServiceResponse {
-            partial_success: (rejected > 0 || !message.is_empty()).then_some(
-                ExportLogsPartialSuccess {
-                    rejected_log_records: rejected,
-                    error_message: message,
-                },
-            ),
+            partial_success: (rejected > 0 || !message.is_empty())
+                .then_some(ExportLogsPartialSuccess { rejected_log_records: rejected, error_message: message }),
         }
     }
     fn rejected(resp: &ExportLogsServiceResponse) -> i64 {
-        resp.partial_success
-            .as_ref()
-            .map_or(0, |p| p.rejected_log_records)
+        resp.partial_success.as_ref().map_or(0, |p| p.rejected_log_records)
     }
 }
 
@@ -289,13 +248,8 @@ fn partition_metric<K: PartialEq>(
     m: Metric,
     route: &mut dyn FnMut(Option<&[KeyValue]>) -> Route<K>,
 ) -> Vec<(Route<K>, Metric, u64)> {
-    let Metric {
-        name,
-        description,
-        unit,
-        metadata,
-        data,
-    } = m;
+    use tally_core::otlp::metrics::v1;
+    let Metric { name, description, unit, metadata, data } = m;
     let shell = |data| Metric {
         name: name.clone(),
         description: description.clone(),
@@ -303,60 +257,33 @@ fn partition_metric<K: PartialEq>(
         metadata: metadata.clone(),
         data: Some(data),
     };
-    // Each arm: group the points, then rebuild the same metric type around
-    // each group.
+    // Each arm: group the points, then rebuild the same metric type (with
+    // its temporality and monotonicity) around each group.
     macro_rules! split {
-        ($v:ident, $points:expr, |$p:ident| $rebuild:expr) => {{
+        ($v:ident, $m:ident) => {{
             let mut groups = Vec::new();
-            for point in $points {
+            for point in std::mem::take(&mut $m.data_points) {
                 let k = route(Some(point.attributes.as_slice()));
                 push_group(&mut groups, k, point);
             }
             groups
                 .into_iter()
-                .map(|(k, $p)| {
-                    let n = $p.len() as u64;
-                    (k, shell(Data::$v($rebuild)), n)
+                .map(|(k, data_points)| {
+                    let n = data_points.len() as u64;
+                    (k, shell(Data::$v(v1::$v { data_points, ..$m.clone() })), n)
                 })
                 .collect()
         }};
     }
     match data {
-        Some(Data::Gauge(g)) => split!(Gauge, g.data_points, |p| {
-            tally_core::otlp::metrics::v1::Gauge { data_points: p }
-        }),
-        Some(Data::Sum(s)) => split!(Sum, s.data_points, |p| tally_core::otlp::metrics::v1::Sum {
-            data_points: p,
-            ..s
-        }),
-        Some(Data::Histogram(h)) => split!(Histogram, h.data_points, |p| {
-            tally_core::otlp::metrics::v1::Histogram {
-                data_points: p,
-                ..h
-            }
-        }),
-        Some(Data::ExponentialHistogram(h)) => split!(ExponentialHistogram, h.data_points, |p| {
-            tally_core::otlp::metrics::v1::ExponentialHistogram {
-                data_points: p,
-                ..h
-            }
-        }),
-        Some(Data::Summary(s)) => split!(Summary, s.data_points, |p| {
-            tally_core::otlp::metrics::v1::Summary { data_points: p }
-        }),
+        Some(Data::Gauge(mut m)) => split!(Gauge, m),
+        Some(Data::Sum(mut m)) => split!(Sum, m),
+        Some(Data::Histogram(mut m)) => split!(Histogram, m),
+        Some(Data::ExponentialHistogram(mut m)) => split!(ExponentialHistogram, m),
+        Some(Data::Summary(mut m)) => split!(Summary, m),
         // A metric without data carries no items; route it with no attributes
         // so its metadata still reaches a tenant.
-        None => vec![(
-            route(Some(&[])),
-            Metric {
-                name,
-                description,
-                unit,
-                metadata,
-                data: None,
-            },
-            0,
-        )],
+        None => vec![(route(Some(&[])), Metric { name, description, unit, metadata, data: None }, 0)],
     }
 }
 
@@ -367,8 +294,7 @@ impl OtlpSignal for Metrics {
     const SIGNAL: Signal = Signal::MetricPoints;
     const HTTP_PATH: &'static str = "/v1/metrics";
     const GRPC_SERVICE: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
-    const GRPC_PATH: &'static str =
-        "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+    const GRPC_PATH: &'static str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
     const JSON_FIELD: &'static str = "resourceMetrics";
     const NOUN: &'static str = "data points";
 
@@ -379,11 +305,7 @@ impl OtlpSignal for Metrics {
         res.resource.as_ref().map_or(&[], |r| &r.attributes)
     }
     fn count_items(res: &ResourceMetrics) -> u64 {
-        res.scope_metrics
-            .iter()
-            .flat_map(|s| &s.metrics)
-            .map(data_points)
-            .sum()
+        res.scope_metrics.iter().flat_map(|s| &s.metrics).map(data_points).sum()
     }
     fn all_items_valid(_: &ResourceMetrics) -> bool {
         true
@@ -392,11 +314,7 @@ impl OtlpSignal for Metrics {
         res: ResourceMetrics,
         route: &mut dyn FnMut(Option<&[KeyValue]>) -> Route<K>,
     ) -> Vec<(Route<K>, ResourceMetrics, u64)> {
-        let ResourceMetrics {
-            resource,
-            scope_metrics,
-            schema_url,
-        } = res;
+        let ResourceMetrics { resource, scope_metrics, schema_url } = res;
         let mut scopes = Vec::new();
         for sm in scope_metrics {
             let mut groups: Vec<(Route<K>, Vec<(Metric, u64)>)> = Vec::new();
@@ -410,11 +328,7 @@ impl OtlpSignal for Metrics {
                 let metrics = metrics.into_iter().map(|(m, _)| m).collect();
                 scopes.push((
                     k,
-                    ScopeMetrics {
-                        scope: sm.scope.clone(),
-                        metrics,
-                        schema_url: sm.schema_url.clone(),
-                    },
+                    ScopeMetrics { scope: sm.scope.clone(), metrics, schema_url: sm.schema_url.clone() },
                     n,
                 ));
             }
@@ -430,18 +344,12 @@ impl OtlpSignal for Metrics {
     }
     fn response(rejected: i64, message: String) -> ExportMetricsServiceResponse {
         ExportMetricsServiceResponse {
-            partial_success: (rejected > 0 || !message.is_empty()).then_some(
-                ExportMetricsPartialSuccess {
-                    rejected_data_points: rejected,
-                    error_message: message,
-                },
-            ),
+            partial_success: (rejected > 0 || !message.is_empty())
+                .then_some(ExportMetricsPartialSuccess { rejected_data_points: rejected, error_message: message }),
         }
     }
     fn rejected(resp: &ExportMetricsServiceResponse) -> i64 {
-        resp.partial_success
-            .as_ref()
-            .map_or(0, |p| p.rejected_data_points)
+        resp.partial_success.as_ref().map_or(0, |p| p.rejected_data_points)
     }
 }
 
@@ -450,8 +358,8 @@ mod tests {
     use tally_core::otlp::{
         common::v1::{AnyValue, any_value::Value},
         metrics::v1::{
-            ExponentialHistogram, ExponentialHistogramDataPoint, Gauge, Histogram,
-            HistogramDataPoint, NumberDataPoint, Sum, Summary, SummaryDataPoint,
+            ExponentialHistogram, ExponentialHistogramDataPoint, Gauge, Histogram, HistogramDataPoint, NumberDataPoint,
+            Sum, Summary, SummaryDataPoint,
         },
         trace::v1::Span,
     };
@@ -461,20 +369,14 @@ mod tests {
     fn tag(i: usize) -> Vec<KeyValue> {
         vec![KeyValue {
             key: "k".into(),
-            value: Some(AnyValue {
-                value: Some(Value::IntValue((i % 3) as i64)),
-            }),
+            value: Some(AnyValue { value: Some(Value::IntValue((i % 3) as i64)) }),
             ..Default::default()
         }]
     }
 
     /// Routes by the `k` attribute; refuses invalid items.
     fn route(attrs: Option<&[KeyValue]>) -> Route<i64> {
-        match attrs
-            .ok_or(INVALID_ID)?
-            .first()
-            .and_then(|kv| kv.value.as_ref()?.value.clone())
-        {
+        match attrs.ok_or(INVALID_ID)?.first().and_then(|kv| kv.value.as_ref()?.value.clone()) {
             Some(Value::IntValue(k)) => Ok(k),
             _ => Err("none"),
         }
@@ -486,23 +388,14 @@ mod tests {
             (0..10)
                 .map(|i| Span {
                     trace_id: vec![1; 16],
-                    span_id: if i == 7 {
-                        vec![]
-                    } else {
-                        vec![(scope * 10 + i + 1) as u8; 8]
-                    },
+                    span_id: if i == 7 { vec![] } else { vec![(scope * 10 + i + 1) as u8; 8] },
                     attributes: tag(i),
                     ..Default::default()
                 })
                 .collect()
         };
         let res = ResourceSpans {
-            scope_spans: (0..3)
-                .map(|s| ScopeSpans {
-                    spans: spans(s),
-                    ..Default::default()
-                })
-                .collect(),
+            scope_spans: (0..3).map(|s| ScopeSpans { spans: spans(s), ..Default::default() }).collect(),
             ..Default::default()
         };
         assert_eq!(Traces::count_items(&res), 30);
@@ -518,17 +411,9 @@ mod tests {
                 .sum::<u64>(),
             30
         );
-        let of = |k: Route<i64>| {
-            parts
-                .iter()
-                .find(|(r, _, _)| *r == k)
-                .map_or(0, |(_, _, n)| *n)
-        };
+        let of = |k: Route<i64>| parts.iter().find(|(r, _, _)| *r == k).map_or(0, |(_, _, n)| *n);
         // i % 3 over 0..10 is 4×0, 3×1, 3×2 per scope; span 7 (k = 1) is invalid.
-        assert_eq!(
-            (of(Ok(0)), of(Ok(1)), of(Ok(2)), of(Err(INVALID_ID))),
-            (12, 6, 9, 3)
-        );
+        assert_eq!((of(Ok(0)), of(Ok(1)), of(Ok(2)), of(Err(INVALID_ID))), (12, 6, 9, 3));
         // Every span of a part carries that part's route.
         for (k, r, _) in &parts {
             for span in r.scope_spans.iter().flat_map(|s| &s.spans) {
@@ -541,44 +426,26 @@ mod tests {
     #[test]
     fn partitioning_metrics_keeps_every_point_and_the_metric_type() {
         let n = 6;
-        let number = |i| NumberDataPoint {
-            attributes: tag(i),
-            ..Default::default()
-        };
+        let number = |i| NumberDataPoint { attributes: tag(i), ..Default::default() };
         let metrics = vec![
-            Data::Gauge(Gauge {
-                data_points: (0..n).map(number).collect(),
-            }),
+            Data::Gauge(Gauge { data_points: (0..n).map(number).collect() }),
             Data::Sum(Sum {
                 data_points: (0..n).map(number).collect(),
                 aggregation_temporality: 2,
                 is_monotonic: true,
             }),
             Data::Histogram(Histogram {
-                data_points: (0..n)
-                    .map(|i| HistogramDataPoint {
-                        attributes: tag(i),
-                        ..Default::default()
-                    })
-                    .collect(),
+                data_points: (0..n).map(|i| HistogramDataPoint { attributes: tag(i), ..Default::default() }).collect(),
                 aggregation_temporality: 1,
             }),
             Data::ExponentialHistogram(ExponentialHistogram {
                 data_points: (0..n)
-                    .map(|i| ExponentialHistogramDataPoint {
-                        attributes: tag(i),
-                        ..Default::default()
-                    })
+                    .map(|i| ExponentialHistogramDataPoint { attributes: tag(i), ..Default::default() })
                     .collect(),
                 aggregation_temporality: 1,
             }),
             Data::Summary(Summary {
-                data_points: (0..n)
-                    .map(|i| SummaryDataPoint {
-                        attributes: tag(i),
-                        ..Default::default()
-                    })
-                    .collect(),
+                data_points: (0..n).map(|i| SummaryDataPoint { attributes: tag(i), ..Default::default() }).collect(),
             }),
         ];
         let res = ResourceMetrics {
@@ -586,16 +453,8 @@ mod tests {
                 metrics: metrics
                     .into_iter()
                     .enumerate()
-                    .map(|(i, data)| Metric {
-                        name: format!("m{i}"),
-                        data: Some(data),
-                        ..Default::default()
-                    })
-                    .chain([Metric {
-                        name: "empty".into(),
-                        data: None,
-                        ..Default::default()
-                    }])
+                    .map(|(i, data)| Metric { name: format!("m{i}"), data: Some(data), ..Default::default() })
+                    .chain([Metric { name: "empty".into(), data: None, ..Default::default() }])
                     .collect(),
                 ..Default::default()
             }],
@@ -613,9 +472,7 @@ mod tests {
             }
             // Each route gets all five metrics, with their type and temporality.
             assert_eq!(ms.len(), 5);
-            assert!(
-                matches!(&ms[1].data, Some(Data::Sum(s)) if s.is_monotonic && s.aggregation_temporality == 2)
-            );
+            assert!(matches!(&ms[1].data, Some(Data::Sum(s)) if s.is_monotonic && s.aggregation_temporality == 2));
             assert_eq!(*n, 10);
         }
     }
