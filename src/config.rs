@@ -14,13 +14,13 @@ use figment::{
 };
 use serde::Deserialize;
 use tally_aggregator::PipelineConfig;
-use tally_collector::{OtlpConfig, TenancyConfig, TenantResolver};
-use tally_core::Secret;
+use tally_collector::{OtlpConfig, TenancyConfig, TenantResolver, events::EventsConfig};
+use tally_core::{MeterConfig, Secret, meter::validate_meters};
 
 pub const DEFAULTS: &str = include_str!("../tally.default.toml");
 
 /// Config sections; `TALLY_<SECTION>_<KEY>` maps to `<section>.<key>`.
-const SECTIONS: [&str; 4] = ["api", "otlp", "tenancy", "pipeline"];
+const SECTIONS: [&str; 5] = ["api", "otlp", "tenancy", "pipeline", "events"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +38,10 @@ pub struct Config {
     pub otlp: OtlpConfig,
     pub tenancy: TenancyConfig,
     pub pipeline: PipelineConfig,
+    pub events: EventsConfig,
+    /// `[[meters]]`: what usage is counted (see the defaults file).
+    #[serde(default)]
+    pub meters: Vec<MeterConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -101,6 +105,12 @@ impl Config {
         anyhow::ensure!(!self.pipeline.flush_interval.is_zero(), "pipeline.flush_interval must be greater than 0");
         anyhow::ensure!(!self.shutdown_timeout.is_zero(), "shutdown_timeout must be greater than 0");
         TenantResolver::new(&self.tenancy)?;
+        validate_meters(&self.meters).map_err(anyhow::Error::msg)?;
+        let e = &self.events;
+        anyhow::ensure!(
+            e.max_body_bytes > 0 && e.max_batch > 0 && e.max_commit_records > 0,
+            "events.max_body_bytes, events.max_batch and events.max_commit_records must be greater than 0"
+        );
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .with_context(|| format!("log_level: {:?} is not a valid filter", self.log_level))?;
         let url = self.database_url.expose();

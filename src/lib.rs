@@ -8,6 +8,7 @@ pub mod config;
 pub mod loadgen;
 pub mod observability;
 pub mod server;
+pub mod usage_api;
 
 pub use config::Config;
 pub use server::Server;

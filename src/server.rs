@@ -8,12 +8,12 @@ use std::{
 
 use anyhow::Context;
 use tally_aggregator::IngestCounter;
-use tally_collector::{Ingest, Pipeline, TenantResolver, otlp};
+use tally_collector::{Ingest, Pipeline, TenantResolver, UsageLedger, events, otlp};
 use tally_store::Store;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Config, api};
+use crate::{Config, api, usage_api};
 
 /// A running tally. Dropping it does not stop it; call [`Server::shutdown`].
 pub struct Server {
@@ -68,9 +68,18 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let http = axum::serve(http_listener, otlp::http_router(ingest, &config.otlp))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let draining = Arc::new(AtomicBool::new(false));
-    let api =
-        axum::serve(api_listener, api::router(api::ApiState { store: store.clone(), draining: draining.clone() }))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    // Usage events are written by the ledger's group-commit task; it stops
+    // once the API server (the only holder of its handle) has stopped.
+    let (ledger, ledger_task) = UsageLedger::start(store.clone(), config.events.max_commit_records);
+    let meters = Arc::new(config.meters.clone());
+    let api_router = api::router(api::ApiState { store: store.clone(), draining: draining.clone() })
+        .merge(events::events_router(events::EventsState {
+            meters: Arc::new(events::Meters::new(&meters)),
+            ledger,
+            config: config.events.clone(),
+        }))
+        .merge(usage_api::router(usage_api::UsageState { store: store.clone(), meters }));
+    let api = axum::serve(api_listener, api_router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
 
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(async move { http.await });
@@ -89,9 +98,10 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         let http = joined(http.await, "otlp http server");
         let counter = counter.await.context("counting stage");
         let api = joined(api.await, "api server");
+        let ledger = ledger_task.await.context("usage ledger writer");
         task_store.close().await;
         tracing::info!("shutdown complete");
-        grpc.and(http).and(counter).and(api)
+        grpc.and(http).and(counter).and(api).and(ledger)
     });
 
     tracing::info!(

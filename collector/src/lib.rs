@@ -5,16 +5,21 @@
 //! - [`Ingest`] is the transport-independent core: tenant resolution, item
 //!   validation, partial success, enqueueing.
 //! - [`otlp::grpc_routes`] and [`otlp::http_router`] are the two transports.
+//! - [`events`] is `POST /v1/events`, usage events into the billing ledger
+//!   through [`UsageLedger`] (group commit).
 //! - [`OtlpConfig`] and [`TenancyConfig`] are the `[otlp]` and `[tenancy]`
 //!   config sections.
 
 mod config;
+pub mod events;
 mod ingest;
+mod ledger;
 pub mod otlp;
 mod pipeline;
 mod tenancy;
 
 pub use config::{OtlpConfig, TenancyConfig};
 pub use ingest::{Accepted, Ingest, IngestError, RequestContext};
+pub use ledger::{LedgerError, UsageLedger};
 pub use pipeline::{Pipeline, PipelineReceiver};
 pub use tenancy::TenantResolver;

@@ -26,6 +26,16 @@ pub const PROCESSED_ITEMS: &str = "tally_processed_items_total";
 /// Storage flushes that failed and will be retried.
 pub const FLUSH_ERRORS: &str = "tally_flush_errors_total";
 
+/// Usage events by outcome. Labels: `status` (`accepted`, `duplicate`,
+/// `conflict`, `rejected`).
+pub const USAGE_EVENTS: &str = "tally_usage_events_total";
+/// Time to commit one group of usage records.
+pub const LEDGER_COMMIT_DURATION: &str = "tally_ledger_commit_seconds";
+/// Usage records per ledger transaction (group commit size).
+pub const LEDGER_COMMIT_RECORDS: &str = "tally_ledger_commit_records";
+/// Ledger transactions that failed (the requests were answered 503).
+pub const LEDGER_ERRORS: &str = "tally_ledger_errors_total";
+
 /// Values of the `reason` label.
 pub mod reason {
     pub const MISSING_TENANT: &str = "missing_tenant";

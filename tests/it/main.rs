@@ -11,3 +11,4 @@ mod e2e_real_clients;
 mod e2e_shutdown;
 mod e2e_storage;
 mod e2e_tenancy;
+mod e2e_usage;

@@ -78,6 +78,16 @@ impl TestServer {
     pub async fn start(db: Db, overrides: &str) -> TestServer {
         let db = TestDb::new(db).await;
         let dir = tempfile::tempdir().unwrap();
+        TestServer::start_on(db, dir, overrides).await
+    }
+
+    /// Stops and starts again on the same data dir and database.
+    pub async fn restart(mut self, overrides: &str) -> TestServer {
+        self.server.take().unwrap().shutdown().await.unwrap();
+        TestServer::start_on(self.db, self.dir, overrides).await
+    }
+
+    async fn start_on(db: TestDb, dir: tempfile::TempDir, overrides: &str) -> TestServer {
         let base = format!(
             r#"
             data_dir = "{dir}"

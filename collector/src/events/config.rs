@@ -1,0 +1,18 @@
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `[events]`: the usage events API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Most events in one batch.
+    pub max_batch: usize,
+    /// How far in the future an event's `time` may be (clock skew).
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
+    /// Most usage records written in one ledger transaction (group commit).
+    pub max_commit_records: usize,
+}

@@ -1,0 +1,158 @@
+use std::{
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::{Value, json};
+use tally_core::{TenantId, UsageOutcome, metric_names};
+
+use super::{EventOutcome, EventsConfig, Meters, check_event};
+use crate::ledger::{LedgerError, UsageLedger};
+
+/// What the events route needs.
+#[derive(Debug, Clone)]
+pub struct EventsState {
+    pub meters: Arc<Meters>,
+    pub ledger: UsageLedger,
+    pub config: EventsConfig,
+}
+
+/// `POST /v1/events`.
+pub fn events_router(state: EventsState) -> Router {
+    Router::new().route("/v1/events", post(post_events)).with_state(Arc::new(state))
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// How the body must be shaped, from the content type.
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    One,
+    Batch,
+    Either,
+}
+
+async fn post_events(State(st): State<Arc<EventsState>>, headers: HeaderMap, body: Body) -> Response {
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    let shape = match media.as_deref() {
+        Some("application/cloudevents+json") => Shape::One,
+        Some("application/cloudevents-batch+json") => Shape::Batch,
+        Some("application/json") => Shape::Either,
+        other => {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "unsupported content type {:?}: use application/cloudevents+json, \
+                     application/cloudevents-batch+json or application/json",
+                    other.unwrap_or("")
+                ),
+            );
+        }
+    };
+    let limit = st.config.max_body_bytes;
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, format!("body exceeds events.max_body_bytes ({limit} bytes)"));
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
+    };
+    let parsed: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+    };
+    let events = match (parsed, shape) {
+        (Value::Array(events), Shape::Batch | Shape::Either) => events,
+        (event @ Value::Object(_), Shape::One | Shape::Either) => vec![event],
+        (_, Shape::Batch) => return error(StatusCode::BAD_REQUEST, "a cloudevents-batch+json body must be an array"),
+        (_, Shape::One) => return error(StatusCode::BAD_REQUEST, "a cloudevents+json body must be one event object"),
+        (_, Shape::Either) => {
+            return error(StatusCode::BAD_REQUEST, "body must be an event object or an array of events");
+        }
+    };
+    if events.len() > st.config.max_batch {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("batch of {} events exceeds events.max_batch ({})", events.len(), st.config.max_batch),
+        );
+    }
+    // Authentication (tenant-scoped keys) comes with API keys; until then
+    // the tenant is the event's subject.
+    let pinned: Option<&TenantId> = None;
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let max_future_ms = st.config.max_future.as_millis() as i64;
+    let checked: Vec<EventOutcome> =
+        events.iter().map(|e| check_event(e, &st.meters, pinned, now_ms, max_future_ms)).collect();
+
+    let records: Vec<_> = checked
+        .iter()
+        .filter_map(|o| match o {
+            EventOutcome::Records(r) => Some(r.iter().cloned()),
+            EventOutcome::Rejected(_) => None,
+        })
+        .flatten()
+        .collect();
+    let outcomes = match st.ledger.record(records).await {
+        Ok(o) => o,
+        Err(e @ LedgerError::Unavailable(_)) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e @ LedgerError::ShuttingDown) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+
+    let mut outcomes = outcomes.into_iter();
+    let mut counts = [0u64; 4];
+    let results: Vec<Value> = events
+        .iter()
+        .zip(&checked)
+        .map(|(event, checked)| {
+            let (status, reason) = match checked {
+                EventOutcome::Rejected(reason) => ("rejected", Some(reason.clone())),
+                EventOutcome::Records(r) => {
+                    let mine: Vec<UsageOutcome> = outcomes.by_ref().take(r.len()).collect();
+                    // An event feeding several meters: any conflict makes it a
+                    // conflict; all duplicates, a duplicate.
+                    if mine.contains(&UsageOutcome::Conflict) {
+                        (
+                            "conflict",
+                            Some("an event with this source and id was recorded with different content".into()),
+                        )
+                    } else if mine.iter().all(|o| *o == UsageOutcome::Duplicate) {
+                        ("duplicate", None)
+                    } else {
+                        ("accepted", None)
+                    }
+                }
+            };
+            counts[["accepted", "duplicate", "conflict", "rejected"].iter().position(|s| *s == status).unwrap_or(3)] +=
+                1;
+            let mut r = json!({ "id": event.get("id"), "source": event.get("source"), "status": status });
+            if let Some(reason) = reason {
+                r["reason"] = Value::String(reason);
+            }
+            r
+        })
+        .collect();
+    for (status, n) in ["accepted", "duplicate", "conflict", "rejected"].into_iter().zip(counts) {
+        if n > 0 {
+            metrics::counter!(metric_names::USAGE_EVENTS, "status" => status).increment(n);
+        }
+    }
+    Json(json!({
+        "accepted": counts[0], "duplicate": counts[1], "conflict": counts[2], "rejected": counts[3],
+        "results": results,
+    }))
+    .into_response()
+}
