@@ -108,8 +108,8 @@ impl Config {
         validate_meters(&self.meters).map_err(anyhow::Error::msg)?;
         let e = &self.events;
         anyhow::ensure!(
-            e.max_body_bytes > 0 && e.max_batch > 0 && e.max_commit_records > 0,
-            "events.max_body_bytes, events.max_batch and events.max_commit_records must be greater than 0"
+            e.max_body_bytes > 0 && e.max_batch > 0 && e.max_commit_records > 0 && e.ledger_writers > 0,
+            "events.max_body_bytes, max_batch, max_commit_records and ledger_writers must be greater than 0"
         );
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .with_context(|| format!("log_level: {:?} is not a valid filter", self.log_level))?;

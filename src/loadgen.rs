@@ -47,6 +47,8 @@ pub enum SignalArg {
     Traces,
     Logs,
     Metrics,
+    /// CloudEvents usage events to `POST /v1/events` (endpoint: the API port).
+    Events,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -105,6 +107,10 @@ pub struct LoadgenArgs {
     /// Extra request header (gRPC metadata), `name=value`; repeatable.
     #[arg(long = "header", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
+    /// CloudEvents `type` of `--signal events` (a meter must be declared for it;
+    /// events carry `data.tokens` and `data.model`).
+    #[arg(long, default_value = "llm.completion")]
+    pub event_type: String,
     /// Resource attribute carrying the tenant.
     #[arg(long, default_value = "tenant.id")]
     pub tenant_attribute: String,
@@ -147,6 +153,26 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         SignalArg::Traces => run_signal::<Traces>(args, build_traces).await,
         SignalArg::Logs => run_signal::<Logs>(args, build_logs).await,
         SignalArg::Metrics => run_signal::<Metrics>(args, build_metrics).await,
+        SignalArg::Events => {
+            let run_id = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+            let client =
+                reqwest::Client::builder().tcp_nodelay(true).pool_max_idle_per_host(args.concurrency).build()?;
+            let time = chrono::DateTime::from_timestamp_millis(run_id as i64)
+                .unwrap_or_default()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            let targets = (0..args.concurrency)
+                .map(|w| EventsTarget {
+                    client: client.clone(),
+                    url: format!("{}/v1/events", args.endpoint.trim_end_matches('/')),
+                    run: format!("{run_id}-{w}"),
+                    time: time.clone(),
+                    tenants: args.tenants,
+                    per_request: args.spans_per_request,
+                    event_type: args.event_type.clone(),
+                })
+                .collect();
+            drive(args, targets).await
+        }
     }
 }
 
@@ -166,6 +192,84 @@ async fn run_signal<S: OtlpSignal>(
             })
             .collect(),
     );
+    let mut targets = Vec::new();
+    for _ in 0..args.concurrency {
+        targets.push(OtlpTarget { sender: Sender::<S>::connect(&args).await?, payloads: payloads.clone() });
+    }
+    drive(args, targets).await
+}
+
+/// One worker's way of sending request number `i`: `Ok(items rejected)` or
+/// `Err(error kind)`.
+trait Target: Send + 'static {
+    fn send(&mut self, i: usize) -> impl Future<Output = Result<u64, String>> + Send;
+}
+
+struct OtlpTarget<S> {
+    sender: Sender<S>,
+    payloads: Arc<Vec<Bytes>>,
+}
+
+impl<S: OtlpSignal> Target for OtlpTarget<S> {
+    async fn send(&mut self, i: usize) -> Result<u64, String> {
+        let body = self.payloads[i % self.payloads.len()].clone();
+        self.sender.send(body).await.map(|rejected| rejected.max(0) as u64)
+    }
+}
+
+/// Usage events: batches of unique CloudEvents, acknowledged per event.
+struct EventsTarget {
+    client: reqwest::Client,
+    url: String,
+    /// Unique per run and worker, so every event id is new.
+    run: String,
+    time: String,
+    tenants: usize,
+    per_request: usize,
+    event_type: String,
+}
+
+impl Target for EventsTarget {
+    async fn send(&mut self, i: usize) -> Result<u64, String> {
+        use std::fmt::Write as _;
+        let mut body = String::with_capacity(self.per_request * 200 + 2);
+        body.push('[');
+        for k in 0..self.per_request {
+            if k > 0 {
+                body.push(',');
+            }
+            let _ = write!(
+                body,
+                r#"{{"specversion":"1.0","id":"{run}-{i}-{k}","source":"loadgen","type":"{ty}","subject":"tenant-{t}","time":"{time}","data":{{"tokens":{tokens},"model":"model-{m}"}}}}"#,
+                run = self.run,
+                ty = self.event_type,
+                t = (i + k) % self.tenants,
+                time = self.time,
+                tokens = 100 + (i * 7 + k * 13) % 900,
+                m = k % 3,
+            );
+        }
+        body.push(']');
+        let resp = self
+            .client
+            .post(&self.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/cloudevents-batch+json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| if e.is_connect() { "http_connect".to_owned() } else { "http_transport".to_owned() })?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(format!("http_{}", status.as_u16()));
+        }
+        let answer: serde_json::Value = resp.json().await.map_err(|_| "http_bad_response".to_owned())?;
+        let n = |k: &str| answer[k].as_u64().unwrap_or(0);
+        Ok(n("rejected") + n("conflict"))
+    }
+}
+
+/// Runs one worker per target until the duration is over, then reports.
+async fn drive<T: Target>(args: LoadgenArgs, targets: Vec<T>) -> anyhow::Result<()> {
     let stats = Arc::new(Stats::default());
     let start = Instant::now();
     let deadline = start + args.duration;
@@ -176,24 +280,25 @@ async fn run_signal<S: OtlpSignal>(
     });
 
     let mut workers = Vec::new();
-    for w in 0..args.concurrency {
-        let (args, payloads, stats) = (args.clone(), payloads.clone(), stats.clone());
-        let mut sender = Sender::<S>::connect(&args).await?;
+    for (w, mut target) in targets.into_iter().enumerate() {
+        let (concurrency, items, stats) = (args.concurrency, args.spans_per_request as u64, stats.clone());
         workers.push(tokio::spawn(async move {
             let mut tick = interval.map(tokio::time::interval);
+            let mut latencies_us: Vec<u32> = Vec::new();
             let mut i = w;
             while Instant::now() < deadline {
                 if let Some(t) = tick.as_mut() {
                     t.tick().await;
                 }
-                let body = payloads[i % payloads.len()].clone();
-                i += args.concurrency;
-                let items = args.spans_per_request as u64;
                 stats.items_sent.fetch_add(items, Relaxed);
-                match sender.send(body).await {
+                let sent_at = Instant::now();
+                let result = target.send(i).await;
+                i += concurrency;
+                match result {
                     Ok(rejected) => {
+                        latencies_us.push(sent_at.elapsed().as_micros().min(u32::MAX as u128) as u32);
                         stats.requests_ok.fetch_add(1, Relaxed);
-                        let rejected = (rejected.max(0) as u64).min(items);
+                        let rejected = rejected.min(items);
                         stats.items_acked.fetch_add(items - rejected, Relaxed);
                         stats.items_rejected.fetch_add(rejected, Relaxed);
                     }
@@ -205,6 +310,7 @@ async fn run_signal<S: OtlpSignal>(
                     }
                 }
             }
+            latencies_us
         }));
     }
 
@@ -227,17 +333,27 @@ async fn run_signal<S: OtlpSignal>(
             }
         })
     });
+    let mut latencies_us = Vec::new();
     for w in workers {
-        w.await?;
+        latencies_us.extend(w.await?);
     }
     if let Some(p) = progress {
         p.abort();
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    report(&args, &stats, elapsed)
+    latencies_us.sort_unstable();
+    report(&args, &stats, start.elapsed().as_secs_f64(), &latencies_us)
 }
 
-fn report(args: &LoadgenArgs, stats: &Stats, elapsed: f64) -> anyhow::Result<()> {
+/// The `q` quantile of sorted latencies, in milliseconds.
+fn quantile_ms(sorted_us: &[u32], q: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted_us.len() as f64 * q).ceil() as usize).clamp(1, sorted_us.len()) - 1;
+    (f64::from(sorted_us[i]) / 10.0).round() / 100.0
+}
+
+fn report(args: &LoadgenArgs, stats: &Stats, elapsed: f64, sorted_latencies_us: &[u32]) -> anyhow::Result<()> {
     let errors = stats.errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let acked = stats.items_acked.load(Relaxed);
     let summary = serde_json::json!({
@@ -251,6 +367,12 @@ fn report(args: &LoadgenArgs, stats: &Stats, elapsed: f64) -> anyhow::Result<()>
         "items_acked": acked,
         "items_rejected": stats.items_rejected.load(Relaxed),
         "items_per_sec": (acked as f64 / elapsed).round(),
+        "latency_ms": {
+            "p50": quantile_ms(sorted_latencies_us, 0.50),
+            "p90": quantile_ms(sorted_latencies_us, 0.90),
+            "p99": quantile_ms(sorted_latencies_us, 0.99),
+            "max": quantile_ms(sorted_latencies_us, 1.0),
+        },
         "errors": errors,
     });
     let mut out = std::io::stdout().lock();
@@ -304,7 +426,8 @@ impl<S: OtlpSignal> Sender<S> {
                 for (k, v) in &args.headers {
                     headers.insert(reqwest::header::HeaderName::from_bytes(k.as_bytes())?, v.parse()?);
                 }
-                let client = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
+                let client =
+                    reqwest::Client::builder().tcp_nodelay(true).pool_max_idle_per_host(args.concurrency).build()?;
                 Ok(Sender::Http(client, format!("{base}{}", S::HTTP_PATH), headers))
             }
         }

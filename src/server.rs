@@ -65,12 +65,13 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             shutdown.clone().cancelled_owned(),
         );
-    let http = axum::serve(http_listener, otlp::http_router(ingest, &config.otlp))
+    let http = axum::serve(nodelay(http_listener), otlp::http_router(ingest, &config.otlp))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let draining = Arc::new(AtomicBool::new(false));
     // Usage events are written by the ledger's group-commit task; it stops
     // once the API server (the only holder of its handle) has stopped.
-    let (ledger, ledger_task) = UsageLedger::start(store.clone(), config.events.max_commit_records);
+    let (ledger, ledger_task) =
+        UsageLedger::start(store.clone(), config.events.max_commit_records, config.events.ledger_writers);
     let meters = Arc::new(config.meters.clone());
     let api_router = api::router(api::ApiState { store: store.clone(), draining: draining.clone() })
         .merge(events::events_router(events::EventsState {
@@ -79,7 +80,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             config: config.events.clone(),
         }))
         .merge(usage_api::router(usage_api::UsageState { store: store.clone(), meters }));
-    let api = axum::serve(api_listener, api_router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let api = axum::serve(nodelay(api_listener), api_router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
 
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(async move { http.await });
@@ -131,4 +132,13 @@ fn joined<E: Into<anyhow::Error>>(
     what: &'static str,
 ) -> anyhow::Result<()> {
     r.context(what)?.map_err(Into::into).context(what)
+}
+
+/// Small responses go out at once: without TCP_NODELAY, Nagle's algorithm
+/// and the client's delayed ACK add ~40 ms to a request/response exchange.
+fn nodelay(listener: TcpListener) -> impl axum::serve::Listener<Addr = SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    })
 }

@@ -4,11 +4,14 @@
 //! (one fsync) per request. Every request is answered only after the
 //! transaction holding its records has committed.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
 
 use tally_core::{UsageOutcome, UsageRecord, metric_names};
 use tally_store::Store;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 /// Why records could not be written; nothing of the request was stored.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -37,11 +40,22 @@ impl std::fmt::Debug for Job {
 }
 
 impl UsageLedger {
-    /// Starts the writer. It stops once every handle is dropped and what was
-    /// queued is committed. `max_batch` bounds the records of one transaction.
-    pub fn start(store: Store, max_batch: usize) -> (UsageLedger, tokio::task::JoinHandle<()>) {
+    /// Starts `writers` writer tasks (each commits one group at a time; on
+    /// SQLite, which has one writer anyway, always one). They stop once every
+    /// handle is dropped and what was queued is committed. `max_batch`
+    /// bounds the records of one transaction.
+    pub fn start(store: Store, max_batch: usize, writers: usize) -> (UsageLedger, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(1024);
-        (UsageLedger { tx }, tokio::spawn(run(store, rx, max_batch.max(1))))
+        let writers = if store.backend() == tally_store::Backend::Sqlite { 1 } else { writers.max(1) };
+        let rx = Arc::new(Mutex::new(rx));
+        let tasks: Vec<_> =
+            (0..writers).map(|_| tokio::spawn(run(store.clone(), rx.clone(), max_batch.max(1)))).collect();
+        let all = tokio::spawn(async move {
+            for t in tasks {
+                let _ = t.await;
+            }
+        });
+        (UsageLedger { tx }, all)
     }
 
     /// Writes `records` and returns each one's outcome, after commit.
@@ -55,19 +69,27 @@ impl UsageLedger {
     }
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
-    while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        let mut n = jobs[0].records.len();
-        while n < max_batch {
-            match rx.try_recv() {
-                Ok(job) => {
-                    n += job.records.len();
-                    jobs.push(job);
+/// One writer: takes what is queued (up to `max_batch` records) and commits
+/// it, while the other writers may be committing their own group. Writers
+/// write keys in sorted order, so their transactions cannot deadlock.
+async fn run(store: Store, rx: Arc<Mutex<mpsc::Receiver<Job>>>, max_batch: usize) {
+    loop {
+        let jobs = {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            let mut jobs = vec![first];
+            let mut n = jobs[0].records.len();
+            while n < max_batch {
+                match rx.try_recv() {
+                    Ok(job) => {
+                        n += job.records.len();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
-        }
+            jobs
+        };
         commit(&store, jobs).await;
     }
 }

@@ -15,4 +15,6 @@ pub struct EventsConfig {
     pub max_future: Duration,
     /// Most usage records written in one ledger transaction (group commit).
     pub max_commit_records: usize,
+    /// Ledger transactions in flight at once (PostgreSQL; SQLite has one).
+    pub ledger_writers: usize,
 }
