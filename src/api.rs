@@ -6,14 +6,15 @@ use std::sync::{
 };
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     extract::{Query, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
 use serde::{Deserialize, Serialize};
-use tally_core::{Signal, TenantId};
+use tally_collector::Caller;
+use tally_core::{Principal, Signal, TenantId};
 use tally_store::Store;
 
 #[derive(Clone)]
@@ -23,13 +24,38 @@ pub struct ApiState {
     pub draining: Arc<AtomicBool>,
 }
 
-pub fn router(state: ApiState) -> Router {
+/// Probes and metrics: no credentials needed (nothing tenant-specific).
+pub fn public_router(state: ApiState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/v1/ingest/counts", get(ingest_counts))
         .with_state(state)
+}
+
+/// `/v1` queries of this module; the caller layers authentication on top.
+pub fn v1_router(state: ApiState) -> Router {
+    Router::new().route("/v1/ingest/counts", get(ingest_counts)).with_state(state)
+}
+
+/// Refuses a read of `tenant`'s data by a key that may not read it.
+pub fn check_read(caller: &Caller, tenant: &TenantId) -> Result<(), ApiError> {
+    match &caller.0 {
+        Some(p) if !p.may_read(tenant) => {
+            Err(ApiError::forbidden(format!("this {} key may not read tenant {tenant}", p.kind())))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Refuses reads across all tenants to anything but admin keys.
+pub fn check_read_all(caller: &Caller) -> Result<(), ApiError> {
+    match &caller.0 {
+        Some(p) if *p != Principal::Admin => {
+            Err(ApiError::forbidden(format!("a {} key must name its tenant (?tenant=…)", p.kind())))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// An error answer: the client sees `message`; details of our own faults go
@@ -42,6 +68,10 @@ pub struct ApiError {
 impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::BAD_REQUEST, message: message.into() }
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::FORBIDDEN, message: message.into() }
     }
 
     pub fn internal(err: impl std::fmt::Display) -> ApiError {
@@ -92,6 +122,7 @@ struct TenantCounts {
 /// `pipeline.flush_interval`): `{"tenants":[{"tenant":…,"spans":N,…}]}`.
 async fn ingest_counts(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<CountsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tenant = q
@@ -100,6 +131,10 @@ async fn ingest_counts(
         .map(TenantId::parse)
         .transpose()
         .map_err(|e| ApiError::bad_request(format!("tenant: {e}")))?;
+    match &tenant {
+        Some(t) => check_read(&caller, t)?,
+        None => check_read_all(&caller)?,
+    }
     let rows = st.store.ingest_counts(tenant.as_ref()).await.map_err(ApiError::internal)?;
     let mut out: Vec<TenantCounts> = Vec::new();
     for row in rows {

@@ -20,7 +20,7 @@ use tally_core::{MeterConfig, Secret, meter::validate_meters};
 pub const DEFAULTS: &str = include_str!("../tally.default.toml");
 
 /// Config sections; `TALLY_<SECTION>_<KEY>` maps to `<section>.<key>`.
-const SECTIONS: [&str; 5] = ["api", "otlp", "tenancy", "pipeline", "events"];
+const SECTIONS: [&str; 6] = ["api", "otlp", "tenancy", "pipeline", "events", "auth"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +39,7 @@ pub struct Config {
     pub tenancy: TenancyConfig,
     pub pipeline: PipelineConfig,
     pub events: EventsConfig,
+    pub auth: AuthConfig,
     /// `[[meters]]`: what usage is counted (see the defaults file).
     #[serde(default)]
     pub meters: Vec<MeterConfig>,
@@ -49,6 +50,19 @@ pub struct Config {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// `[auth]`: API keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// With no API key created, accept unauthenticated traffic even on
+    /// non-loopback addresses (otherwise tally refuses to start there).
+    pub open: bool,
+    /// How often active keys are reloaded from the database (revocations
+    /// take effect within this).
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
 }
 
 /// `[api]`: the query/admin HTTP API.
@@ -104,6 +118,7 @@ impl Config {
         );
         anyhow::ensure!(!self.pipeline.flush_interval.is_zero(), "pipeline.flush_interval must be greater than 0");
         anyhow::ensure!(!self.shutdown_timeout.is_zero(), "shutdown_timeout must be greater than 0");
+        anyhow::ensure!(!self.auth.refresh_interval.is_zero(), "auth.refresh_interval must be greater than 0");
         TenantResolver::new(&self.tenancy)?;
         validate_meters(&self.meters).map_err(anyhow::Error::msg)?;
         let e = &self.events;

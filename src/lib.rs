@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod config;
+pub mod keys;
 pub mod loadgen;
 pub mod observability;
 pub mod server;

@@ -31,6 +31,9 @@ enum Command {
     Migrate,
     /// Validate the configuration and print it (secrets redacted).
     CheckConfig,
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(tally::keys::KeysCommand),
     /// Send synthetic OTLP load and report what was acknowledged.
     Loadgen(loadgen::LoadgenArgs),
 }
@@ -61,6 +64,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{config:#?}");
             println!("config ok");
             Ok(())
+        }
+        Command::Keys(command) => {
+            let config = Config::load(cli.config.as_deref())?;
+            let store = tally_store::Store::open(config.database_url.expose(), &config.data_dir)
+                .await
+                .with_context(|| format!("opening database {}", config.database_description()))?;
+            store.migrate().await?;
+            tally::keys::run(&store, command).await
         }
         Command::Migrate => {
             let config = Config::load(cli.config.as_deref())?;

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::Context;
 use tally_aggregator::IngestCounter;
-use tally_collector::{Ingest, Pipeline, TenantResolver, UsageLedger, events, otlp};
+use tally_collector::{Authenticator, Ingest, Pipeline, TenantResolver, UsageLedger, events, otlp};
 use tally_store::Store;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -42,12 +42,17 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         Pipeline::new(config.pipeline.queue_capacity, config.pipeline.max_queued_bytes, config.otlp.enqueue_timeout);
     let counter = tokio::spawn(IngestCounter::new(store.clone(), config.pipeline.flush_interval).run(rx));
 
-    let ingest = Arc::new(Ingest::new(
-        TenantResolver::new(&config.tenancy)?,
-        pipeline,
-        config.otlp.max_concurrent_requests,
-        config.otlp.enqueue_timeout,
-    ));
+    let auth = Authenticator::load(store.clone()).await.context("loading api keys")?;
+    check_open_mode(&config, &auth)?;
+    let ingest = Arc::new(
+        Ingest::new(
+            TenantResolver::new(&config.tenancy)?,
+            pipeline,
+            config.otlp.max_concurrent_requests,
+            config.otlp.enqueue_timeout,
+        )
+        .with_auth(auth.clone()),
+    );
     let bind = |addr: SocketAddr, what: &'static str| async move {
         TcpListener::bind(addr).await.with_context(|| format!("binding {what} on {addr}"))
     };
@@ -58,6 +63,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         (grpc_listener.local_addr()?, http_listener.local_addr()?, api_listener.local_addr()?);
 
     let shutdown = CancellationToken::new();
+    auth.spawn_refresh(config.auth.refresh_interval, shutdown.clone());
     let grpc = tonic::transport::Server::builder()
         .timeout(config.otlp.request_timeout)
         .add_routes(otlp::grpc_routes(ingest.clone(), config.otlp.max_request_bytes))
@@ -73,13 +79,16 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let (ledger, ledger_task) =
         UsageLedger::start(store.clone(), config.events.max_commit_records, config.events.ledger_writers);
     let meters = Arc::new(config.meters.clone());
-    let api_router = api::router(api::ApiState { store: store.clone(), draining: draining.clone() })
+    let api_state = api::ApiState { store: store.clone(), draining: draining.clone() };
+    let v1 = api::v1_router(api_state.clone())
         .merge(events::events_router(events::EventsState {
             meters: Arc::new(events::Meters::new(&meters)),
             ledger,
             config: config.events.clone(),
         }))
-        .merge(usage_api::router(usage_api::UsageState { store: store.clone(), meters }));
+        .merge(usage_api::router(usage_api::UsageState { store: store.clone(), meters }))
+        .layer(axum::middleware::from_fn_with_state(auth, tally_collector::auth::require_caller));
+    let api_router = api::public_router(api_state).merge(v1);
     let api = axum::serve(nodelay(api_listener), api_router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
 
     let grpc = tokio::spawn(grpc);
@@ -141,4 +150,29 @@ fn nodelay(listener: TcpListener) -> impl axum::serve::Listener<Addr = SocketAdd
     listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     })
+}
+
+/// With no API key, tally accepts anyone: fine on loopback, refused on
+/// other addresses unless `auth.open` says so. Said loudly either way.
+fn check_open_mode(config: &Config, auth: &Authenticator) -> anyhow::Result<()> {
+    if !auth.is_open() {
+        return Ok(());
+    }
+    let exposed: Vec<SocketAddr> = [config.otlp.grpc_addr, config.otlp.http_addr, config.api.addr]
+        .into_iter()
+        .filter(|a| !a.ip().is_loopback())
+        .collect();
+    if exposed.is_empty() {
+        tracing::warn!(
+            "no API keys exist: OTLP and the API accept unauthenticated requests (loopback only); create one with `tally keys create`"
+        );
+        return Ok(());
+    }
+    anyhow::ensure!(
+        config.auth.open,
+        "no API keys exist and tally would listen on {exposed:?} without authentication; \
+         create a key (`tally keys create --admin`) or set auth.open = true"
+    );
+    tracing::warn!(addresses = ?exposed, "no API keys exist and auth.open = true: accepting unauthenticated requests on non-loopback addresses");
+    Ok(())
 }

@@ -8,7 +8,7 @@ use std::{
 };
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     extract::{Query, State},
     routing::get,
 };
@@ -18,7 +18,9 @@ use serde_json::{Value, json};
 use tally_core::{Aggregation, MeterConfig, TenantId};
 use tally_store::{HourlyUsage, Store};
 
-use crate::api::ApiError;
+use tally_collector::Caller;
+
+use crate::api::{ApiError, check_read};
 
 #[derive(Clone)]
 pub struct UsageState {
@@ -157,8 +159,13 @@ async fn aggregate(
     Ok((total, series))
 }
 
-async fn usage(State(st): State<UsageState>, Query(q): Query<UsageQuery>) -> Result<Json<Value>, ApiError> {
+async fn usage(
+    State(st): State<UsageState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<UsageQuery>,
+) -> Result<Json<Value>, ApiError> {
     let tenant = tenant(&q.tenant)?;
+    check_read(&caller, &tenant)?;
     let meter = meter(&st.meters, &q.meter)?;
     let (from_ms, to_ms) = (time("from", &q.from)?, time("to", &q.to)?);
     if from_ms >= to_ms {
@@ -191,8 +198,13 @@ struct SummaryQuery {
     period: Option<String>,
 }
 
-async fn summary(State(st): State<UsageState>, Query(q): Query<SummaryQuery>) -> Result<Json<Value>, ApiError> {
+async fn summary(
+    State(st): State<UsageState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<SummaryQuery>,
+) -> Result<Json<Value>, ApiError> {
     let tenant = tenant(&q.tenant)?;
+    check_read(&caller, &tenant)?;
     let start = match q.period.as_deref() {
         Some(p) => NaiveDate::parse_from_str(&format!("{p}-01"), "%Y-%m-%d")
             .map_err(|_| ApiError::bad_request(format!("period: {p:?} is not YYYY-MM")))?,

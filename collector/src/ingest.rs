@@ -4,11 +4,12 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use tally_core::{Signal, TelemetryBatch, TenantId, Transport, metric_names, metric_names::reason};
+use tally_core::{Principal, Signal, TelemetryBatch, TenantId, Transport, metric_names, metric_names::reason};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::{
-    Pipeline, TenantResolver,
+    Authenticator, Pipeline, TenantResolver,
+    auth::AuthError,
     otlp::signal::{OtlpSignal, Reason, Route},
     pipeline::EnqueueError,
     tenancy::Lookup,
@@ -19,6 +20,9 @@ use crate::{
 pub struct RequestContext {
     /// Value of the tenant header, if the rule is enabled and it was sent.
     pub header_tenant: Option<String>,
+    /// The authenticated caller (`None`: tally runs open). A tenant key pins
+    /// every item to its tenant.
+    pub principal: Option<Principal>,
 }
 
 /// The accepted part of a request; `rejected` items were refused with
@@ -72,6 +76,8 @@ pub struct Ingest {
     pipeline: Pipeline,
     in_flight: Arc<Semaphore>,
     admission_timeout: Duration,
+    /// `None`: no authentication (embedding, tests).
+    auth: Option<Authenticator>,
 }
 
 /// Counts of refused items per reason, for the partial-success message.
@@ -108,6 +114,21 @@ impl Ingest {
             pipeline,
             in_flight: Arc::new(Semaphore::new(max_concurrent_requests.max(1))),
             admission_timeout,
+            auth: None,
+        }
+    }
+
+    /// Requires API keys per `auth` (unless it runs open).
+    pub fn with_auth(mut self, auth: Authenticator) -> Ingest {
+        self.auth = Some(auth);
+        self
+    }
+
+    /// The caller behind an `Authorization` value.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Option<Principal>, AuthError> {
+        match &self.auth {
+            Some(auth) => auth.authenticate(authorization).await,
+            None => Ok(None),
         }
     }
 
@@ -188,7 +209,18 @@ impl Ingest {
         groups: &mut Vec<(TenantId, Vec<S::Resource>, u64)>,
         refused: &mut Refusals,
     ) {
-        let lookup = self.resolver.resource_tenant(S::resource_attributes(&res), ctx.header_tenant.as_deref());
+        let pinned = ctx.principal.as_ref().and_then(Principal::pinned_tenant);
+        let lookup =
+            match (self.resolver.resource_tenant(S::resource_attributes(&res), ctx.header_tenant.as_deref()), pinned) {
+                // A tenant key: data naming no tenant is its tenant's; data
+                // naming another tenant is refused.
+                (Lookup::NotFound, Some(p)) => Lookup::Found(p.clone()),
+                (Lookup::Found(t), Some(p)) if t != *p => {
+                    refused.add(reason::TENANT_MISMATCH, S::count_items(&res));
+                    return;
+                }
+                (lookup, _) => lookup,
+            };
         let resource_tenant = match lookup {
             Lookup::Found(t) => Some(t),
             Lookup::Invalid(_) => {
@@ -242,6 +274,7 @@ impl Ingest {
             let _ = match *why {
                 reason::MISSING_TENANT => write!(msg, "no tenant ({})", self.tenant_hint()),
                 reason::INVALID_TENANT => write!(msg, "invalid tenant (1-128 ASCII letters, digits or . _ - : @)"),
+                reason::TENANT_MISMATCH => write!(msg, "they name another tenant than the API key's"),
                 crate::otlp::signal::INVALID_ID => {
                     write!(msg, "invalid trace_id/span_id (need 16/8 non-zero bytes)")
                 }

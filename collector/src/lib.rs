@@ -10,6 +10,7 @@
 //! - [`OtlpConfig`] and [`TenancyConfig`] are the `[otlp]` and `[tenancy]`
 //!   config sections.
 
+pub mod auth;
 mod config;
 pub mod events;
 mod ingest;
@@ -18,6 +19,7 @@ pub mod otlp;
 mod pipeline;
 mod tenancy;
 
+pub use auth::{Authenticator, Caller};
 pub use config::{OtlpConfig, TenancyConfig};
 pub use ingest::{Accepted, Ingest, IngestError, RequestContext};
 pub use ledger::{LedgerError, UsageLedger};

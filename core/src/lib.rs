@@ -2,6 +2,7 @@
 //! batches that travel from the collector to downstream stages, the names of
 //! tally's own metrics, and a `Secret` wrapper for config values. No I/O here.
 
+mod auth;
 mod batch;
 pub mod lenient;
 pub mod meter;
@@ -11,6 +12,7 @@ mod signal;
 mod tenant;
 mod usage;
 
+pub use auth::Principal;
 pub use batch::{Payload, QueuedRequest, TelemetryBatch};
 pub use meter::{Aggregation, JsonPath, MeterConfig};
 pub use secret::Secret;

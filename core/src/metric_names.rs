@@ -40,6 +40,8 @@ pub const LEDGER_ERRORS: &str = "tally_ledger_errors_total";
 pub mod reason {
     pub const MISSING_TENANT: &str = "missing_tenant";
     pub const INVALID_TENANT: &str = "invalid_tenant";
+    pub const TENANT_MISMATCH: &str = "tenant_mismatch";
+    pub const UNAUTHENTICATED: &str = "unauthenticated";
     pub const MALFORMED: &str = "malformed";
     pub const EMPTY: &str = "empty";
     pub const TOO_LARGE: &str = "too_large";

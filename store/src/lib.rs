@@ -9,11 +9,13 @@
 
 mod error;
 mod ingest;
+mod keys;
 mod ledger;
 mod store;
 
 pub use error::StoreError;
 pub use ingest::IngestCount;
+pub use keys::ApiKeyRow;
 pub use ledger::HourlyUsage;
 pub use store::{Backend, Store};
 

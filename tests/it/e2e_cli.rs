@@ -88,3 +88,54 @@ async fn serve_answers_and_exits_cleanly_on_sigterm() {
     let counts = store.ingest_counts(Some(&tally_core::TenantId::parse("cli").unwrap())).await.unwrap();
     assert_eq!(counts.iter().map(|c| c.items).sum::<u64>(), 7);
 }
+
+#[tokio::test]
+async fn keys_are_created_once_listed_and_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let run = |args: &'static [&'static str]| {
+        let mut cmd = tally();
+        cmd.args(args).env("TALLY_DATA_DIR", &data);
+        async move { cmd.output().await.unwrap() }
+    };
+    let out = run(&["keys", "create", "--tenant", "acme"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let id = tally_collector::auth::key_id(&key).expect("tly_<id>_<secret>").to_owned();
+    assert!(key.len() > 50);
+
+    let list = String::from_utf8(run(&["keys", "list"]).await.stdout).unwrap();
+    let line = list.lines().find(|l| l.starts_with(&id)).unwrap_or_else(|| panic!("{list}"));
+    assert!(line.contains("tenant") && line.contains("acme") && line.trim_end().ends_with('-'), "{line}");
+    // Only the hash is stored: the secret is nowhere in the database file.
+    let db = std::fs::read(data.join("tally.db")).unwrap();
+    let secret = key.rsplit('_').next().unwrap();
+    assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()));
+
+    let mut revoke = tally();
+    let out = revoke.args(["keys", "revoke", &id]).env("TALLY_DATA_DIR", &data).output().await.unwrap();
+    assert!(out.status.success());
+    let list = String::from_utf8(run(&["keys", "list"]).await.stdout).unwrap();
+    assert!(!list.lines().find(|l| l.starts_with(&id)).unwrap().trim_end().ends_with('-'), "{list}");
+    let mut again = tally();
+    let out = again.args(["keys", "revoke", &id]).env("TALLY_DATA_DIR", &data).output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(run(&["keys", "create"]).await.status.code() != Some(0)); // one of --tenant/--service/--admin
+}
+
+#[tokio::test]
+async fn without_keys_serve_refuses_non_loopback_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tally()
+        .arg("serve")
+        .env("TALLY_DATA_DIR", dir.path())
+        .env("TALLY_API_ADDR", format!("0.0.0.0:{}", free_port()))
+        .env("TALLY_OTLP_GRPC_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("TALLY_OTLP_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no API keys exist") && err.contains("auth.open"), "{err}");
+}

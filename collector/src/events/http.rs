@@ -16,7 +16,10 @@ use serde_json::{Value, json};
 use tally_core::{TenantId, UsageOutcome, metric_names};
 
 use super::{EventOutcome, EventsConfig, Meters, check_event};
-use crate::ledger::{LedgerError, UsageLedger};
+use crate::{
+    Caller,
+    ledger::{LedgerError, UsageLedger},
+};
 
 /// What the events route needs.
 #[derive(Debug, Clone)]
@@ -43,7 +46,12 @@ enum Shape {
     Either,
 }
 
-async fn post_events(State(st): State<Arc<EventsState>>, headers: HeaderMap, body: Body) -> Response {
+async fn post_events(
+    State(st): State<Arc<EventsState>>,
+    caller: Option<axum::Extension<Caller>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let media = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -90,9 +98,10 @@ async fn post_events(State(st): State<Arc<EventsState>>, headers: HeaderMap, bod
             format!("batch of {} events exceeds events.max_batch ({})", events.len(), st.config.max_batch),
         );
     }
-    // Authentication (tenant-scoped keys) comes with API keys; until then
-    // the tenant is the event's subject.
-    let pinned: Option<&TenantId> = None;
+    // A tenant key pins every event to its tenant; other keys (and open
+    // mode) take the tenant from `subject`.
+    let principal = caller.and_then(|axum::Extension(Caller(p))| p);
+    let pinned: Option<&TenantId> = principal.as_ref().and_then(|p| p.pinned_tenant());
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let max_future_ms = st.config.max_future.as_millis() as i64;
     let checked: Vec<EventOutcome> =

@@ -195,7 +195,13 @@ impl<S: OtlpSignal> UnaryService<RawMessage> for OtlpGrpc<S> {
         let ingest = self.ingest.clone();
         Box::pin(async move {
             let start = Instant::now();
+            let authorization = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+            let principal = ingest.authenticate(authorization).await.map_err(|e| {
+                count_refused_request::<S>(reason::UNAUTHENTICATED);
+                e.grpc_status()
+            })?;
             let ctx = RequestContext {
+                principal,
                 header_tenant: ingest
                     .resolver()
                     .header_name()

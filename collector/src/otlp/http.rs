@@ -80,6 +80,12 @@ impl Refusal {
     }
 }
 
+impl From<crate::auth::AuthError> for Refusal {
+    fn from(e: crate::auth::AuthError) -> Refusal {
+        Refusal::new(e.http_status(), reason::UNAUTHENTICATED, e.to_string())
+    }
+}
+
 impl From<IngestError> for Refusal {
     fn from(e: IngestError) -> Refusal {
         Refusal::new(e.http_status(), e.reason(), e.to_string())
@@ -151,6 +157,7 @@ async fn handle<S: OtlpSignal>(
         Encoding::Identity => st.max_request_bytes,
         _ => st.max_compressed_request_bytes,
     };
+    let principal = st.ingest.authenticate(crate::auth::authorization(headers)).await?;
     // Admitted before the body is read, held until answered.
     let _admitted = st.ingest.admit().await?;
     let body =
@@ -169,6 +176,7 @@ async fn handle<S: OtlpSignal>(
         Format::Json => decode_json::<S>(&body)?,
     };
     let ctx = RequestContext {
+        principal,
         header_tenant: st
             .ingest
             .resolver()
@@ -263,6 +271,7 @@ fn refuse<S: OtlpSignal>(st: &HttpState, format: Format, r: Refusal) -> Response
     let code = match r.status {
         StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS => tonic::Code::ResourceExhausted,
         StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
+        StatusCode::UNAUTHORIZED => tonic::Code::Unauthenticated,
         _ => tonic::Code::InvalidArgument,
     };
     let status = RpcStatus { code: code as i32, message: r.message };
@@ -271,6 +280,9 @@ fn refuse<S: OtlpSignal>(st: &HttpState, format: Format, r: Refusal) -> Response
         Format::Json => serde_json::to_vec(&status).unwrap_or_default(),
     };
     let mut response = (r.status, [(header::CONTENT_TYPE, format.content_type())], body).into_response();
+    if r.status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
     if matches!(r.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
         response.headers_mut().insert(header::RETRY_AFTER, st.retry_after.clone());
     }
