@@ -8,7 +8,9 @@ use std::{
 
 use anyhow::Context;
 use tally_aggregator::IngestCounter;
-use tally_collector::{Authenticator, Ingest, Pipeline, TenantResolver, UsageLedger, events, otlp};
+use tally_collector::{
+    Authenticator, Ingest, Pipeline, TenantResolver, UsageLedger, events, otlp, span_usage::SpanMeters,
+};
 use tally_store::Store;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -42,6 +44,10 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         Pipeline::new(config.pipeline.queue_capacity, config.pipeline.max_queued_bytes, config.otlp.enqueue_timeout);
     let counter = tokio::spawn(IngestCounter::new(store.clone(), config.pipeline.flush_interval).run(rx));
 
+    // Usage (events and span meters) is written by the ledger's group-commit
+    // task; it stops once the receivers and the API holding its handles stop.
+    let (ledger, ledger_task) =
+        UsageLedger::start(store.clone(), config.events.max_commit_records, config.events.ledger_writers);
     let auth = Authenticator::load(store.clone()).await.context("loading api keys")?;
     check_open_mode(&config, &auth)?;
     let ingest = Arc::new(
@@ -51,7 +57,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             config.otlp.max_concurrent_requests,
             config.otlp.enqueue_timeout,
         )
-        .with_auth(auth.clone()),
+        .with_auth(auth.clone())
+        .with_span_usage(SpanMeters::new(&config.meters), ledger.clone()),
     );
     let bind = |addr: SocketAddr, what: &'static str| async move {
         TcpListener::bind(addr).await.with_context(|| format!("binding {what} on {addr}"))
@@ -74,10 +81,6 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let http = axum::serve(nodelay(http_listener), otlp::http_router(ingest, &config.otlp))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let draining = Arc::new(AtomicBool::new(false));
-    // Usage events are written by the ledger's group-commit task; it stops
-    // once the API server (the only holder of its handle) has stopped.
-    let (ledger, ledger_task) =
-        UsageLedger::start(store.clone(), config.events.max_commit_records, config.events.ledger_writers);
     let meters = Arc::new(config.meters.clone());
     let api_state = api::ApiState { store: store.clone(), draining: draining.clone() };
     let v1 = api::v1_router(api_state.clone())

@@ -8,10 +8,11 @@ use tally_core::{Principal, Signal, TelemetryBatch, TenantId, Transport, metric_
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::{
-    Authenticator, Pipeline, TenantResolver,
+    Authenticator, Pipeline, TenantResolver, UsageLedger,
     auth::AuthError,
     otlp::signal::{OtlpSignal, Reason, Route},
     pipeline::EnqueueError,
+    span_usage::SpanMeters,
     tenancy::Lookup,
 };
 
@@ -42,6 +43,8 @@ pub enum IngestError {
     Overloaded,
     #[error("tally is shutting down, retry against another replica or later")]
     ShuttingDown,
+    #[error("usage derived from this request could not be recorded (database unavailable), retry later")]
+    UsageUnavailable,
 }
 
 impl IngestError {
@@ -50,6 +53,7 @@ impl IngestError {
         match self {
             IngestError::Overloaded => reason::OVERLOADED,
             IngestError::ShuttingDown => reason::SHUTTING_DOWN,
+            IngestError::UsageUnavailable => reason::USAGE_UNAVAILABLE,
         }
     }
 
@@ -57,7 +61,7 @@ impl IngestError {
     pub fn http_status(self) -> http::StatusCode {
         match self {
             IngestError::Overloaded => http::StatusCode::TOO_MANY_REQUESTS,
-            IngestError::ShuttingDown => http::StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::ShuttingDown | IngestError::UsageUnavailable => http::StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -78,6 +82,10 @@ pub struct Ingest {
     admission_timeout: Duration,
     /// `None`: no authentication (embedding, tests).
     auth: Option<Authenticator>,
+    /// Span meters and the ledger their usage goes to, if any are declared.
+    span_usage: Option<(SpanMeters, UsageLedger)>,
+    /// Tenants already logged as sending sampled metered spans (bounded).
+    sampled_logged: Arc<std::sync::Mutex<std::collections::HashSet<TenantId>>>,
 }
 
 /// Counts of refused items per reason, for the partial-success message.
@@ -115,6 +123,23 @@ impl Ingest {
             in_flight: Arc::new(Semaphore::new(max_concurrent_requests.max(1))),
             admission_timeout,
             auth: None,
+            span_usage: None,
+            sampled_logged: Arc::default(),
+        }
+    }
+
+    /// Derives usage from spans for `meters` (if any), written to `ledger`
+    /// before requests are acknowledged.
+    pub fn with_span_usage(mut self, meters: SpanMeters, ledger: UsageLedger) -> Ingest {
+        self.span_usage = (!meters.is_empty()).then_some((meters, ledger));
+        self
+    }
+
+    /// Logs once per tenant (up to 10,000 tenants) that sampled spans were not billed.
+    fn note_sampled(&self, tenant: &TenantId, n: u64) {
+        let mut seen = self.sampled_logged.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() < 10_000 && seen.insert(tenant.clone()) {
+            tracing::warn!(%tenant, spans = n, "spans of traces sampled below 100% carry metered attributes; not billed (set scale_sampled on the meter to bill them scaled)");
         }
     }
 
@@ -170,6 +195,28 @@ impl Ingest {
         }
 
         let accepted: u64 = groups.iter().map(|(_, _, n)| n).sum();
+        // Billing first: usage derived from this request is committed to the
+        // ledger before the request is acknowledged (a resend is deduplicated
+        // by the records' deterministic ids).
+        if let Some((meters, ledger)) = &self.span_usage {
+            let mut records = Vec::new();
+            for (tenant, resources, _) in &groups {
+                let mut sampled = 0;
+                for res in resources {
+                    sampled += S::extract_usage(meters, tenant, res, &mut records);
+                }
+                if sampled > 0 {
+                    self.note_sampled(tenant, sampled);
+                }
+            }
+            if !records.is_empty()
+                && let Err(e) = ledger.record(records).await
+            {
+                tracing::warn!(error = %e, "usage from telemetry not recorded; refusing the request");
+                count_refused(S::SIGNAL, reason::USAGE_UNAVAILABLE, accepted);
+                return Err(IngestError::UsageUnavailable);
+            }
+        }
         if !groups.is_empty() {
             let received_at = SystemTime::now();
             let batches = groups

@@ -17,6 +17,7 @@ mod ingest;
 mod ledger;
 pub mod otlp;
 mod pipeline;
+pub mod span_usage;
 mod tenancy;
 
 pub use auth::{Authenticator, Caller};

@@ -52,13 +52,25 @@ pub struct MeterConfig {
     pub event_type: Option<String>,
     /// JSON path of the value in the event's `data`, e.g. `$.tokens`.
     pub value: Option<JsonPath>,
-    /// Group-by dimension name → JSON path in `data`.
+    /// Group-by dimension name → JSON path in `data` (event meters) or
+    /// attribute name, looked up on the span then its resource (span meters).
     #[serde(default)]
-    pub group_by: BTreeMap<String, JsonPath>,
+    pub group_by: BTreeMap<String, String>,
     /// OTLP metric name feeding this meter (not yet supported).
     pub otlp_metric: Option<String>,
-    /// Span attribute feeding this meter (not yet supported).
+    /// Numeric span attribute feeding this meter, e.g.
+    /// `gen_ai.usage.output_tokens`; each span carrying it is one usage record.
     pub span_attribute: Option<String>,
+    /// Span meters: only spans with this name.
+    pub span_name: Option<String>,
+    /// Span meters: only spans whose attributes (or resource attributes)
+    /// have these values.
+    #[serde(default)]
+    pub filter: BTreeMap<String, String>,
+    /// Span meters: bill spans of traces sampled below 100 % by dividing the
+    /// value by the sampling probability. Off: such spans are not billed.
+    #[serde(default)]
+    pub scale_sampled: bool,
     /// Log attribute feeding this meter (not yet supported).
     pub log_attribute: Option<String>,
 }
@@ -73,17 +85,35 @@ impl MeterConfig {
         if !ok_name {
             return Err(format!("meters: name {name:?} must be 1-100 ASCII letters, digits, _ - ."));
         }
-        for (key, unsupported) in [
-            ("otlp_metric", &self.otlp_metric),
-            ("span_attribute", &self.span_attribute),
-            ("log_attribute", &self.log_attribute),
-        ] {
+        for (key, unsupported) in [("otlp_metric", &self.otlp_metric), ("log_attribute", &self.log_attribute)] {
             if unsupported.is_some() {
-                return Err(format!("meters.{name}.{key}: usage from OTLP data is not supported yet; use event_type"));
+                return Err(format!(
+                    "meters.{name}.{key}: usage from OTLP metrics and logs is not supported yet; \
+                     use event_type or span_attribute"
+                ));
             }
         }
-        if self.event_type.as_deref().is_none_or(str::is_empty) {
-            return Err(format!("meters.{name}: event_type is required"));
+        let sources = [&self.event_type, &self.span_attribute].iter().filter(|s| s.is_some()).count();
+        if sources != 1 {
+            return Err(format!("meters.{name}: set exactly one of event_type or span_attribute"));
+        }
+        if self.span_attribute.is_some() {
+            if self.value.is_some() {
+                return Err(format!("meters.{name}.value: span meters take their value from span_attribute"));
+            }
+            if self.aggregation == Aggregation::UniqueCount {
+                return Err(format!("meters.{name}: unique_count is not available for span meters"));
+            }
+            return Ok(());
+        }
+        if self.span_name.is_some() || !self.filter.is_empty() || self.scale_sampled {
+            return Err(format!("meters.{name}: span_name, filter and scale_sampled apply to span meters only"));
+        }
+        if self.event_type.as_deref().is_some_and(str::is_empty) {
+            return Err(format!("meters.{name}.event_type: must not be empty"));
+        }
+        for (dim, path) in &self.group_by {
+            JsonPath::parse(path).map_err(|e| format!("meters.{name}.group_by.{dim}: {e}"))?;
         }
         if self.aggregation.needs_value() && self.value.is_none() {
             return Err(format!(
@@ -92,6 +122,11 @@ impl MeterConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Event meters: the group-by JSON paths (checked by `validate`).
+    pub fn group_paths(&self) -> Vec<(String, JsonPath)> {
+        self.group_by.iter().filter_map(|(dim, p)| Some((dim.clone(), JsonPath::parse(p).ok()?))).collect()
     }
 }
 
@@ -222,6 +257,15 @@ mod tests {
         assert!(count.validate().is_ok());
         let otlp = meter(json!({"name": "o", "aggregation": "sum", "otlp_metric": "tasks.completed"})).unwrap();
         assert!(otlp.validate().unwrap_err().contains("not supported yet"));
+        let span = meter(json!({"name": "out", "aggregation": "sum", "span_attribute": "gen_ai.usage.output_tokens",
+                                "group_by": {"model": "gen_ai.request.model"}}))
+        .unwrap();
+        assert!(span.validate().is_ok());
+        let both = meter(json!({"name": "b", "aggregation": "sum", "span_attribute": "x", "event_type": "y"})).unwrap();
+        assert!(both.validate().unwrap_err().contains("exactly one"));
+        let bad_path =
+            meter(json!({"name": "p", "aggregation": "count", "event_type": "y", "group_by": {"m": "model"}})).unwrap();
+        assert!(bad_path.validate().unwrap_err().contains("meters.p.group_by.m"));
         assert!(meter(json!({"name": "x", "aggregation": "median"})).is_err());
         assert!(meter(json!({"name": "x", "aggregation": "sum", "colour": 1})).is_err());
     }

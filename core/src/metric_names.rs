@@ -29,6 +29,9 @@ pub const FLUSH_ERRORS: &str = "tally_flush_errors_total";
 /// Usage events by outcome. Labels: `status` (`accepted`, `duplicate`,
 /// `conflict`, `rejected`).
 pub const USAGE_EVENTS: &str = "tally_usage_events_total";
+/// Telemetry that would have produced usage but did not. Labels: `reason`
+/// (`sampled`: the trace was sampled below 100 %).
+pub const USAGE_SKIPPED: &str = "tally_usage_skipped_total";
 /// Time to commit one group of usage records.
 pub const LEDGER_COMMIT_DURATION: &str = "tally_ledger_commit_seconds";
 /// Usage records per ledger transaction (group commit size).
@@ -50,4 +53,5 @@ pub mod reason {
     pub const OVERLOADED: &str = "overloaded";
     pub const SHUTTING_DOWN: &str = "shutting_down";
     pub const TIMEOUT: &str = "timeout";
+    pub const USAGE_UNAVAILABLE: &str = "usage_unavailable";
 }

@@ -46,6 +46,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--logs", type=int, default=0)
     p.add_argument("--metric-series", type=int, default=0, help="number of distinct counter attribute sets")
     p.add_argument("--header", action="append", default=[], metavar="K=V", help="request header (repeatable)")
+    p.add_argument("--span-attr", action="append", default=[], metavar="K=V",
+                   help="attribute on every span (repeatable); integer values become int attributes")
     p.add_argument("--timeout", type=float, default=10.0, help="per-export timeout in seconds (incl. retries)")
     p.add_argument("--batch-size", type=int, default=512, help="max spans/logs per export call")
     a = p.parse_args(argv)
@@ -82,7 +84,16 @@ def build_resource(args):
     return Resource.create(attrs)
 
 
-def make_spans(resource, n: int):
+def span_attrs(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        k, _, v = pair.partition("=")
+        out[k] = int(v) if v.lstrip("-").isdigit() else v
+    return out
+
+
+def make_spans(resource, n: int, extra: dict | None = None):
+    extra = extra or {}
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -99,13 +110,14 @@ def make_spans(resource, n: int):
         root = tracer.start_span(
             f"GET /items/{made}",
             kind=SpanKind.SERVER,
-            attributes={"http.request.method": "GET", "http.response.status_code": 200, "tally.test.index": made},
+            attributes={"http.request.method": "GET", "http.response.status_code": 200, "tally.test.index": made,
+                        **extra},
         )
         made += 1
         ctx = set_span_in_context(root)
         for _ in range(min(SPANS_PER_TRACE - 1, n - made)):
             child = tracer.start_span(
-                "db.query", context=ctx, kind=SpanKind.INTERNAL, attributes={"tally.test.index": made}
+                "db.query", context=ctx, kind=SpanKind.INTERNAL, attributes={"tally.test.index": made, **extra}
             )
             child.add_event("rows.fetched", {"rows": 3})
             child.end()
@@ -226,7 +238,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     resource = build_resource(args)
 
-    spans = make_spans(resource, args.spans)
+    spans = make_spans(resource, args.spans, span_attrs(args.span_attr))
     logs = make_logs(resource, args.logs)
     metrics_data, points = make_metrics(resource, args.metric_series)
 

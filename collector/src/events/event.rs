@@ -4,26 +4,36 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use tally_core::{Aggregation, MeterConfig, TenantId, UsageRecord};
+use tally_core::{Aggregation, JsonPath, MeterConfig, TenantId, UsageRecord};
 
 /// The meters, indexed by the event type feeding them.
 #[derive(Debug, Clone, Default)]
 pub struct Meters {
-    by_type: BTreeMap<String, Vec<Arc<MeterConfig>>>,
+    by_type: BTreeMap<String, Vec<EventMeter>>,
+}
+
+/// An event meter with its group-by paths parsed.
+#[derive(Debug, Clone)]
+struct EventMeter {
+    config: Arc<MeterConfig>,
+    group_paths: Vec<(String, JsonPath)>,
 }
 
 impl Meters {
     pub fn new(meters: &[MeterConfig]) -> Meters {
-        let mut by_type: BTreeMap<String, Vec<Arc<MeterConfig>>> = BTreeMap::new();
+        let mut by_type: BTreeMap<String, Vec<EventMeter>> = BTreeMap::new();
         for m in meters {
             if let Some(t) = &m.event_type {
-                by_type.entry(t.clone()).or_default().push(Arc::new(m.clone()));
+                by_type
+                    .entry(t.clone())
+                    .or_default()
+                    .push(EventMeter { config: Arc::new(m.clone()), group_paths: m.group_paths() });
             }
         }
         Meters { by_type }
     }
 
-    fn for_type(&self, event_type: &str) -> &[Arc<MeterConfig>] {
+    fn for_type(&self, event_type: &str) -> &[EventMeter] {
         self.by_type.get(event_type).map_or(&[], Vec::as_slice)
     }
 }
@@ -122,10 +132,9 @@ fn records(
     let content_hash = hex::encode(Sha256::digest(content.to_string().as_bytes()));
 
     fed.iter()
-        .map(|meter| {
+        .map(|EventMeter { config: meter, group_paths }| {
             let (value, distinct_key) = meter_value(meter, data)?;
-            let groups: BTreeMap<&str, Value> = meter
-                .group_by
+            let groups: BTreeMap<&str, Value> = group_paths
                 .iter()
                 .filter_map(|(name, path)| Some((name.as_str(), group_value(path.get(data)?)?)))
                 .collect();

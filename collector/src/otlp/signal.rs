@@ -3,7 +3,7 @@
 
 use serde::{Serialize, de::DeserializeOwned};
 use tally_core::{
-    Payload, Signal,
+    Payload, Signal, TenantId, UsageRecord,
     otlp::{
         collector::{
             logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse},
@@ -16,6 +16,8 @@ use tally_core::{
         trace::v1::{ResourceSpans, ScopeSpans},
     },
 };
+
+use crate::span_usage::SpanMeters;
 
 /// Why one item was refused; also the `reason` label in `/metrics`.
 pub type Reason = &'static str;
@@ -55,6 +57,16 @@ pub trait OtlpSignal: Send + Sync + 'static {
     ) -> Vec<(Route<K>, Self::Resource, u64)>;
     fn payload(resources: Vec<Self::Resource>) -> Payload;
     fn response(rejected: i64, message: String) -> Self::Response;
+    /// Usage records this resource's items produce for `meters` (spans
+    /// only, for now); returns the metered items skipped as sampled.
+    fn extract_usage(
+        _meters: &SpanMeters,
+        _tenant: &TenantId,
+        _res: &Self::Resource,
+        _out: &mut Vec<UsageRecord>,
+    ) -> u64 {
+        0
+    }
     /// Items a response says were rejected (the load generator reads it).
     fn rejected(resp: &Self::Response) -> i64;
 }
@@ -154,6 +166,9 @@ impl OtlpSignal for Traces {
     }
     fn payload(resources: Vec<ResourceSpans>) -> Payload {
         Payload::Spans(resources)
+    }
+    fn extract_usage(meters: &SpanMeters, tenant: &TenantId, res: &ResourceSpans, out: &mut Vec<UsageRecord>) -> u64 {
+        meters.extract(tenant, res, out)
     }
     fn response(rejected: i64, message: String) -> ExportTraceServiceResponse {
         ExportTraceServiceResponse {
