@@ -35,7 +35,7 @@ pub fn public_router(state: ApiState) -> Router {
 
 /// `/v1` queries of this module; the caller layers authentication on top.
 pub fn v1_router(state: ApiState) -> Router {
-    Router::new().route("/v1/ingest/counts", get(ingest_counts)).with_state(state)
+    Router::new().route("/v1/ingest/counts", get(ingest_counts)).route("/v1/tenants", get(tenants)).with_state(state)
 }
 
 /// Refuses a read of `tenant`'s data by a key that may not read it.
@@ -149,4 +149,25 @@ async fn ingest_counts(
         }
     }
     Ok(Json(serde_json::json!({ "tenants": out })))
+}
+
+/// Tenants known to the ledger (admin keys, or open mode):
+/// `{"tenants":[{"id","display_name","stripe_customer_id","status","created"}]}`.
+async fn tenants(
+    State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_read_all(&caller)?;
+    let rows = st.store.tenants().await.map_err(ApiError::internal)?;
+    let tenants: Vec<_> = rows
+        .into_iter()
+        .map(|t| {
+            serde_json::json!({
+                "id": t.id, "display_name": t.display_name, "stripe_customer_id": t.stripe_customer_id,
+                "status": t.status,
+                "created": chrono::DateTime::from_timestamp_millis(t.created_ms).map(|d| d.to_rfc3339()),
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "tenants": tenants })))
 }

@@ -443,3 +443,36 @@ impl Store {
         Ok(rows)
     }
 }
+
+/// A tenant as stored (created on first sight of its usage).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRow {
+    pub id: String,
+    pub display_name: Option<String>,
+    pub stripe_customer_id: Option<String>,
+    pub status: String,
+    pub created_ms: i64,
+}
+
+impl Store {
+    pub async fn tenants(&self) -> Result<Vec<TenantRow>> {
+        const SELECT: &str = "SELECT id, display_name, stripe_customer_id, status, created_ms FROM tenants ORDER BY id";
+        let rows = crate::on_pool!(self, |pool| {
+            sqlx::query(SELECT)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(TenantRow {
+                        id: r.try_get(0)?,
+                        display_name: r.try_get(1)?,
+                        stripe_customer_id: r.try_get(2)?,
+                        status: r.try_get(3)?,
+                        created_ms: r.try_get(4)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+        })?;
+        Ok(rows)
+    }
+}

@@ -16,7 +16,7 @@ mod store;
 pub use error::StoreError;
 pub use ingest::IngestCount;
 pub use keys::ApiKeyRow;
-pub use ledger::HourlyUsage;
+pub use ledger::{HourlyUsage, TenantRow};
 pub use store::{Backend, Store};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

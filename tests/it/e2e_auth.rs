@@ -138,6 +138,11 @@ async fn keys_scope_writes_and_reads() {
     assert_eq!(get(&s, Some(&acme), "/v1/ingest/counts").await, 403);
     assert_eq!(get(&s, Some(&admin), &format!("/v1/usage?tenant=globex&{range}")).await, 200);
     assert_eq!(get(&s, Some(&admin), "/v1/ingest/counts").await, 200);
+    assert_eq!(get(&s, Some(&acme), "/v1/tenants").await, 403);
+    let tenants: Value =
+        s.http.get(s.api_url("/v1/tenants")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+    let ids: Vec<&str> = tenants["tenants"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["acme"], "created on first usage"); // globex's first usage comes below
     // A service key writes for the tenants its data names, and reads nothing.
     let (_, body) = send_events(&s, Some(&service), json!([event("s-1", Some("globex"))])).await;
     assert_eq!(body["accepted"], 1, "{body}");
