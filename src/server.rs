@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context;
 use tally_aggregator::IngestCounter;
 use tally_collector::{
-    Authenticator, Ingest, Pipeline, TenantResolver, UsageLedger, events, otlp, span_usage::SpanMeters,
+    Authenticator, Ingest, Pipeline, TenantResolver, UsageLedger, events, otlp, otlp_usage::OtlpMeters,
 };
 use tally_store::Store;
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -58,7 +58,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             config.otlp.enqueue_timeout,
         )
         .with_auth(auth.clone())
-        .with_span_usage(SpanMeters::new(&config.meters), ledger.clone()),
+        .with_otlp_usage(OtlpMeters::new(&config.meters), ledger.clone()),
     );
     let bind = |addr: SocketAddr, what: &'static str| async move {
         TcpListener::bind(addr).await.with_context(|| format!("binding {what} on {addr}"))

@@ -11,8 +11,8 @@ use crate::{
     Authenticator, Pipeline, TenantResolver, UsageLedger,
     auth::AuthError,
     otlp::signal::{OtlpSignal, Reason, Route},
+    otlp_usage::{OtlpMeters, UsageOut},
     pipeline::EnqueueError,
-    span_usage::SpanMeters,
     tenancy::Lookup,
 };
 
@@ -83,7 +83,7 @@ pub struct Ingest {
     /// `None`: no authentication (embedding, tests).
     auth: Option<Authenticator>,
     /// Span meters and the ledger their usage goes to, if any are declared.
-    span_usage: Option<(SpanMeters, UsageLedger)>,
+    otlp_usage: Option<(OtlpMeters, UsageLedger)>,
     /// Tenants already logged as sending sampled metered spans (bounded).
     sampled_logged: Arc<std::sync::Mutex<std::collections::HashSet<TenantId>>>,
 }
@@ -123,15 +123,15 @@ impl Ingest {
             in_flight: Arc::new(Semaphore::new(max_concurrent_requests.max(1))),
             admission_timeout,
             auth: None,
-            span_usage: None,
+            otlp_usage: None,
             sampled_logged: Arc::default(),
         }
     }
 
     /// Derives usage from spans for `meters` (if any), written to `ledger`
     /// before requests are acknowledged.
-    pub fn with_span_usage(mut self, meters: SpanMeters, ledger: UsageLedger) -> Ingest {
-        self.span_usage = (!meters.is_empty()).then_some((meters, ledger));
+    pub fn with_otlp_usage(mut self, meters: OtlpMeters, ledger: UsageLedger) -> Ingest {
+        self.otlp_usage = (!meters.is_empty()).then_some((meters, ledger));
         self
     }
 
@@ -198,19 +198,19 @@ impl Ingest {
         // Billing first: usage derived from this request is committed to the
         // ledger before the request is acknowledged (a resend is deduplicated
         // by the records' deterministic ids).
-        if let Some((meters, ledger)) = &self.span_usage {
-            let mut records = Vec::new();
+        if let Some((meters, ledger)) = &self.otlp_usage {
+            let mut usage = UsageOut::default();
             for (tenant, resources, _) in &groups {
                 let mut sampled = 0;
                 for res in resources {
-                    sampled += S::extract_usage(meters, tenant, res, &mut records);
+                    sampled += S::extract_usage(meters, tenant, res, &mut usage);
                 }
                 if sampled > 0 {
                     self.note_sampled(tenant, sampled);
                 }
             }
-            if !records.is_empty()
-                && let Err(e) = ledger.record(records).await
+            if !usage.is_empty()
+                && let Err(e) = ledger.record_with_streams(usage.records, usage.cumulative).await
             {
                 tracing::warn!(error = %e, "usage from telemetry not recorded; refusing the request");
                 count_refused(S::SIGNAL, reason::USAGE_UNAVAILABLE, accepted);

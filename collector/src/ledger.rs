@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use tally_core::{UsageOutcome, UsageRecord, metric_names};
+use tally_core::{CumulativePoint, UsageOutcome, UsageRecord, metric_names};
 use tally_store::Store;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
@@ -24,6 +24,7 @@ pub enum LedgerError {
 
 struct Job {
     records: Vec<UsageRecord>,
+    cumulative: Vec<CumulativePoint>,
     reply: oneshot::Sender<Result<Vec<UsageOutcome>, LedgerError>>,
 }
 
@@ -60,11 +61,21 @@ impl UsageLedger {
 
     /// Writes `records` and returns each one's outcome, after commit.
     pub async fn record(&self, records: Vec<UsageRecord>) -> Result<Vec<UsageOutcome>, LedgerError> {
-        if records.is_empty() {
+        self.record_with_streams(records, Vec::new()).await
+    }
+
+    /// Writes `records` and the deltas of cumulative `points` (see
+    /// `Store::record_usage`) in one transaction; outcomes are `records`'.
+    pub async fn record_with_streams(
+        &self,
+        records: Vec<UsageRecord>,
+        cumulative: Vec<CumulativePoint>,
+    ) -> Result<Vec<UsageOutcome>, LedgerError> {
+        if records.is_empty() && cumulative.is_empty() {
             return Ok(Vec::new());
         }
         let (reply, answer) = oneshot::channel();
-        self.tx.send(Job { records, reply }).await.map_err(|_| LedgerError::ShuttingDown)?;
+        self.tx.send(Job { records, cumulative, reply }).await.map_err(|_| LedgerError::ShuttingDown)?;
         answer.await.map_err(|_| LedgerError::ShuttingDown)?
     }
 }
@@ -78,11 +89,11 @@ async fn run(store: Store, rx: Arc<Mutex<mpsc::Receiver<Job>>>, max_batch: usize
             let mut rx = rx.lock().await;
             let Some(first) = rx.recv().await else { return };
             let mut jobs = vec![first];
-            let mut n = jobs[0].records.len();
+            let mut n = jobs[0].records.len() + jobs[0].cumulative.len();
             while n < max_batch {
                 match rx.try_recv() {
                     Ok(job) => {
-                        n += job.records.len();
+                        n += job.records.len() + job.cumulative.len();
                         jobs.push(job);
                     }
                     Err(_) => break,
@@ -96,22 +107,24 @@ async fn run(store: Store, rx: Arc<Mutex<mpsc::Receiver<Job>>>, max_batch: usize
 
 async fn commit(store: &Store, jobs: Vec<Job>) {
     let mut all = Vec::with_capacity(jobs.iter().map(|j| j.records.len()).sum());
+    let mut cumulative = Vec::new();
     let mut replies = Vec::with_capacity(jobs.len());
     for job in jobs {
         replies.push((job.records.len(), job.reply));
         all.extend(job.records);
+        cumulative.extend(job.cumulative);
     }
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let start = Instant::now();
     // A retriable failure (busy, connection lost) is retried briefly here;
     // otherwise the requests get an error and their senders retry, which is
     // safe: ids make the retry exactly-once.
-    let mut result = store.record_usage(&all, now_ms).await;
+    let mut result = store.record_usage(&all, &cumulative, now_ms).await;
     for backoff in [50, 200, 800] {
         match &result {
             Err(e) if e.is_retriable() => {
                 tokio::time::sleep(Duration::from_millis(backoff)).await;
-                result = store.record_usage(&all, now_ms).await;
+                result = store.record_usage(&all, &cumulative, now_ms).await;
             }
             _ => break,
         }

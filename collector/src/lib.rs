@@ -16,8 +16,8 @@ pub mod events;
 mod ingest;
 mod ledger;
 pub mod otlp;
+pub mod otlp_usage;
 mod pipeline;
-pub mod span_usage;
 mod tenancy;
 
 pub use auth::{Authenticator, Caller};

@@ -56,15 +56,16 @@ pub struct MeterConfig {
     /// attribute name, looked up on the span then its resource (span meters).
     #[serde(default)]
     pub group_by: BTreeMap<String, String>,
-    /// OTLP metric name feeding this meter (not yet supported).
+    /// OTLP metric feeding this meter: points of a monotonic Sum (delta or
+    /// cumulative, converted to deltas per stream) or a Gauge.
     pub otlp_metric: Option<String>,
     /// Numeric span attribute feeding this meter, e.g.
     /// `gen_ai.usage.output_tokens`; each span carrying it is one usage record.
     pub span_attribute: Option<String>,
     /// Span meters: only spans with this name.
     pub span_name: Option<String>,
-    /// Span meters: only spans whose attributes (or resource attributes)
-    /// have these values.
+    /// Span and metric meters: only spans / points whose attributes (or
+    /// resource attributes) have these values.
     #[serde(default)]
     pub filter: BTreeMap<String, String>,
     /// Span meters: bill spans of traces sampled below 100 % by dividing the
@@ -85,17 +86,25 @@ impl MeterConfig {
         if !ok_name {
             return Err(format!("meters: name {name:?} must be 1-100 ASCII letters, digits, _ - ."));
         }
-        for (key, unsupported) in [("otlp_metric", &self.otlp_metric), ("log_attribute", &self.log_attribute)] {
-            if unsupported.is_some() {
-                return Err(format!(
-                    "meters.{name}.{key}: usage from OTLP metrics and logs is not supported yet; \
-                     use event_type or span_attribute"
-                ));
-            }
+        if self.log_attribute.is_some() {
+            return Err(format!(
+                "meters.{name}.log_attribute: usage from logs is not supported yet; \
+                 use event_type, span_attribute or otlp_metric"
+            ));
         }
-        let sources = [&self.event_type, &self.span_attribute].iter().filter(|s| s.is_some()).count();
+        let sources =
+            [&self.event_type, &self.span_attribute, &self.otlp_metric].iter().filter(|s| s.is_some()).count();
         if sources != 1 {
-            return Err(format!("meters.{name}: set exactly one of event_type or span_attribute"));
+            return Err(format!("meters.{name}: set exactly one of event_type, span_attribute or otlp_metric"));
+        }
+        if self.otlp_metric.is_some() {
+            if self.value.is_some() || self.span_name.is_some() || self.scale_sampled {
+                return Err(format!("meters.{name}: value, span_name and scale_sampled do not apply to otlp_metric"));
+            }
+            if self.aggregation == Aggregation::UniqueCount {
+                return Err(format!("meters.{name}: unique_count is not available for metric meters"));
+            }
+            return Ok(());
         }
         if self.span_attribute.is_some() {
             if self.value.is_some() {
@@ -256,7 +265,9 @@ mod tests {
         let count = meter(json!({"name": "tasks", "aggregation": "count", "event_type": "task.done"})).unwrap();
         assert!(count.validate().is_ok());
         let otlp = meter(json!({"name": "o", "aggregation": "sum", "otlp_metric": "tasks.completed"})).unwrap();
-        assert!(otlp.validate().unwrap_err().contains("not supported yet"));
+        assert!(otlp.validate().is_ok());
+        let logs = meter(json!({"name": "l", "aggregation": "sum", "log_attribute": "bytes"})).unwrap();
+        assert!(logs.validate().unwrap_err().contains("not supported yet"));
         let span = meter(json!({"name": "out", "aggregation": "sum", "span_attribute": "gen_ai.usage.output_tokens",
                                 "group_by": {"model": "gen_ai.request.model"}}))
         .unwrap();

@@ -24,6 +24,19 @@ pub struct UsageRecord {
     pub content_hash: String,
 }
 
+/// One point of a cumulative OTLP Sum feeding a meter. The ledger turns it
+/// into a delta against the stream's last point (a new start time or a lower
+/// value is a reset: the whole value counts) and bills the delta as
+/// `record` (whose `value` holds the cumulative total on the way in).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CumulativePoint {
+    pub record: UsageRecord,
+    /// Identity of the stream: tenant, meter, resource, scope, metric, attributes.
+    pub stream_id: String,
+    pub start_time_ns: i64,
+    pub time_ns: i64,
+}
+
 /// What the ledger did with a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UsageOutcome {

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sqlx::{PgConnection, Row, SqliteConnection};
-use tally_core::{TenantId, UsageOutcome, UsageRecord, hour_start};
+use tally_core::{CumulativePoint, TenantId, UsageOutcome, UsageRecord, hour_start};
 
 use crate::{Result, Store};
 
@@ -59,12 +59,55 @@ fn hourly_deltas<'a>(inserted: impl Iterator<Item = &'a UsageRecord>) -> BTreeMa
     deltas
 }
 
+/// A cumulative stream's last point: (start time, time, value); time -1
+/// when the row is only a lock target.
+type StreamState = (i64, i64, f64);
+
+/// Turns cumulative points into delta records against `state`, updating it.
+/// Points at or before a stream's last time are resends or stale: nothing.
+/// A new start time or a lower value is a reset: the whole value counts.
+/// Returns the delta records (zero deltas dropped) and the changed streams.
+fn apply_cumulative(
+    state: &mut HashMap<String, StreamState>,
+    points: &[CumulativePoint],
+) -> (Vec<UsageRecord>, Vec<String>) {
+    let mut order: Vec<&CumulativePoint> = points.iter().collect();
+    order.sort_by(|a, b| (&a.stream_id, a.time_ns).cmp(&(&b.stream_id, b.time_ns)));
+    let mut records = Vec::new();
+    let mut changed = Vec::new();
+    for p in order {
+        let total = p.record.value;
+        let delta = match state.get(&p.stream_id) {
+            Some(&(_, time, _)) if time >= 0 && p.time_ns <= time => continue,
+            Some(&(start, time, last)) if time >= 0 && start == p.start_time_ns && total >= last => total - last,
+            _ => total,
+        };
+        state.insert(p.stream_id.clone(), (p.start_time_ns, p.time_ns, total));
+        if changed.last() != Some(&p.stream_id) {
+            changed.push(p.stream_id.clone());
+        }
+        if delta > 0.0 {
+            records.push(UsageRecord { value: delta, ..p.record.clone() });
+        }
+    }
+    (records, changed)
+}
+
 impl Store {
     /// Writes `records` in one transaction and says, for each, whether it was
     /// stored now, stored before with the same content (duplicate), or stored
     /// before with different content (conflict). Only accepted records reach
     /// the hourly rollup. Unknown tenants are created on first sight.
-    pub async fn record_usage(&self, records: &[UsageRecord], now_ms: i64) -> Result<Vec<UsageOutcome>> {
+    ///
+    /// `cumulative` points are turned into deltas against their streams in
+    /// the same transaction (their outcomes are not reported: a resent or
+    /// stale point simply bills nothing).
+    pub async fn record_usage(
+        &self,
+        records: &[UsageRecord],
+        cumulative: &[CumulativePoint],
+        now_ms: i64,
+    ) -> Result<Vec<UsageOutcome>> {
         // The same key twice in one batch: the first is written, the others
         // are judged against it.
         let mut first_of: HashMap<Key<'_>, usize> = HashMap::with_capacity(records.len());
@@ -78,39 +121,39 @@ impl Store {
         // Sorted, like the rollup rows, so concurrent writers insert in the
         // same order.
         unique.sort_by(|a, b| key(a).cmp(&key(b)));
-        let mut tenants: Vec<&TenantId> = unique.iter().map(|r| &r.tenant).collect();
-        tenants.sort();
-        tenants.dedup();
-
+        // The same steps on either backend, in one transaction: cumulative
+        // points become deltas (updating their streams), tenants are created
+        // on first sight, records are inserted (the unique key decides what
+        // is new), the rollup takes what was inserted.
+        macro_rules! write_usage {
+            ($db:ident, $pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                let deltas = $db::cumulative_deltas(&mut tx, cumulative).await?;
+                let mut delta_refs: Vec<&UsageRecord> = deltas.iter().collect();
+                delta_refs.sort_by(|a, b| key(a).cmp(&key(b)));
+                let mut tenants: Vec<&TenantId> = unique.iter().chain(&delta_refs).map(|r| &r.tenant).collect();
+                tenants.sort();
+                tenants.dedup();
+                $db::ensure_tenants(&mut tx, &tenants, now_ms).await?;
+                let inserted = $db::insert_events(&mut tx, &unique, now_ms).await?;
+                let inserted_deltas = $db::insert_events(&mut tx, &delta_refs, now_ms).await?;
+                let existing =
+                    $db::stored_hashes(&mut tx, unique.iter().filter(|r| !inserted.contains(&key(r)))).await?;
+                let hourly = hourly_deltas(
+                    unique
+                        .iter()
+                        .copied()
+                        .filter(|r| inserted.contains(&key(r)))
+                        .chain(delta_refs.iter().copied().filter(|r| inserted_deltas.contains(&key(r)))),
+                );
+                $db::upsert_hourly(&mut tx, &hourly).await?;
+                tx.commit().await?;
+                (inserted, existing)
+            }};
+        }
         let (inserted, existing) = match self {
-            Store::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                pg::ensure_tenants(&mut tx, &tenants, now_ms).await?;
-                let inserted = pg::insert_events(&mut tx, &unique, now_ms).await?;
-                let existing =
-                    pg::stored_hashes(&mut tx, unique.iter().filter(|r| !inserted.contains(&key(r)))).await?;
-                pg::upsert_hourly(
-                    &mut tx,
-                    &hourly_deltas(unique.iter().copied().filter(|r| inserted.contains(&key(r)))),
-                )
-                .await?;
-                tx.commit().await?;
-                (inserted, existing)
-            }
-            Store::Sqlite(pool) => {
-                let mut tx = pool.begin().await?;
-                lite::ensure_tenants(&mut tx, &tenants, now_ms).await?;
-                let inserted = lite::insert_events(&mut tx, &unique, now_ms).await?;
-                let existing =
-                    lite::stored_hashes(&mut tx, unique.iter().filter(|r| !inserted.contains(&key(r)))).await?;
-                lite::upsert_hourly(
-                    &mut tx,
-                    &hourly_deltas(unique.iter().copied().filter(|r| inserted.contains(&key(r)))),
-                )
-                .await?;
-                tx.commit().await?;
-                (inserted, existing)
-            }
+            Store::Postgres(pool) => write_usage!(pg, pool),
+            Store::Sqlite(pool) => write_usage!(lite, pool),
         };
 
         Ok(records
@@ -147,6 +190,49 @@ fn owned(k: Key<'_>) -> OwnedKey {
 /// PostgreSQL: whole columns bound as arrays, one statement per step.
 mod pg {
     use super::*;
+
+    pub async fn cumulative_deltas(tx: &mut PgConnection, points: &[CumulativePoint]) -> Result<Vec<UsageRecord>> {
+        if points.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids: Vec<&str> = points.iter().map(|p| p.stream_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        // A row per stream to lock, even for new streams, so two writers
+        // cannot both take a new stream's first point as its whole value.
+        sqlx::query(
+            "INSERT INTO usage_streams (stream_id, start_time_ns, time_ns, value) \
+             SELECT id, -1, -1, 0 FROM UNNEST($1::text[]) AS t(id) ORDER BY id ON CONFLICT (stream_id) DO NOTHING",
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+        let rows = sqlx::query(
+            "SELECT stream_id, start_time_ns, time_ns, value FROM usage_streams \
+             WHERE stream_id = ANY($1) ORDER BY stream_id FOR UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut state = HashMap::new();
+        for r in &rows {
+            state.insert(r.try_get::<String, _>(0)?, (r.try_get(1)?, r.try_get(2)?, r.try_get(3)?));
+        }
+        let (records, changed) = apply_cumulative(&mut state, points);
+        let st: Vec<_> = changed.iter().map(|id| (id.as_str(), state[id])).collect();
+        sqlx::query(
+            "UPDATE usage_streams SET start_time_ns = u.s, time_ns = u.t, value = u.v \
+             FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::float8[]) AS u(id, s, t, v) \
+             WHERE usage_streams.stream_id = u.id",
+        )
+        .bind(st.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+        .bind(st.iter().map(|(_, s)| s.0).collect::<Vec<_>>())
+        .bind(st.iter().map(|(_, s)| s.1).collect::<Vec<_>>())
+        .bind(st.iter().map(|(_, s)| s.2).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        Ok(records)
+    }
 
     pub async fn ensure_tenants(tx: &mut PgConnection, tenants: &[&TenantId], now_ms: i64) -> Result<()> {
         let ids: Vec<&str> = tenants.iter().map(|t| t.as_str()).collect();
@@ -265,6 +351,40 @@ mod lite {
 
     /// Rows per statement: 10 columns × 90 rows stays under 999 parameters.
     const CHUNK: usize = 90;
+
+    /// SQLite has one writer at a time, so reading then writing the streams
+    /// inside the transaction is already serialized.
+    pub async fn cumulative_deltas(tx: &mut SqliteConnection, points: &[CumulativePoint]) -> Result<Vec<UsageRecord>> {
+        let mut state = HashMap::new();
+        for p in points {
+            if state.contains_key(&p.stream_id) {
+                continue;
+            }
+            let row = sqlx::query("SELECT start_time_ns, time_ns, value FROM usage_streams WHERE stream_id = $1")
+                .bind(&p.stream_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(r) = row {
+                state.insert(p.stream_id.clone(), (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
+            }
+        }
+        let (records, changed) = apply_cumulative(&mut state, points);
+        for id in &changed {
+            let (start, time, value) = state[id];
+            sqlx::query(
+                "INSERT INTO usage_streams (stream_id, start_time_ns, time_ns, value) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (stream_id) DO UPDATE SET start_time_ns = excluded.start_time_ns, \
+                 time_ns = excluded.time_ns, value = excluded.value",
+            )
+            .bind(id)
+            .bind(start)
+            .bind(time)
+            .bind(value)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(records)
+    }
 
     pub async fn ensure_tenants(tx: &mut SqliteConnection, tenants: &[&TenantId], now_ms: i64) -> Result<()> {
         for t in tenants {
@@ -474,5 +594,49 @@ impl Store {
                 .collect::<Result<Vec<_>, sqlx::Error>>()
         })?;
         Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(stream: &str, start: i64, time: i64, total: f64) -> CumulativePoint {
+        CumulativePoint {
+            record: UsageRecord {
+                tenant: TenantId::parse("t").unwrap(),
+                source: "otlp/metric".into(),
+                event_id: format!("{stream}:{start}:{time}"),
+                meter: "m".into(),
+                value: total,
+                distinct_key: None,
+                event_time_ms: time,
+                group_key: "{}".into(),
+                content_hash: String::new(),
+            },
+            stream_id: stream.into(),
+            start_time_ns: start,
+            time_ns: time,
+        }
+    }
+
+    #[test]
+    fn cumulative_points_become_deltas_once() {
+        let mut state = HashMap::new();
+        let billed = |state: &mut HashMap<_, _>, pts: &[CumulativePoint]| {
+            apply_cumulative(state, pts).0.iter().map(|r| r.value).sum::<f64>()
+        };
+        // 5, 12, 20 in one process: 20 in all, whatever the batching.
+        assert_eq!(billed(&mut state, &[point("a", 1, 10, 5.0), point("a", 1, 20, 12.0)]), 12.0);
+        assert_eq!(billed(&mut state, &[point("a", 1, 20, 12.0)]), 0.0); // resend
+        assert_eq!(billed(&mut state, &[point("a", 1, 15, 9.0)]), 0.0); // stale
+        assert_eq!(billed(&mut state, &[point("a", 1, 30, 20.0)]), 8.0);
+        // Restarted process: new start time, counts from zero again.
+        assert_eq!(billed(&mut state, &[point("a", 2, 40, 3.0)]), 3.0);
+        // A drop without a new start time is a reset too.
+        assert_eq!(billed(&mut state, &[point("a", 2, 50, 1.0)]), 1.0);
+        // A lock-target row (time -1) is no state yet.
+        state.insert("b".into(), (-1, -1, 0.0));
+        assert_eq!(billed(&mut state, &[point("b", 7, 70, 4.0)]), 4.0);
     }
 }

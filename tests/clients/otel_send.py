@@ -46,6 +46,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--logs", type=int, default=0)
     p.add_argument("--metric-series", type=int, default=0, help="number of distinct counter attribute sets")
     p.add_argument("--header", action="append", default=[], metavar="K=V", help="request header (repeatable)")
+    p.add_argument("--metric-exports", type=int, default=1,
+                   help="export rounds of the (cumulative) counter, adding to every series before each")
+    p.add_argument("--metric-increment", type=int, default=None,
+                   help="added to every series per round (default: i+1 for series i)")
     p.add_argument("--span-attr", action="append", default=[], metavar="K=V",
                    help="attribute on every span (repeatable); integer values become int attributes")
     p.add_argument("--timeout", type=float, default=10.0, help="per-export timeout in seconds (incl. retries)")
@@ -156,32 +160,35 @@ def make_logs(resource, n: int):
     return logs
 
 
-def make_metrics(resource, k: int):
-    """Returns (MetricsData | None, number_of_data_points)."""
+def make_metrics(resource, k: int, exports: int = 1, increment: int | None = None):
+    """Returns ([MetricsData], number_of_data_points): one cumulative snapshot
+    per export round; each round adds `increment` (default i+1) to series i."""
     from opentelemetry.sdk.metrics import Counter, MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
     if k == 0:
-        return None, 0
+        return [], 0
     # Raise the SDK's default 2000-series cardinality limit so that K series are
     # never folded into an otel.metric.overflow point.
     reader = InMemoryMetricReader(cardinality_limits={Counter: max(2000, k + 10)})
     provider = MeterProvider(resource=resource, metric_readers=[reader])
     meter = provider.get_meter("tally.test.client", "1.0.0")
     counter = meter.create_counter(METRIC_NAME, unit="{request}", description="tally test counter")
-    for i in range(k):
-        counter.add(i + 1, {"series": f"s{i}", "route": f"/r/{i}"})
-    data = reader.get_metrics_data()
+    snapshots, points = [], 0
+    for _ in range(exports):
+        for i in range(k):
+            counter.add(increment if increment is not None else i + 1, {"series": f"s{i}", "route": f"/r/{i}"})
+        data = reader.get_metrics_data()
+        if data is not None:
+            snapshots.append(data)
+            for rm in data.resource_metrics:
+                for sm in rm.scope_metrics:
+                    for m in sm.metrics:
+                        points += len(m.data.data_points)
     provider.shutdown()
-    points = 0
-    if data is not None:
-        for rm in data.resource_metrics:
-            for sm in rm.scope_metrics:
-                for m in sm.metrics:
-                    points += len(m.data.data_points)
-    if points != k:
-        fail(f"internal: SDK produced {points} metric data points, expected {k}")
-    return data, points
+    if points != k * exports:
+        fail(f"internal: SDK produced {points} metric data points, expected {k * exports}")
+    return snapshots, points
 
 
 def build_exporters(args):
@@ -240,13 +247,13 @@ def main(argv: list[str]) -> int:
 
     spans = make_spans(resource, args.spans, span_attrs(args.span_attr))
     logs = make_logs(resource, args.logs)
-    metrics_data, points = make_metrics(resource, args.metric_series)
+    snapshots, points = make_metrics(resource, args.metric_series, args.metric_exports, args.metric_increment)
 
     span_exp, log_exp, metric_exp = build_exporters(args)
     try:
         export_batched(span_exp, spans, "traces", args.batch_size)
         export_batched(log_exp, logs, "logs", args.batch_size)
-        if metrics_data is not None:
+        for metrics_data in snapshots:
             try:
                 result = metric_exp.export(metrics_data, timeout_millis=args.timeout * 1000)
             except Exception as e:  # noqa: BLE001

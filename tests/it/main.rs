@@ -8,6 +8,7 @@ mod e2e_auth;
 mod e2e_backpressure;
 mod e2e_bad_input;
 mod e2e_cli;
+mod e2e_metric_usage;
 mod e2e_real_clients;
 mod e2e_shutdown;
 mod e2e_span_usage;

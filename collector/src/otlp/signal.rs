@@ -3,7 +3,7 @@
 
 use serde::{Serialize, de::DeserializeOwned};
 use tally_core::{
-    Payload, Signal, TenantId, UsageRecord,
+    Payload, Signal, TenantId,
     otlp::{
         collector::{
             logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse},
@@ -17,7 +17,7 @@ use tally_core::{
     },
 };
 
-use crate::span_usage::SpanMeters;
+use crate::otlp_usage::{OtlpMeters, UsageOut};
 
 /// Why one item was refused; also the `reason` label in `/metrics`.
 pub type Reason = &'static str;
@@ -57,14 +57,9 @@ pub trait OtlpSignal: Send + Sync + 'static {
     ) -> Vec<(Route<K>, Self::Resource, u64)>;
     fn payload(resources: Vec<Self::Resource>) -> Payload;
     fn response(rejected: i64, message: String) -> Self::Response;
-    /// Usage records this resource's items produce for `meters` (spans
-    /// only, for now); returns the metered items skipped as sampled.
-    fn extract_usage(
-        _meters: &SpanMeters,
-        _tenant: &TenantId,
-        _res: &Self::Resource,
-        _out: &mut Vec<UsageRecord>,
-    ) -> u64 {
+    /// Usage this resource's items produce for `meters` (spans and metric
+    /// points); returns the metered items skipped as sampled.
+    fn extract_usage(_meters: &OtlpMeters, _tenant: &TenantId, _res: &Self::Resource, _out: &mut UsageOut) -> u64 {
         0
     }
     /// Items a response says were rejected (the load generator reads it).
@@ -167,8 +162,8 @@ impl OtlpSignal for Traces {
     fn payload(resources: Vec<ResourceSpans>) -> Payload {
         Payload::Spans(resources)
     }
-    fn extract_usage(meters: &SpanMeters, tenant: &TenantId, res: &ResourceSpans, out: &mut Vec<UsageRecord>) -> u64 {
-        meters.extract(tenant, res, out)
+    fn extract_usage(meters: &OtlpMeters, tenant: &TenantId, res: &ResourceSpans, out: &mut UsageOut) -> u64 {
+        meters.extract(tenant, res, &mut out.records)
     }
     fn response(rejected: i64, message: String) -> ExportTraceServiceResponse {
         ExportTraceServiceResponse {
@@ -356,6 +351,10 @@ impl OtlpSignal for Metrics {
     }
     fn payload(resources: Vec<ResourceMetrics>) -> Payload {
         Payload::Metrics(resources)
+    }
+    fn extract_usage(meters: &OtlpMeters, tenant: &TenantId, res: &ResourceMetrics, out: &mut UsageOut) -> u64 {
+        meters.extract_metrics(tenant, res, out);
+        0
     }
     fn response(rejected: i64, message: String) -> ExportMetricsServiceResponse {
         ExportMetricsServiceResponse {

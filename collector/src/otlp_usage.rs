@@ -1,0 +1,310 @@
+//! Usage from OTLP data, with ids that make resends harmless:
+//!
+//! - Span meters (`span_attribute`, e.g. `gen_ai.usage.output_tokens`): each
+//!   span carrying the attribute is one record keyed by trace id + span id.
+//! - Metric meters (`otlp_metric`): points of monotonic Sums — delta points
+//!   as they are, cumulative points (the OTel SDK default) as deltas per
+//!   stream, computed by the ledger in the same transaction as the insert —
+//!   and gauge points (for `last`/`max`/`min`/`avg`), keyed by stream
+//!   identity + start time + time.
+//!
+//! Sampled data is not billed: a span of a trace sampled below 100 % (W3C
+//! tracestate `ot=th:…`, or a `sampling.probability` / `SampleRate`
+//! attribute) is skipped, unless its meter sets `scale_sampled`, which
+//! divides the value by the sampling probability.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tally_core::{
+    Aggregation, CumulativePoint, MeterConfig, TenantId, UsageRecord, metric_names,
+    otlp::{
+        common::v1::{KeyValue, any_value::Value as AnyValue},
+        metrics::v1::{
+            AggregationTemporality, Gauge, NumberDataPoint, ResourceMetrics, Sum, metric::Data, number_data_point,
+        },
+        trace::v1::{ResourceSpans, Span},
+    },
+};
+
+/// The span and metric meters of the config.
+#[derive(Debug, Clone, Default)]
+pub struct OtlpMeters {
+    meters: Vec<Arc<MeterConfig>>,
+    metric_meters: Vec<Arc<MeterConfig>>,
+}
+
+/// Usage found in one request, for the ledger.
+#[derive(Debug, Default)]
+pub struct UsageOut {
+    pub records: Vec<UsageRecord>,
+    pub cumulative: Vec<CumulativePoint>,
+}
+
+impl UsageOut {
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.cumulative.is_empty()
+    }
+}
+
+pub const SOURCE: &str = "otlp/span";
+pub const METRIC_SOURCE: &str = "otlp/metric";
+
+impl OtlpMeters {
+    pub fn new(meters: &[MeterConfig]) -> OtlpMeters {
+        let of = |f: fn(&MeterConfig) -> bool| meters.iter().filter(|m| f(m)).cloned().map(Arc::new).collect();
+        OtlpMeters { meters: of(|m| m.span_attribute.is_some()), metric_meters: of(|m| m.otlp_metric.is_some()) }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.meters.is_empty() && self.metric_meters.is_empty()
+    }
+
+    /// Appends the usage of `res`'s metric points to `out`.
+    pub fn extract_metrics(&self, tenant: &TenantId, res: &ResourceMetrics, out: &mut UsageOut) {
+        if self.metric_meters.is_empty() {
+            return;
+        }
+        let resource_attrs: &[KeyValue] = res.resource.as_ref().map_or(&[], |r| &r.attributes);
+        for scope in &res.scope_metrics {
+            let scope_name = scope.scope.as_ref().map_or("", |s| s.name.as_str());
+            for metric in &scope.metrics {
+                for meter in self.metric_meters.iter().filter(|m| m.otlp_metric.as_deref() == Some(&metric.name)) {
+                    let ctx = StreamCtx { tenant, meter, resource_attrs, scope_name, metric: &metric.name };
+                    match &metric.data {
+                        Some(Data::Sum(sum)) if sum.is_monotonic => {
+                            let cumulative = sum.aggregation_temporality == AggregationTemporality::Cumulative as i32;
+                            for p in &sum.data_points {
+                                ctx.point(p, cumulative, out);
+                            }
+                        }
+                        // Gauges and up/down counters: each point as is.
+                        Some(Data::Sum(Sum { data_points, .. })) | Some(Data::Gauge(Gauge { data_points })) => {
+                            for p in data_points {
+                                ctx.point(p, false, out);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Appends the usage records of `res`'s spans to `out`; returns how many
+    /// metered spans were skipped as sampled.
+    pub fn extract(&self, tenant: &TenantId, res: &ResourceSpans, out: &mut Vec<UsageRecord>) -> u64 {
+        let resource_attrs: &[KeyValue] = res.resource.as_ref().map_or(&[], |r| &r.attributes);
+        let mut sampled_out = 0;
+        for span in res.scope_spans.iter().flat_map(|s| &s.spans) {
+            for meter in &self.meters {
+                if let Some(record) = self.record(meter, tenant, span, resource_attrs, &mut sampled_out) {
+                    out.push(record);
+                }
+            }
+        }
+        if sampled_out > 0 {
+            metrics::counter!(metric_names::USAGE_SKIPPED, "reason" => "sampled").increment(sampled_out);
+        }
+        sampled_out
+    }
+
+    fn record(
+        &self,
+        meter: &MeterConfig,
+        tenant: &TenantId,
+        span: &Span,
+        resource_attrs: &[KeyValue],
+        sampled_out: &mut u64,
+    ) -> Option<UsageRecord> {
+        let attribute = meter.span_attribute.as_deref()?;
+        let raw = number(attr(&span.attributes, attribute)?)?;
+        if meter.span_name.as_deref().is_some_and(|n| n != span.name) {
+            return None;
+        }
+        let lookup = |key: &str| attr(&span.attributes, key).or_else(|| attr(resource_attrs, key));
+        if !meter.filter.iter().all(|(k, want)| lookup(k).and_then(text).is_some_and(|v| v == *want)) {
+            return None;
+        }
+        let p = sampling_probability(span);
+        let value = match (p < 1.0, meter.scale_sampled) {
+            (false, _) => raw,
+            (true, true) => raw / p,
+            (true, false) => {
+                *sampled_out += 1;
+                return None;
+            }
+        };
+        let value = if meter.aggregation == Aggregation::Count { 1.0 } else { value };
+        if !value.is_finite() || value < 0.0 {
+            return None;
+        }
+        let groups: BTreeMap<&str, Value> = meter
+            .group_by
+            .iter()
+            .filter_map(|(dim, key)| Some((dim.as_str(), Value::String(text(lookup(key)?)?))))
+            .collect();
+        let group_key = serde_json::to_string(&groups).unwrap_or_else(|_| "{}".into());
+        let event_time_ms = (span.end_time_unix_nano / 1_000_000) as i64;
+        let content = format!("{value}|{event_time_ms}|{group_key}");
+        Some(UsageRecord {
+            tenant: tenant.clone(),
+            source: SOURCE.to_owned(),
+            event_id: format!("{}{}", hex::encode(&span.trace_id), hex::encode(&span.span_id)),
+            meter: Arc::from(meter.name.as_str()),
+            value,
+            distinct_key: None,
+            event_time_ms,
+            group_key,
+            content_hash: hex::encode(Sha256::digest(content.as_bytes())),
+        })
+    }
+}
+
+/// One metric stream's context: what identifies it besides its attributes.
+struct StreamCtx<'a> {
+    tenant: &'a TenantId,
+    meter: &'a MeterConfig,
+    resource_attrs: &'a [KeyValue],
+    scope_name: &'a str,
+    metric: &'a str,
+}
+
+impl StreamCtx<'_> {
+    fn point(&self, p: &NumberDataPoint, cumulative: bool, out: &mut UsageOut) {
+        let value = match p.value {
+            Some(number_data_point::Value::AsInt(i)) => i as f64,
+            Some(number_data_point::Value::AsDouble(d)) => d,
+            None => return,
+        };
+        if !value.is_finite() || value < 0.0 {
+            return;
+        }
+        let lookup = |key: &str| attr(&p.attributes, key).or_else(|| attr(self.resource_attrs, key));
+        if !self.meter.filter.iter().all(|(k, want)| lookup(k).and_then(text).is_some_and(|v| v == *want)) {
+            return;
+        }
+        let groups: BTreeMap<&str, Value> = self
+            .meter
+            .group_by
+            .iter()
+            .filter_map(|(dim, key)| Some((dim.as_str(), Value::String(text(lookup(key)?)?))))
+            .collect();
+        let group_key = serde_json::to_string(&groups).unwrap_or_else(|_| "{}".into());
+        // The stream: tenant, meter, resource, scope, metric and the point's
+        // own attributes, in a canonical order.
+        let mut h = Sha256::new();
+        for part in [self.tenant.as_str(), &self.meter.name, self.scope_name, self.metric] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        for attrs in [self.resource_attrs, &p.attributes] {
+            let mut kv: Vec<(&str, String)> = attrs
+                .iter()
+                .map(|a| (a.key.as_str(), a.value.as_ref().map_or_else(String::new, |v| format!("{v:?}"))))
+                .collect();
+            kv.sort();
+            for (k, v) in kv {
+                h.update(k.as_bytes());
+                h.update([1]);
+                h.update(v.as_bytes());
+                h.update([2]);
+            }
+            h.update([0]);
+        }
+        let stream_id = hex::encode(h.finalize());
+        let (start, time) = (p.start_time_unix_nano as i64, p.time_unix_nano as i64);
+        let value = if self.meter.aggregation == Aggregation::Count { 1.0 } else { value };
+        let record = UsageRecord {
+            tenant: self.tenant.clone(),
+            source: METRIC_SOURCE.to_owned(),
+            event_id: format!("{}:{start}:{time}", &stream_id[..32]),
+            meter: Arc::from(self.meter.name.as_str()),
+            value,
+            distinct_key: None,
+            event_time_ms: time / 1_000_000,
+            group_key,
+            content_hash: String::new(),
+        };
+        if cumulative && self.meter.aggregation != Aggregation::Count {
+            // The delta is only known against the stream's state: the ledger
+            // computes it (and the content hash is of the delta's inputs).
+            let content_hash = hex::encode(Sha256::digest(format!("{stream_id}|{start}|{time}|{value}")));
+            out.cumulative.push(CumulativePoint {
+                record: UsageRecord { content_hash, ..record },
+                stream_id,
+                start_time_ns: start,
+                time_ns: time,
+            });
+        } else {
+            let content_hash = hex::encode(Sha256::digest(format!("{value}|{time}|{}", record.group_key)));
+            out.records.push(UsageRecord { content_hash, ..record });
+        }
+    }
+}
+
+fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
+    attrs.iter().find(|kv| kv.key == key)?.value.as_ref()?.value.as_ref()
+}
+
+fn number(v: &AnyValue) -> Option<f64> {
+    match v {
+        AnyValue::IntValue(i) => Some(*i as f64),
+        AnyValue::DoubleValue(d) => Some(*d),
+        _ => None,
+    }
+}
+
+fn text(v: &AnyValue) -> Option<String> {
+    match v {
+        AnyValue::StringValue(s) => Some(s.clone()),
+        AnyValue::IntValue(i) => Some(i.to_string()),
+        AnyValue::BoolValue(b) => Some(b.to_string()),
+        AnyValue::DoubleValue(d) => Some(d.to_string()),
+        _ => None,
+    }
+}
+
+/// The probability with which the span's trace was sampled (1.0: all).
+pub fn sampling_probability(span: &Span) -> f64 {
+    if let Some(p) = tracestate_probability(&span.trace_state) {
+        return p;
+    }
+    match attr(&span.attributes, "sampling.probability").and_then(number) {
+        Some(p) if p > 0.0 && p < 1.0 => return p,
+        _ => {}
+    }
+    match attr(&span.attributes, "SampleRate").and_then(number) {
+        Some(rate) if rate > 1.0 => 1.0 / rate,
+        _ => 1.0,
+    }
+}
+
+/// OpenTelemetry's consistent-probability threshold in W3C tracestate:
+/// `ot=th:<hex>` with up to 14 hex digits (trailing zeros dropped); a span is
+/// kept when its randomness ≥ threshold, so p = 1 − th / 2^56.
+fn tracestate_probability(trace_state: &str) -> Option<f64> {
+    let ot = trace_state.split(',').find_map(|member| member.trim().strip_prefix("ot="))?;
+    let th = ot.split(';').find_map(|kv| kv.strip_prefix("th:"))?;
+    if th.is_empty() || th.len() > 14 || !th.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let padded = format!("{th:0<14}");
+    let threshold = u64::from_str_radix(&padded, 16).ok()?;
+    Some(1.0 - threshold as f64 / (1u64 << 56) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracestate_thresholds() {
+        assert_eq!(tracestate_probability("ot=th:0"), Some(1.0));
+        assert_eq!(tracestate_probability("ot=th:8"), Some(0.5));
+        assert_eq!(tracestate_probability("vendor=x,ot=rv:abcdef01234567;th:c"), Some(0.25));
+        assert_eq!(tracestate_probability("vendor=x"), None);
+        assert_eq!(tracestate_probability("ot=th:zz"), None);
+    }
+}

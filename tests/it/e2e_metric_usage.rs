@@ -1,0 +1,221 @@
+//! Usage from OTLP metrics (`otlp_metric` meters): cumulative Sums become
+//! deltas exactly once per stream (resends, stale points and process
+//! restarts included), delta Sums and gauges count as sent; and a real
+//! Python SDK counter, restarted mid-way, is billed the sum of its increments.
+
+use std::process::Stdio;
+
+use serde_json::Value;
+use tally_core::otlp::{
+    collector::metrics::v1::ExportMetricsServiceRequest,
+    metrics::v1::{
+        AggregationTemporality, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric::Data,
+        number_data_point,
+    },
+    resource::v1::Resource,
+};
+
+use crate::support::*;
+
+const METERS: &str = r#"
+[[meters]]
+name = "tasks"
+aggregation = "sum"
+otlp_metric = "tasks.completed"
+group_by = { queue = "queue" }
+
+[[meters]]
+name = "queue_peak"
+aggregation = "max"
+otlp_metric = "worker.queue.depth"
+
+[[meters]]
+name = "requests"
+aggregation = "sum"
+otlp_metric = "tally.test.requests"
+"#;
+
+const S: u64 = 1_790_000_000_000_000_000; // ns
+
+fn point(start: u64, time: u64, v: i64, queue: &str) -> NumberDataPoint {
+    NumberDataPoint {
+        start_time_unix_nano: start,
+        time_unix_nano: time,
+        value: Some(number_data_point::Value::AsInt(v)),
+        attributes: vec![kv("queue", queue)],
+        ..Default::default()
+    }
+}
+
+fn request(name: &str, data: Data) -> bytes::Bytes {
+    encode(&ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource {
+                attributes: vec![kv("tenant.id", "acme"), kv("service.name", "worker")],
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![Metric { name: name.into(), data: Some(data), ..Default::default() }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    })
+}
+
+fn cumulative(points: Vec<NumberDataPoint>) -> Data {
+    Data::Sum(Sum {
+        data_points: points,
+        aggregation_temporality: AggregationTemporality::Cumulative as i32,
+        is_monotonic: true,
+    })
+}
+
+async fn send(s: &TestServer, body: bytes::Bytes) {
+    let resp = s
+        .http
+        .post(s.http_url("/v1/metrics"))
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+async fn total(s: &TestServer, tenant: &str, meter: &str) -> f64 {
+    let v: Value = s
+        .http
+        .get(s.api_url(&format!(
+            "/v1/usage?tenant={tenant}&meter={meter}&from=2020-01-01T00:00:00Z&to=2030-01-01T00:00:00Z"
+        )))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["total"].as_f64().unwrap_or_else(|| panic!("{v}"))
+}
+
+async fn metric_points_bill_exactly_once(db: Db) {
+    let s = TestServer::start(db, METERS).await;
+    let sec = 1_000_000_000;
+    // A cumulative stream: 5, then 12 (resent), then a stale 9, then 20.
+    send(&s, request("tasks.completed", cumulative(vec![point(S, S + 10 * sec, 5, "q1")]))).await;
+    assert_eq!(total(&s, "acme", "tasks").await, 5.0);
+    let twelve = request("tasks.completed", cumulative(vec![point(S, S + 20 * sec, 12, "q1")]));
+    send(&s, twelve.clone()).await;
+    send(&s, twelve).await; // the same request twice: nothing more
+    send(&s, request("tasks.completed", cumulative(vec![point(S, S + 15 * sec, 9, "q1")]))).await;
+    assert_eq!(total(&s, "acme", "tasks").await, 12.0);
+    // Two points of the stream in one request, and a second stream.
+    send(
+        &s,
+        request(
+            "tasks.completed",
+            cumulative(vec![
+                point(S, S + 30 * sec, 15, "q1"),
+                point(S, S + 40 * sec, 20, "q1"),
+                point(S, S + 40 * sec, 7, "q2"),
+            ]),
+        ),
+    )
+    .await;
+    assert_eq!(total(&s, "acme", "tasks").await, 27.0);
+    // The process restarted: a new start time, counting from zero.
+    let restart = S + 100 * sec;
+    send(&s, request("tasks.completed", cumulative(vec![point(restart, restart + 10 * sec, 3, "q1")]))).await;
+    assert_eq!(total(&s, "acme", "tasks").await, 30.0);
+    // Delta temporality: each point is the increment.
+    let delta = |v, t| {
+        Data::Sum(Sum {
+            data_points: vec![point(S + t * sec, S + (t + 10) * sec, v, "q3")],
+            aggregation_temporality: AggregationTemporality::Delta as i32,
+            is_monotonic: true,
+        })
+    };
+    send(&s, request("tasks.completed", delta(4, 200))).await;
+    send(&s, request("tasks.completed", delta(6, 210))).await;
+    send(&s, request("tasks.completed", delta(6, 210))).await; // resent
+    assert_eq!(total(&s, "acme", "tasks").await, 40.0);
+    let by_queue: Value = s
+        .http
+        .get(s.api_url("/v1/usage?tenant=acme&meter=tasks&from=2020-01-01T00:00:00Z&to=2030-01-01T00:00:00Z&window=month&group_by=queue"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut per_queue: Vec<(String, f64)> = by_queue["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["group"]["queue"].as_str().unwrap().to_owned(), p["value"].as_f64().unwrap()))
+        .collect();
+    per_queue.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(per_queue, [("q1".to_owned(), 23.0), ("q2".to_owned(), 7.0), ("q3".to_owned(), 10.0)]);
+    // A gauge meter billed by its peak.
+    let gauge = Data::Gauge(Gauge {
+        data_points: vec![point(0, S + sec, 3, "q1"), point(0, S + 2 * sec, 9, "q1"), point(0, S + 3 * sec, 5, "q1")],
+    });
+    send(&s, request("worker.queue.depth", gauge)).await;
+    assert_eq!(total(&s, "acme", "queue_peak").await, 9.0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn metric_points_bill_exactly_once_on_sqlite() {
+    metric_points_bill_exactly_once(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn metric_points_bill_exactly_once_on_postgres() {
+    metric_points_bill_exactly_once(Db::Postgres).await;
+}
+
+async fn python_counter_restarted_bills_the_sum_of_increments(db: Db) {
+    let s = TestServer::start(db, METERS).await;
+    // Two processes one after the other (a restart: new start time); each
+    // exports its cumulative counter 3 times, adding 5 to each of 2 series
+    // before each export: 2 × 15 per process.
+    for protocol in ["grpc", "http/protobuf"] {
+        let endpoint = if protocol == "grpc" { s.grpc_url() } else { s.http_url("") };
+        let out = tokio::process::Command::new(client_python())
+            .arg(clients_dir().join("otel_send.py"))
+            .args(["--endpoint", &endpoint, "--protocol", protocol, "--tenant", "sdk-app", "--service", "worker"])
+            .args([
+                "--spans",
+                "0",
+                "--logs",
+                "0",
+                "--metric-series",
+                "2",
+                "--metric-exports",
+                "3",
+                "--metric-increment",
+                "5",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let sent: Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+        assert_eq!(sent["metric_points"], 6);
+    }
+    assert_eq!(total(&s, "sdk-app", "requests").await, 2.0 * 2.0 * 15.0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn python_counter_restarted_bills_the_sum_of_increments_on_sqlite() {
+    python_counter_restarted_bills_the_sum_of_increments(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn python_counter_restarted_bills_the_sum_of_increments_on_postgres() {
+    python_counter_restarted_bills_the_sum_of_increments(Db::Postgres).await;
+}
