@@ -21,6 +21,7 @@ use tally_core::{
     Aggregation, CumulativePoint, MeterConfig, TenantId, UsageRecord, metric_names,
     otlp::{
         common::v1::{KeyValue, any_value::Value as AnyValue},
+        logs::v1::ResourceLogs,
         metrics::v1::{
             AggregationTemporality, Gauge, NumberDataPoint, ResourceMetrics, Sum, metric::Data, number_data_point,
         },
@@ -33,6 +34,7 @@ use tally_core::{
 pub struct OtlpMeters {
     meters: Vec<Arc<MeterConfig>>,
     metric_meters: Vec<Arc<MeterConfig>>,
+    log_meters: Vec<Arc<MeterConfig>>,
 }
 
 /// Usage found in one request, for the ledger.
@@ -50,15 +52,83 @@ impl UsageOut {
 
 pub const SOURCE: &str = "otlp/span";
 pub const METRIC_SOURCE: &str = "otlp/metric";
+pub const LOG_SOURCE: &str = "otlp/log";
 
 impl OtlpMeters {
     pub fn new(meters: &[MeterConfig]) -> OtlpMeters {
         let of = |f: fn(&MeterConfig) -> bool| meters.iter().filter(|m| f(m)).cloned().map(Arc::new).collect();
-        OtlpMeters { meters: of(|m| m.span_attribute.is_some()), metric_meters: of(|m| m.otlp_metric.is_some()) }
+        OtlpMeters {
+            meters: of(|m| m.span_attribute.is_some()),
+            metric_meters: of(|m| m.otlp_metric.is_some()),
+            log_meters: of(|m| m.log_attribute.is_some()),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.meters.is_empty() && self.metric_meters.is_empty()
+        self.meters.is_empty() && self.metric_meters.is_empty() && self.log_meters.is_empty()
+    }
+
+    /// Appends the usage of `res`'s log records to `out`. A log record has
+    /// no id of its own: its content (resource, time, severity, body,
+    /// attributes, trace context) hashed is the id, so a resent batch is
+    /// deduplicated (and two identical records count once).
+    pub fn extract_logs(&self, tenant: &TenantId, res: &ResourceLogs, out: &mut UsageOut) {
+        if self.log_meters.is_empty() {
+            return;
+        }
+        let resource_attrs: &[KeyValue] = res.resource.as_ref().map_or(&[], |r| &r.attributes);
+        for rec in res.scope_logs.iter().flat_map(|s| &s.log_records) {
+            let mut id: Option<String> = None;
+            for meter in &self.log_meters {
+                let Some(raw) = meter.log_attribute.as_deref().and_then(|a| attr(&rec.attributes, a)).and_then(number)
+                else {
+                    continue;
+                };
+                let lookup = |key: &str| attr(&rec.attributes, key).or_else(|| attr(resource_attrs, key));
+                if !meter.filter.iter().all(|(k, want)| lookup(k).and_then(text).is_some_and(|v| v == *want)) {
+                    continue;
+                }
+                let value = if meter.aggregation == Aggregation::Count { 1.0 } else { raw };
+                if !value.is_finite() || value < 0.0 {
+                    continue;
+                }
+                let id = id
+                    .get_or_insert_with(|| {
+                        let mut h = Sha256::new();
+                        h.update(format!(
+                            "{resource_attrs:?}|{}|{}|{}|{:?}|{:?}|",
+                            rec.time_unix_nano,
+                            rec.observed_time_unix_nano,
+                            rec.severity_number,
+                            rec.body,
+                            rec.attributes
+                        ));
+                        h.update(&rec.trace_id);
+                        h.update(&rec.span_id);
+                        hex::encode(&h.finalize()[..16])
+                    })
+                    .clone();
+                let groups: BTreeMap<&str, Value> = meter
+                    .group_by
+                    .iter()
+                    .filter_map(|(dim, key)| Some((dim.as_str(), Value::String(text(lookup(key)?)?))))
+                    .collect();
+                let group_key = serde_json::to_string(&groups).unwrap_or_else(|_| "{}".into());
+                let time_ns = if rec.time_unix_nano > 0 { rec.time_unix_nano } else { rec.observed_time_unix_nano };
+                let event_time_ms = (time_ns / 1_000_000) as i64;
+                out.records.push(UsageRecord {
+                    tenant: tenant.clone(),
+                    source: LOG_SOURCE.to_owned(),
+                    content_hash: hex::encode(Sha256::digest(format!("{value}|{event_time_ms}|{group_key}"))),
+                    event_id: id,
+                    meter: Arc::from(meter.name.as_str()),
+                    value,
+                    distinct_key: None,
+                    event_time_ms,
+                    group_key,
+                });
+            }
+        }
     }
 
     /// Appends the usage of `res`'s metric points to `out`.

@@ -72,7 +72,8 @@ pub struct MeterConfig {
     /// value by the sampling probability. Off: such spans are not billed.
     #[serde(default)]
     pub scale_sampled: bool,
-    /// Log attribute feeding this meter (not yet supported).
+    /// Numeric log-record attribute feeding this meter; each record carrying
+    /// it is one usage record, identified by a hash of its content.
     pub log_attribute: Option<String>,
 }
 
@@ -86,23 +87,23 @@ impl MeterConfig {
         if !ok_name {
             return Err(format!("meters: name {name:?} must be 1-100 ASCII letters, digits, _ - ."));
         }
-        if self.log_attribute.is_some() {
+        let sources = [&self.event_type, &self.span_attribute, &self.otlp_metric, &self.log_attribute]
+            .iter()
+            .filter(|s| s.is_some())
+            .count();
+        if sources != 1 {
             return Err(format!(
-                "meters.{name}.log_attribute: usage from logs is not supported yet; \
-                 use event_type, span_attribute or otlp_metric"
+                "meters.{name}: set exactly one of event_type, span_attribute, otlp_metric or log_attribute"
             ));
         }
-        let sources =
-            [&self.event_type, &self.span_attribute, &self.otlp_metric].iter().filter(|s| s.is_some()).count();
-        if sources != 1 {
-            return Err(format!("meters.{name}: set exactly one of event_type, span_attribute or otlp_metric"));
-        }
-        if self.otlp_metric.is_some() {
+        if self.otlp_metric.is_some() || self.log_attribute.is_some() {
             if self.value.is_some() || self.span_name.is_some() || self.scale_sampled {
-                return Err(format!("meters.{name}: value, span_name and scale_sampled do not apply to otlp_metric"));
+                return Err(format!(
+                    "meters.{name}: value, span_name and scale_sampled do not apply to otlp_metric or log_attribute"
+                ));
             }
             if self.aggregation == Aggregation::UniqueCount {
-                return Err(format!("meters.{name}: unique_count is not available for metric meters"));
+                return Err(format!("meters.{name}: unique_count is not available for metric and log meters"));
             }
             return Ok(());
         }
@@ -267,7 +268,7 @@ mod tests {
         let otlp = meter(json!({"name": "o", "aggregation": "sum", "otlp_metric": "tasks.completed"})).unwrap();
         assert!(otlp.validate().is_ok());
         let logs = meter(json!({"name": "l", "aggregation": "sum", "log_attribute": "bytes"})).unwrap();
-        assert!(logs.validate().unwrap_err().contains("not supported yet"));
+        assert!(logs.validate().is_ok());
         let span = meter(json!({"name": "out", "aggregation": "sum", "span_attribute": "gen_ai.usage.output_tokens",
                                 "group_by": {"model": "gen_ai.request.model"}}))
         .unwrap();

@@ -219,3 +219,53 @@ async fn python_counter_restarted_bills_the_sum_of_increments_on_sqlite() {
 async fn python_counter_restarted_bills_the_sum_of_increments_on_postgres() {
     python_counter_restarted_bills_the_sum_of_increments(Db::Postgres).await;
 }
+
+#[tokio::test]
+async fn log_attribute_meter_bills_each_record_once() {
+    use tally_core::otlp::{
+        collector::logs::v1::ExportLogsServiceRequest,
+        common::v1::{AnyValue, KeyValue, any_value},
+        logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
+    };
+    let s = TestServer::start(
+        Db::Sqlite,
+        "[[meters]]\nname = \"bytes\"\naggregation = \"sum\"\nlog_attribute = \"app.bytes\"\nfilter = { \"event.name\" = \"job.done\" }",
+    )
+    .await;
+    let rec = |t: u64, bytes: i64, event: &str| LogRecord {
+        time_unix_nano: S + t,
+        severity_number: 9,
+        attributes: vec![
+            KeyValue {
+                key: "app.bytes".into(),
+                value: Some(AnyValue { value: Some(any_value::Value::IntValue(bytes)) }),
+                ..Default::default()
+            },
+            kv("event.name", event),
+        ],
+        ..Default::default()
+    };
+    let body = encode(&ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource { attributes: vec![kv("tenant.id", "acme")], ..Default::default() }),
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![rec(1, 100, "job.done"), rec(2, 250, "job.done"), rec(3, 999, "job.started")],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    });
+    for _ in 0..2 {
+        let resp = s
+            .http
+            .post(s.http_url("/v1/logs"))
+            .header("content-type", "application/x-protobuf")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(total(&s, "acme", "bytes").await, 350.0);
+    s.stop().await;
+}

@@ -230,6 +230,10 @@ impl OtlpSignal for Logs {
     fn payload(resources: Vec<ResourceLogs>) -> Payload {
         Payload::Logs(resources)
     }
+    fn extract_usage(meters: &OtlpMeters, tenant: &TenantId, res: &ResourceLogs, out: &mut UsageOut) -> u64 {
+        meters.extract_logs(tenant, res, out);
+        0
+    }
     fn response(rejected: i64, message: String) -> ExportLogsServiceResponse {
         ExportLogsServiceResponse {
             partial_success: (rejected > 0 || !message.is_empty())
