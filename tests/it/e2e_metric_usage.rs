@@ -83,32 +83,17 @@ async fn send(s: &TestServer, body: bytes::Bytes) {
     assert_eq!(resp.status(), 200);
 }
 
-async fn total(s: &TestServer, tenant: &str, meter: &str) -> f64 {
-    let v: Value = s
-        .http
-        .get(s.api_url(&format!(
-            "/v1/usage?tenant={tenant}&meter={meter}&from=2020-01-01T00:00:00Z&to=2030-01-01T00:00:00Z"
-        )))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["total"].as_f64().unwrap_or_else(|| panic!("{v}"))
-}
-
 async fn metric_points_bill_exactly_once(db: Db) {
     let s = TestServer::start(db, METERS).await;
     let sec = 1_000_000_000;
     // A cumulative stream: 5, then 12 (resent), then a stale 9, then 20.
     send(&s, request("tasks.completed", cumulative(vec![point(S, S + 10 * sec, 5, "q1")]))).await;
-    assert_eq!(total(&s, "acme", "tasks").await, 5.0);
+    assert_eq!(s.usage_total("acme", "tasks").await, 5.0);
     let twelve = request("tasks.completed", cumulative(vec![point(S, S + 20 * sec, 12, "q1")]));
     send(&s, twelve.clone()).await;
     send(&s, twelve).await; // the same request twice: nothing more
     send(&s, request("tasks.completed", cumulative(vec![point(S, S + 15 * sec, 9, "q1")]))).await;
-    assert_eq!(total(&s, "acme", "tasks").await, 12.0);
+    assert_eq!(s.usage_total("acme", "tasks").await, 12.0);
     // Two points of the stream in one request, and a second stream.
     send(
         &s,
@@ -122,11 +107,11 @@ async fn metric_points_bill_exactly_once(db: Db) {
         ),
     )
     .await;
-    assert_eq!(total(&s, "acme", "tasks").await, 27.0);
+    assert_eq!(s.usage_total("acme", "tasks").await, 27.0);
     // The process restarted: a new start time, counting from zero.
     let restart = S + 100 * sec;
     send(&s, request("tasks.completed", cumulative(vec![point(restart, restart + 10 * sec, 3, "q1")]))).await;
-    assert_eq!(total(&s, "acme", "tasks").await, 30.0);
+    assert_eq!(s.usage_total("acme", "tasks").await, 30.0);
     // Delta temporality: each point is the increment.
     let delta = |v, t| {
         Data::Sum(Sum {
@@ -138,7 +123,7 @@ async fn metric_points_bill_exactly_once(db: Db) {
     send(&s, request("tasks.completed", delta(4, 200))).await;
     send(&s, request("tasks.completed", delta(6, 210))).await;
     send(&s, request("tasks.completed", delta(6, 210))).await; // resent
-    assert_eq!(total(&s, "acme", "tasks").await, 40.0);
+    assert_eq!(s.usage_total("acme", "tasks").await, 40.0);
     let by_queue: Value = s
         .http
         .get(s.api_url("/v1/usage?tenant=acme&meter=tasks&from=2020-01-01T00:00:00Z&to=2030-01-01T00:00:00Z&window=month&group_by=queue"))
@@ -161,7 +146,7 @@ async fn metric_points_bill_exactly_once(db: Db) {
         data_points: vec![point(0, S + sec, 3, "q1"), point(0, S + 2 * sec, 9, "q1"), point(0, S + 3 * sec, 5, "q1")],
     });
     send(&s, request("worker.queue.depth", gauge)).await;
-    assert_eq!(total(&s, "acme", "queue_peak").await, 9.0);
+    assert_eq!(s.usage_total("acme", "queue_peak").await, 9.0);
     s.stop().await;
 }
 
@@ -206,7 +191,7 @@ async fn python_counter_restarted_bills_the_sum_of_increments(db: Db) {
         let sent: Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
         assert_eq!(sent["metric_points"], 6);
     }
-    assert_eq!(total(&s, "sdk-app", "requests").await, 2.0 * 2.0 * 15.0);
+    assert_eq!(s.usage_total("sdk-app", "requests").await, 2.0 * 2.0 * 15.0);
     s.stop().await;
 }
 
@@ -266,6 +251,6 @@ async fn log_attribute_meter_bills_each_record_once() {
             .unwrap();
         assert_eq!(resp.status(), 200);
     }
-    assert_eq!(total(&s, "acme", "bytes").await, 350.0);
+    assert_eq!(s.usage_total("acme", "bytes").await, 350.0);
     s.stop().await;
 }

@@ -74,21 +74,6 @@ fn llm_request() -> ExportTraceServiceRequest {
     req
 }
 
-async fn total(s: &TestServer, tenant: &str, meter: &str) -> f64 {
-    let v: Value = s
-        .http
-        .get(s.api_url(&format!(
-            "/v1/usage?tenant={tenant}&meter={meter}&from=2020-01-01T00:00:00Z&to=2030-01-01T00:00:00Z"
-        )))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["total"].as_f64().unwrap_or_else(|| panic!("{v}"))
-}
-
 async fn spans_bill_once_and_skip_sampled(db: Db) {
     let _metrics = METRICS_LOCK.lock().await;
     let s = TestServer::start(db, METERS).await;
@@ -109,10 +94,10 @@ async fn spans_bill_once_and_skip_sampled(db: Db) {
     let mut grpc = grpc_client(&s.grpc_url()).await;
     assert_eq!(grpc_export_traces(&mut grpc, body, &[]).await.unwrap().partial_success, None);
 
-    assert_eq!(total(&s, "acme", "input_tokens").await, 300.0);
-    assert_eq!(total(&s, "acme", "output_tokens").await, 30.0);
-    assert_eq!(total(&s, "acme", "chat_calls").await, 3.0);
-    assert_eq!(total(&s, "acme", "output_tokens_scaled").await, 30.0 + 100.0 / 0.5 + 40.0 / 0.25);
+    assert_eq!(s.usage_total("acme", "input_tokens").await, 300.0);
+    assert_eq!(s.usage_total("acme", "output_tokens").await, 30.0);
+    assert_eq!(s.usage_total("acme", "chat_calls").await, 3.0);
+    assert_eq!(s.usage_total("acme", "output_tokens_scaled").await, 30.0 + 100.0 / 0.5 + 40.0 / 0.25);
     let by_model: Value = s
         .http
         .get(s.api_url("/v1/usage?tenant=acme&meter=input_tokens&from=2020-01-01T00:00:00Z&to=2030-01-01T00:00:00Z&window=month&group_by=model"))
@@ -164,6 +149,6 @@ async fn python_sdk_spans_are_billed_for_their_tokens() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     // Two runs of 9 spans (new span ids each run), 7 tokens each.
-    assert_eq!(total(&s, "llm-app", "input_tokens").await, 2.0 * 9.0 * 7.0);
+    assert_eq!(s.usage_total("llm-app", "input_tokens").await, 2.0 * 9.0 * 7.0);
     s.stop().await;
 }

@@ -60,11 +60,6 @@ async fn usage(s: &TestServer, query: &str) -> Value {
     resp.json().await.unwrap()
 }
 
-async fn total(s: &TestServer, tenant: &str, meter: &str) -> f64 {
-    let v = usage(s, &format!("tenant={tenant}&meter={meter}&from=2026-10-01T00:00:00Z&to=2026-11-01T00:00:00Z")).await;
-    v["total"].as_f64().unwrap()
-}
-
 async fn exactly_once_and_conflicts(db: Db) {
     let s = TestServer::start(db, METERS).await;
     let event = completion("evt-1", "acme", "2026-10-05T10:15:00Z", 120, "gpt-x");
@@ -82,22 +77,22 @@ async fn exactly_once_and_conflicts(db: Db) {
     statuses.sort();
     assert_eq!(statuses.iter().filter(|s| **s == "accepted").count(), 1, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == "duplicate").count(), 19, "{statuses:?}");
-    assert_eq!(total(&s, "acme", "llm_tokens").await, 120.0);
-    assert_eq!(total(&s, "acme", "llm_calls").await, 1.0);
+    assert_eq!(s.usage_total("acme", "llm_tokens").await, 120.0);
+    assert_eq!(s.usage_total("acme", "llm_calls").await, 1.0);
 
     // Same source and id, other content: a conflict, never counted.
     let changed = completion("evt-1", "acme", "2026-10-05T10:15:00Z", 999, "gpt-x");
     let (code, body) = post_events(&s, "application/json", &changed).await;
     assert_eq!(code, 200);
     assert_eq!(body["results"][0]["status"], "conflict", "{body}");
-    assert_eq!(total(&s, "acme", "llm_tokens").await, 120.0);
+    assert_eq!(s.usage_total("acme", "llm_tokens").await, 120.0);
 
     // The same id from another source, or for another tenant, is another event.
     let mut other_source = event.clone();
     other_source["source"] = json!("batch-job");
     let (_, body) = post_events(&s, "application/json", &json!([other_source])).await;
     assert_eq!(body["accepted"], 1, "{body}");
-    assert_eq!(total(&s, "acme", "llm_tokens").await, 240.0);
+    assert_eq!(s.usage_total("acme", "llm_tokens").await, 240.0);
     s.stop().await;
 }
 
@@ -134,7 +129,7 @@ async fn bad_events_are_refused_one_by_one(db: Db) {
     assert!(reasons[1].starts_with("data.tokens: must be a number"), "{reasons:?}");
     assert!(reasons[2].starts_with("time:"), "{reasons:?}");
     assert!(reasons[3].starts_with("type: no meter"), "{reasons:?}");
-    assert_eq!(total(&s, "acme", "llm_tokens").await, 15.0);
+    assert_eq!(s.usage_total("acme", "llm_tokens").await, 15.0);
 
     // Whole-request errors: oversize batch, not JSON, wrong shape, wrong type.
     let big: Vec<Value> =
@@ -150,7 +145,7 @@ async fn bad_events_are_refused_one_by_one(db: Db) {
     let resp =
         s.http.post(s.api_url("/v1/events")).header("content-type", "text/csv").body("a,b").send().await.unwrap();
     assert_eq!(resp.status(), 415);
-    assert_eq!(total(&s, "acme", "llm_tokens").await, 15.0);
+    assert_eq!(s.usage_total("acme", "llm_tokens").await, 15.0);
     s.stop().await;
 }
 
@@ -179,8 +174,8 @@ async fn restart_loses_nothing_and_doubles_nothing(db: Db) {
         (0..30).map(|i| completion(&format!("b-{i}"), "acme", "2026-10-06T10:30:00Z", 2, "m")).collect();
     let (_, body) = post_events(&s, "application/json", &json!(batch_b)).await;
     assert_eq!(body["accepted"], 30);
-    assert_eq!(total(&s, "acme", "llm_tokens").await, 50.0 * 3.0 + 30.0 * 2.0);
-    assert_eq!(total(&s, "acme", "llm_calls").await, 80.0);
+    assert_eq!(s.usage_total("acme", "llm_tokens").await, 50.0 * 3.0 + 30.0 * 2.0);
+    assert_eq!(s.usage_total("acme", "llm_calls").await, 80.0);
     s.stop().await;
 }
 
@@ -260,14 +255,14 @@ async fn usage_queries_window_group_and_aggregate(db: Db) {
     assert_eq!(monthly["series"][0]["start"], "2026-10-01T00:00:00Z");
     assert_eq!(monthly["series"][0]["value"], 4.0);
     // Storage billed by the period's peak; users counted distinctly.
-    assert_eq!(total(&s, "acme", "storage_gb").await, 20.0);
-    assert_eq!(total(&s, "acme", "active_users").await, 2.0);
+    assert_eq!(s.usage_total("acme", "storage_gb").await, 20.0);
+    assert_eq!(s.usage_total("acme", "active_users").await, 2.0);
     let daily_users = usage(&s, &format!("tenant=acme&meter=active_users&{range}&window=day")).await;
     let values: Vec<f64> =
         daily_users["series"].as_array().unwrap().iter().map(|p| p["value"].as_f64().unwrap()).collect();
     assert_eq!(values, [1.0, 1.0]);
     // Tenants are separate.
-    assert_eq!(total(&s, "globex", "llm_tokens").await, 1000.0);
+    assert_eq!(s.usage_total("globex", "llm_tokens").await, 1000.0);
 
     let summary: Value = s
         .http

@@ -153,6 +153,22 @@ impl TestServer {
         }
     }
 
+    /// GET an API path as JSON (as an admin when `key` is given).
+    pub async fn get_json(&self, path: &str, key: Option<&str>) -> serde_json::Value {
+        let mut req = self.http.get(self.api_url(path));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        req.send().await.unwrap().json().await.unwrap()
+    }
+
+    /// A meter's total for a tenant over 2020–2030.
+    pub async fn usage_total(&self, tenant: &str, meter: &str) -> f64 {
+        let path = format!("/v1/usage?tenant={tenant}&meter={meter}&from=2020-01-01T00:00:00Z&to=2030-01-01T00:00:00Z");
+        let v = self.get_json(&path, None).await;
+        v["total"].as_f64().unwrap_or_else(|| panic!("{v}"))
+    }
+
     pub async fn metrics(&self) -> String {
         self.http.get(self.api_url("/metrics")).send().await.unwrap().text().await.unwrap()
     }
