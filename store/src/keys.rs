@@ -1,11 +1,9 @@
 //! API keys: stored by public prefix with a hash of the whole key.
 
-use sqlx::Row;
-
 use crate::{Result, Store, on_pool};
 
 /// One stored key (never the key itself).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ApiKeyRow {
     /// Public prefix of the key.
     pub id: String,
@@ -40,24 +38,7 @@ impl Store {
     pub async fn api_keys(&self) -> Result<Vec<ApiKeyRow>> {
         const SELECT: &str =
             "SELECT id, hash, kind, tenant, name, created_ms, revoked_ms FROM api_keys ORDER BY created_ms, id";
-        let rows = on_pool!(self, |pool| {
-            sqlx::query(SELECT)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(|r| {
-                    Ok(ApiKeyRow {
-                        id: r.try_get(0)?,
-                        hash: r.try_get(1)?,
-                        kind: r.try_get(2)?,
-                        tenant: r.try_get(3)?,
-                        name: r.try_get(4)?,
-                        created_ms: r.try_get(5)?,
-                        revoked_ms: r.try_get(6)?,
-                    })
-                })
-                .collect::<Result<Vec<_>, sqlx::Error>>()
-        })?;
+        let rows = on_pool!(self, |pool| sqlx::query_as::<_, ApiKeyRow>(SELECT).fetch_all(pool).await)?;
         Ok(rows)
     }
 

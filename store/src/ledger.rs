@@ -486,7 +486,7 @@ mod lite {
 }
 
 /// One hourly rollup row.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct HourlyUsage {
     pub hour_ms: i64,
     pub group_key: String,
@@ -511,27 +511,13 @@ impl Store {
              FROM usage_hourly WHERE tenant = $1 AND meter = $2 AND hour_ms >= $3 AND hour_ms < $4 \
              ORDER BY hour_ms, group_key";
         let rows = crate::on_pool!(self, |pool| {
-            sqlx::query(SELECT)
+            sqlx::query_as::<_, HourlyUsage>(SELECT)
                 .bind(tenant.as_str())
                 .bind(meter)
                 .bind(from_ms)
                 .bind(to_ms)
                 .fetch_all(pool)
-                .await?
-                .iter()
-                .map(|r| {
-                    Ok(HourlyUsage {
-                        hour_ms: r.try_get(0)?,
-                        group_key: r.try_get(1)?,
-                        sum: r.try_get(2)?,
-                        count: r.try_get(3)?,
-                        min: r.try_get(4)?,
-                        max: r.try_get(5)?,
-                        last_value: r.try_get(6)?,
-                        last_time_ms: r.try_get(7)?,
-                    })
-                })
-                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .await
         })?;
         Ok(rows)
     }
@@ -565,7 +551,7 @@ impl Store {
 }
 
 /// A tenant as stored (created on first sight of its usage).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct TenantRow {
     pub id: String,
     pub display_name: Option<String>,
@@ -577,22 +563,7 @@ pub struct TenantRow {
 impl Store {
     pub async fn tenants(&self) -> Result<Vec<TenantRow>> {
         const SELECT: &str = "SELECT id, display_name, stripe_customer_id, status, created_ms FROM tenants ORDER BY id";
-        let rows = crate::on_pool!(self, |pool| {
-            sqlx::query(SELECT)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(|r| {
-                    Ok(TenantRow {
-                        id: r.try_get(0)?,
-                        display_name: r.try_get(1)?,
-                        stripe_customer_id: r.try_get(2)?,
-                        status: r.try_get(3)?,
-                        created_ms: r.try_get(4)?,
-                    })
-                })
-                .collect::<Result<Vec<_>, sqlx::Error>>()
-        })?;
+        let rows = crate::on_pool!(self, |pool| sqlx::query_as::<_, TenantRow>(SELECT).fetch_all(pool).await)?;
         Ok(rows)
     }
 }
