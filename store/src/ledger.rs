@@ -252,6 +252,9 @@ mod pg {
         rows: &[&'a UsageRecord],
         now_ms: i64,
     ) -> Result<HashSet<Key<'a>>> {
+        if rows.is_empty() {
+            return Ok(HashSet::new());
+        }
         let col = |f: fn(&UsageRecord) -> &str| rows.iter().map(|r| f(r)).collect::<Vec<_>>();
         let inserted = sqlx::query(
             "INSERT INTO usage_events (tenant, source, event_id, meter, value, distinct_key, \
