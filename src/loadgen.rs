@@ -20,7 +20,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use rand::{Rng, RngCore, SeedableRng, rngs::SmallRng};
-use tally_collector::otlp::{Logs, Metrics, OtlpSignal, Proto, RawMessage, Traces, WireCodec};
+use tally_collector::otlp::{self, Logs, Metrics, OtlpSignal, Proto, RawMessage, Traces, WireCodec};
 use tally_core::otlp::{
     collector::{
         logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
@@ -186,7 +186,9 @@ async fn run_signal<S: OtlpSignal>(
             .map(|i| {
                 let bytes = prost::Message::encode_to_vec(&build(&args, &mut generator, i));
                 match (args.protocol, args.compression) {
-                    (Protocol::Http, Compression::Gzip) => gzip(&bytes),
+                    (Protocol::Http, Compression::Gzip) => {
+                        otlp::compress(&bytes, otlp::Encoding::Gzip).unwrap_or_default().into()
+                    }
                     _ => bytes.into(),
                 }
             })
@@ -382,13 +384,6 @@ fn report(args: &LoadgenArgs, stats: &Stats, elapsed: f64, sorted_latencies_us: 
         writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
     }
     Ok(())
-}
-
-fn gzip(data: &[u8]) -> Bytes {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    // Writing to a Vec cannot fail.
-    let _ = e.write_all(data);
-    e.finish().unwrap_or_default().into()
 }
 
 /// One connection and how to send a pre-encoded request over it.

@@ -84,10 +84,7 @@ impl OtlpMeters {
                 else {
                     continue;
                 };
-                let lookup = |key: &str| attr(&rec.attributes, key).or_else(|| attr(resource_attrs, key));
-                if !meter.filter.iter().all(|(k, want)| lookup(k).and_then(text).is_some_and(|v| v == *want)) {
-                    continue;
-                }
+                let Some(group_key) = group_key(meter, &rec.attributes, resource_attrs) else { continue };
                 let value = if meter.aggregation == Aggregation::Count { 1.0 } else { raw };
                 if !value.is_finite() || value < 0.0 {
                     continue;
@@ -108,12 +105,6 @@ impl OtlpMeters {
                         hex::encode(&h.finalize()[..16])
                     })
                     .clone();
-                let groups: BTreeMap<&str, Value> = meter
-                    .group_by
-                    .iter()
-                    .filter_map(|(dim, key)| Some((dim.as_str(), Value::String(text(lookup(key)?)?))))
-                    .collect();
-                let group_key = serde_json::to_string(&groups).unwrap_or_else(|_| "{}".into());
                 let time_ns = if rec.time_unix_nano > 0 { rec.time_unix_nano } else { rec.observed_time_unix_nano };
                 let event_time_ms = (time_ns / 1_000_000) as i64;
                 out.records.push(UsageRecord {
@@ -164,7 +155,7 @@ impl OtlpMeters {
 
     /// Appends the usage records of `res`'s spans to `out`; returns how many
     /// metered spans were skipped as sampled.
-    pub fn extract(&self, tenant: &TenantId, res: &ResourceSpans, out: &mut Vec<UsageRecord>) -> u64 {
+    pub fn extract_spans(&self, tenant: &TenantId, res: &ResourceSpans, out: &mut Vec<UsageRecord>) -> u64 {
         let resource_attrs: &[KeyValue] = res.resource.as_ref().map_or(&[], |r| &r.attributes);
         let mut sampled_out = 0;
         for span in res.scope_spans.iter().flat_map(|s| &s.spans) {
@@ -193,10 +184,7 @@ impl OtlpMeters {
         if meter.span_name.as_deref().is_some_and(|n| n != span.name) {
             return None;
         }
-        let lookup = |key: &str| attr(&span.attributes, key).or_else(|| attr(resource_attrs, key));
-        if !meter.filter.iter().all(|(k, want)| lookup(k).and_then(text).is_some_and(|v| v == *want)) {
-            return None;
-        }
+        let group_key = group_key(meter, &span.attributes, resource_attrs)?;
         let p = sampling_probability(span);
         let value = match (p < 1.0, meter.scale_sampled) {
             (false, _) => raw,
@@ -210,12 +198,6 @@ impl OtlpMeters {
         if !value.is_finite() || value < 0.0 {
             return None;
         }
-        let groups: BTreeMap<&str, Value> = meter
-            .group_by
-            .iter()
-            .filter_map(|(dim, key)| Some((dim.as_str(), Value::String(text(lookup(key)?)?))))
-            .collect();
-        let group_key = serde_json::to_string(&groups).unwrap_or_else(|_| "{}".into());
         let event_time_ms = (span.end_time_unix_nano / 1_000_000) as i64;
         let content = format!("{value}|{event_time_ms}|{group_key}");
         Some(UsageRecord {
@@ -251,17 +233,7 @@ impl StreamCtx<'_> {
         if !value.is_finite() || value < 0.0 {
             return;
         }
-        let lookup = |key: &str| attr(&p.attributes, key).or_else(|| attr(self.resource_attrs, key));
-        if !self.meter.filter.iter().all(|(k, want)| lookup(k).and_then(text).is_some_and(|v| v == *want)) {
-            return;
-        }
-        let groups: BTreeMap<&str, Value> = self
-            .meter
-            .group_by
-            .iter()
-            .filter_map(|(dim, key)| Some((dim.as_str(), Value::String(text(lookup(key)?)?))))
-            .collect();
-        let group_key = serde_json::to_string(&groups).unwrap_or_else(|_| "{}".into());
+        let Some(group_key) = group_key(self.meter, &p.attributes, self.resource_attrs) else { return };
         // The stream: tenant, meter, resource, scope, metric and the point's
         // own attributes, in a canonical order.
         let mut h = Sha256::new();
@@ -312,6 +284,22 @@ impl StreamCtx<'_> {
             out.records.push(UsageRecord { content_hash, ..record });
         }
     }
+}
+
+/// An item's group key for `meter` (its `group_by` attributes as a JSON
+/// object), or `None` when the item fails the meter's `filter`. Attributes
+/// are looked up on the item, then on its resource.
+fn group_key(meter: &MeterConfig, item: &[KeyValue], resource: &[KeyValue]) -> Option<String> {
+    let lookup = |key: &str| attr(item, key).or_else(|| attr(resource, key));
+    if !meter.filter.iter().all(|(k, want)| lookup(k).and_then(text).is_some_and(|v| v == *want)) {
+        return None;
+    }
+    let groups: BTreeMap<&str, Value> = meter
+        .group_by
+        .iter()
+        .filter_map(|(dim, key)| Some((dim.as_str(), Value::String(text(lookup(key)?)?))))
+        .collect();
+    Some(serde_json::to_string(&groups).unwrap_or_else(|_| "{}".into()))
 }
 
 fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {

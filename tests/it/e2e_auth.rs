@@ -139,8 +139,7 @@ async fn keys_scope_writes_and_reads() {
     assert_eq!(get(&s, Some(&admin), &format!("/v1/usage?tenant=globex&{range}")).await, 200);
     assert_eq!(get(&s, Some(&admin), "/v1/ingest/counts").await, 200);
     assert_eq!(get(&s, Some(&acme), "/v1/tenants").await, 403);
-    let tenants: Value =
-        s.http.get(s.api_url("/v1/tenants")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+    let tenants: Value = s.get_json("/v1/tenants", Some(&admin)).await;
     let ids: Vec<&str> = tenants["tenants"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["acme"], "created on first usage"); // globex's first usage comes below
     // A service key writes for the tenants its data names, and reads nothing.
@@ -151,16 +150,7 @@ async fn keys_scope_writes_and_reads() {
     let total = |tenant: &'static str| {
         let (s, admin) = (&s, admin.clone());
         async move {
-            let v: Value = s
-                .http
-                .get(s.api_url(&format!("/v1/usage?tenant={tenant}&{range}")))
-                .bearer_auth(admin)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v: Value = s.get_json(&format!("/v1/usage?tenant={tenant}&{range}"), Some(&admin)).await;
             v["total"].as_f64().unwrap()
         }
     };
@@ -178,16 +168,7 @@ async fn keys_scope_writes_and_reads() {
 /// Spans counted for `tenant`, polled until `want` or a timeout.
 async fn s_counts_eventually(s: &TestServer, admin: &str, tenant: &str, want: u64) -> u64 {
     for _ in 0..100 {
-        let v: Value = s
-            .http
-            .get(s.api_url(&format!("/v1/ingest/counts?tenant={tenant}")))
-            .bearer_auth(admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = s.get_json(&format!("/v1/ingest/counts?tenant={tenant}"), Some(admin)).await;
         let n = v["tenants"][0]["spans"].as_u64().unwrap_or(0);
         if n == want {
             return n;

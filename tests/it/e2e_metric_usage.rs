@@ -124,15 +124,7 @@ async fn metric_points_bill_exactly_once(db: Db) {
     send(&s, request("tasks.completed", delta(6, 210))).await;
     send(&s, request("tasks.completed", delta(6, 210))).await; // resent
     assert_eq!(s.usage_total("acme", "tasks").await, 40.0);
-    let by_queue: Value = s
-        .http
-        .get(s.api_url("/v1/usage?tenant=acme&meter=tasks&from=2020-01-01T00:00:00Z&to=2030-01-01T00:00:00Z&window=month&group_by=queue"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let by_queue: Value = s.get_json("/v1/usage?tenant=acme&meter=tasks&from=2020-01-01T00:00:00Z&to=2030-01-01T00:00:00Z&window=month&group_by=queue", None).await;
     let mut per_queue: Vec<(String, f64)> = by_queue["series"]
         .as_array()
         .unwrap()

@@ -98,15 +98,7 @@ async fn spans_bill_once_and_skip_sampled(db: Db) {
     assert_eq!(s.usage_total("acme", "output_tokens").await, 30.0);
     assert_eq!(s.usage_total("acme", "chat_calls").await, 3.0);
     assert_eq!(s.usage_total("acme", "output_tokens_scaled").await, 30.0 + 100.0 / 0.5 + 40.0 / 0.25);
-    let by_model: Value = s
-        .http
-        .get(s.api_url("/v1/usage?tenant=acme&meter=input_tokens&from=2020-01-01T00:00:00Z&to=2030-01-01T00:00:00Z&window=month&group_by=model"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let by_model: Value = s.get_json("/v1/usage?tenant=acme&meter=input_tokens&from=2020-01-01T00:00:00Z&to=2030-01-01T00:00:00Z&window=month&group_by=model", None).await;
     assert_eq!(by_model["series"][0]["group"]["model"], "m1", "{by_model}");
 
     // Per send, 4 (meter, span) pairs were skipped as sampled: input 1,

@@ -264,15 +264,7 @@ async fn usage_queries_window_group_and_aggregate(db: Db) {
     // Tenants are separate.
     assert_eq!(s.usage_total("globex", "llm_tokens").await, 1000.0);
 
-    let summary: Value = s
-        .http
-        .get(s.api_url("/v1/usage/summary?tenant=acme&period=2026-10"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let summary: Value = s.get_json("/v1/usage/summary?tenant=acme&period=2026-10", None).await;
     assert_eq!(summary["period"], "2026-10");
     let meters: Vec<(String, f64)> = summary["meters"]
         .as_array()

@@ -16,10 +16,7 @@ use serde_json::{Value, json};
 use tally_core::{TenantId, UsageOutcome, metric_names};
 
 use super::{EventOutcome, EventsConfig, Meters, check_event};
-use crate::{
-    Caller,
-    ledger::{LedgerError, UsageLedger},
-};
+use crate::{Caller, ledger::UsageLedger};
 
 /// What the events route needs.
 #[derive(Debug, Clone)]
@@ -117,44 +114,42 @@ async fn post_events(
         .collect();
     let outcomes = match st.ledger.record(records).await {
         Ok(o) => o,
-        Err(e @ LedgerError::Unavailable(_)) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        Err(e @ LedgerError::ShuttingDown) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        // Nothing of the request was stored; a retry is safe.
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
 
     let mut outcomes = outcomes.into_iter();
+    // Per-event statuses, and how many of each.
+    const STATUSES: [&str; 4] = ["accepted", "duplicate", "conflict", "rejected"];
     let mut counts = [0u64; 4];
     let results: Vec<Value> = events
         .iter()
         .zip(&checked)
         .map(|(event, checked)| {
             let (status, reason) = match checked {
-                EventOutcome::Rejected(reason) => ("rejected", Some(reason.clone())),
+                EventOutcome::Rejected(reason) => (3, Some(reason.clone())),
                 EventOutcome::Records(r) => {
                     let mine: Vec<UsageOutcome> = outcomes.by_ref().take(r.len()).collect();
                     // An event feeding several meters: any conflict makes it a
                     // conflict; all duplicates, a duplicate.
                     if mine.contains(&UsageOutcome::Conflict) {
-                        (
-                            "conflict",
-                            Some("an event with this source and id was recorded with different content".into()),
-                        )
+                        (2, Some("an event with this source and id was recorded with different content".into()))
                     } else if mine.iter().all(|o| *o == UsageOutcome::Duplicate) {
-                        ("duplicate", None)
+                        (1, None)
                     } else {
-                        ("accepted", None)
+                        (0, None)
                     }
                 }
             };
-            counts[["accepted", "duplicate", "conflict", "rejected"].iter().position(|s| *s == status).unwrap_or(3)] +=
-                1;
-            let mut r = json!({ "id": event.get("id"), "source": event.get("source"), "status": status });
+            counts[status] += 1;
+            let mut r = json!({ "id": event.get("id"), "source": event.get("source"), "status": STATUSES[status] });
             if let Some(reason) = reason {
                 r["reason"] = Value::String(reason);
             }
             r
         })
         .collect();
-    for (status, n) in ["accepted", "duplicate", "conflict", "rejected"].into_iter().zip(counts) {
+    for (status, n) in STATUSES.into_iter().zip(counts) {
         if n > 0 {
             metrics::counter!(metric_names::USAGE_EVENTS, "status" => status).increment(n);
         }

@@ -15,6 +15,15 @@ pub enum Encoding {
 }
 
 impl Encoding {
+    /// The `Content-Encoding` token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Identity => "identity",
+            Encoding::Gzip => "gzip",
+            Encoding::Zstd => "zstd",
+        }
+    }
+
     pub fn parse(header: Option<&str>) -> Option<Encoding> {
         match header.map(|h| h.trim().to_ascii_lowercase()).as_deref() {
             None | Some("") | Some("identity") => Some(Encoding::Identity),
@@ -64,6 +73,20 @@ pub fn decompress(body: Bytes, encoding: Encoding, limit: usize) -> Result<Bytes
         return Err(BodyError::TooLarge { limit, decompressed: true });
     }
     Ok(out.into())
+}
+
+/// Compresses `body` (responses; the load generator's requests).
+pub fn compress(body: &[u8], encoding: Encoding) -> Option<Vec<u8>> {
+    match encoding {
+        Encoding::Identity => None,
+        Encoding::Gzip => {
+            use std::io::Write;
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(body).ok()?;
+            e.finish().ok()
+        }
+        Encoding::Zstd => zstd::encode_all(body, 1).ok(),
+    }
 }
 
 pub fn decode_protobuf<S: OtlpSignal>(body: &[u8]) -> Result<S::Request, BodyError> {

@@ -22,7 +22,7 @@ use tally_core::{Transport, metric_names, metric_names::reason};
 use crate::{
     Ingest, IngestError, OtlpConfig, RequestContext,
     otlp::{
-        body::{BodyError, Encoding, decode_json, decode_protobuf, decompress},
+        body::{BodyError, Encoding, compress, decode_json, decode_protobuf, decompress},
         signal::{Logs, Metrics, OtlpSignal, Traces},
     },
 };
@@ -192,7 +192,8 @@ async fn handle<S: OtlpSignal>(
         Format::Json if S::rejected(&response) == 0 && prost::Message::encoded_len(&response) == 0 => b"{}".to_vec(),
         Format::Json => serde_json::to_vec(&response).unwrap_or_default(),
     };
-    let mut response = match response_encoding(encoding, headers).and_then(|e| compress(&body, e)) {
+    let compressed = response_encoding(encoding, headers).and_then(|e| Some((compress(&body, e)?, e.as_str())));
+    let mut response = match compressed {
         Some((body, name)) => (
             [(header::CONTENT_TYPE, format.content_type()), (header::CONTENT_ENCODING, HeaderValue::from_static(name))],
             body,
@@ -207,11 +208,10 @@ async fn handle<S: OtlpSignal>(
 /// The request's own content encoding, if the client accepts it back
 /// (`Accept-Encoding`): OTLP/HTTP answers in the request's encoding.
 fn response_encoding(encoding: Encoding, headers: &HeaderMap) -> Option<Encoding> {
-    let name = match encoding {
-        Encoding::Identity => return None,
-        Encoding::Gzip => "gzip",
-        Encoding::Zstd => "zstd",
-    };
+    if encoding == Encoding::Identity {
+        return None;
+    }
+    let name = encoding.as_str();
     headers
         .get_all(header::ACCEPT_ENCODING)
         .iter()
@@ -226,19 +226,6 @@ fn response_encoding(encoding: Encoding, headers: &HeaderMap) -> Option<Encoding
             (coding.eq_ignore_ascii_case(name) || coding == "*") && !refused
         })
         .then_some(encoding)
-}
-
-fn compress(body: &[u8], encoding: Encoding) -> Option<(Vec<u8>, &'static str)> {
-    match encoding {
-        Encoding::Identity => None,
-        Encoding::Gzip => {
-            use std::io::Write;
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            e.write_all(body).ok()?;
-            Some((e.finish().ok()?, "gzip"))
-        }
-        Encoding::Zstd => Some((zstd::encode_all(body, 1).ok()?, "zstd")),
-    }
 }
 
 /// Reads at most `limit` bytes of body, refusing at once when the declared

@@ -6,7 +6,7 @@ mod grpc;
 mod http;
 pub mod signal;
 
-pub use body::{BodyError, Encoding, decode_json, decode_protobuf, decompress};
+pub use body::{BodyError, Encoding, compress, decode_json, decode_protobuf, decompress};
 pub use grpc::{Proto, RawMessage, WireCodec, grpc_routes};
 pub use http::http_router;
 pub use signal::{Logs, Metrics, OtlpSignal, Traces};

@@ -163,7 +163,7 @@ impl OtlpSignal for Traces {
         Payload::Spans(resources)
     }
     fn extract_usage(meters: &OtlpMeters, tenant: &TenantId, res: &ResourceSpans, out: &mut UsageOut) -> u64 {
-        meters.extract(tenant, res, &mut out.records)
+        meters.extract_spans(tenant, res, &mut out.records)
     }
     fn response(rejected: i64, message: String) -> ExportTraceServiceResponse {
         ExportTraceServiceResponse {
