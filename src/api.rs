@@ -58,6 +58,23 @@ pub fn check_read_all(caller: &Caller) -> Result<(), ApiError> {
     }
 }
 
+/// The `tenant` query parameter, checked.
+pub fn parse_tenant(s: &str) -> Result<TenantId, ApiError> {
+    TenantId::parse(s).map_err(|e| ApiError::bad_request(format!("tenant: {e}")))
+}
+
+/// An RFC 3339 query parameter as Unix milliseconds; `field` names it in errors.
+pub fn parse_time(field: &str, s: &str) -> Result<i64, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| ApiError::bad_request(format!("{field}: {s:?} is not an RFC 3339 timestamp")))
+}
+
+/// Unix milliseconds as RFC 3339 UTC, to the second.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 /// An error answer: the client sees `message`; details of our own faults go
 /// to the log only.
 pub struct ApiError {

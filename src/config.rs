@@ -13,14 +13,14 @@ use figment::{
     providers::{Env, Format, Toml},
 };
 use serde::Deserialize;
-use tally_aggregator::PipelineConfig;
+use tally_aggregator::{PipelineConfig, RollupConfig};
 use tally_collector::{OtlpConfig, TenancyConfig, TenantResolver, events::EventsConfig};
 use tally_core::{MeterConfig, Secret, meter::validate_meters};
 
 pub const DEFAULTS: &str = include_str!("../tally.default.toml");
 
 /// Config sections; `TALLY_<SECTION>_<KEY>` maps to `<section>.<key>`.
-const SECTIONS: [&str; 6] = ["api", "otlp", "tenancy", "pipeline", "events", "auth"];
+const SECTIONS: [&str; 7] = ["api", "otlp", "tenancy", "pipeline", "rollups", "events", "auth"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +38,7 @@ pub struct Config {
     pub otlp: OtlpConfig,
     pub tenancy: TenancyConfig,
     pub pipeline: PipelineConfig,
+    pub rollups: RollupConfig,
     pub events: EventsConfig,
     pub auth: AuthConfig,
     /// `[[meters]]`: what usage is counted (see the defaults file).
@@ -120,6 +121,7 @@ impl Config {
         anyhow::ensure!(!self.shutdown_timeout.is_zero(), "shutdown_timeout must be greater than 0");
         anyhow::ensure!(!self.auth.refresh_interval.is_zero(), "auth.refresh_interval must be greater than 0");
         TenantResolver::new(&self.tenancy)?;
+        self.rollups.validate().map_err(anyhow::Error::msg)?;
         validate_meters(&self.meters).map_err(anyhow::Error::msg)?;
         let e = &self.events;
         anyhow::ensure!(

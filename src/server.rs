@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::Context;
-use tally_aggregator::IngestCounter;
+use tally_aggregator::RollupStage;
 use tally_collector::{
     Authenticator, Ingest, Pipeline, TenantResolver, UsageLedger, events, otlp, otlp_usage::OtlpMeters,
 };
@@ -15,7 +15,7 @@ use tally_store::Store;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Config, api, usage_api};
+use crate::{Config, api, rollup_api, usage_api};
 
 /// A running tally. Dropping it does not stop it; call [`Server::shutdown`].
 pub struct Server {
@@ -39,10 +39,11 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .with_context(|| format!("opening database {}", config.database_description()))?;
     store.migrate().await.context("applying database migrations")?;
 
-    // Downstream first: the counting stage, then the queue feeding it.
+    // Downstream first: the rollup stage, then the queue feeding it.
     let (pipeline, rx) =
         Pipeline::new(config.pipeline.queue_capacity, config.pipeline.max_queued_bytes, config.otlp.enqueue_timeout);
-    let counter = tokio::spawn(IngestCounter::new(store.clone(), config.pipeline.flush_interval).run(rx));
+    let rollups =
+        tokio::spawn(RollupStage::new(store.clone(), config.rollups.clone(), config.pipeline.flush_interval).run(rx));
 
     // Usage (events and span meters) is written by the ledger's group-commit
     // task; it stops once the receivers and the API holding its handles stop.
@@ -70,6 +71,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         (grpc_listener.local_addr()?, http_listener.local_addr()?, api_listener.local_addr()?);
 
     let shutdown = CancellationToken::new();
+    let maintenance =
+        tokio::spawn(tally_aggregator::run_maintenance(store.clone(), config.rollups.clone(), shutdown.clone()));
     auth.spawn_refresh(config.auth.refresh_interval, shutdown.clone());
     let grpc = tonic::transport::Server::builder()
         .timeout(config.otlp.request_timeout)
@@ -90,6 +93,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             config: config.events.clone(),
         }))
         .merge(usage_api::router(usage_api::UsageState { store: store.clone(), meters }))
+        .merge(rollup_api::router(store.clone()))
         .layer(axum::middleware::from_fn_with_state(auth, tally_collector::auth::require_caller));
     let api_router = api::public_router(api_state).merge(v1);
     let api = axum::serve(nodelay(api_listener), api_router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
@@ -105,16 +109,17 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         tracing::info!("shutting down: draining receivers");
         // Receivers first: once both have finished their in-flight requests
         // (bounded by otlp.request_timeout) every queue sender is gone, so
-        // the counter drains and flushes. Each step runs whatever the
+        // the rollup stage drains and writes every open window. Each step runs whatever the
         // previous ones returned, so a failed receiver cannot skip the flush.
         let grpc = joined(grpc.await, "otlp grpc server");
         let http = joined(http.await, "otlp http server");
-        let counter = counter.await.context("counting stage");
+        let rollups = rollups.await.context("rollup stage");
+        let maintenance = maintenance.await.context("rollup maintenance");
         let api = joined(api.await, "api server");
         let ledger = ledger_task.await.context("usage ledger writer");
         task_store.close().await;
         tracing::info!("shutdown complete");
-        grpc.and(http).and(counter).and(api).and(ledger)
+        grpc.and(http).and(rollups).and(maintenance).and(api).and(ledger)
     });
 
     tracing::info!(

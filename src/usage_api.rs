@@ -12,7 +12,7 @@ use axum::{
     extract::{Query, State},
     routing::get,
 };
-use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, TimeZone, Utc};
+use chrono::{Datelike, NaiveDate, TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tally_core::{Aggregation, MeterConfig, TenantId};
@@ -20,7 +20,7 @@ use tally_store::{HourlyUsage, Store};
 
 use tally_collector::Caller;
 
-use crate::api::{ApiError, check_read};
+use crate::api::{ApiError, check_read, parse_tenant as tenant, parse_time as time, rfc3339};
 
 #[derive(Clone)]
 pub struct UsageState {
@@ -60,20 +60,6 @@ struct UsageQuery {
     to: String,
     window: Option<Window>,
     group_by: Option<String>,
-}
-
-fn tenant(s: &str) -> Result<TenantId, ApiError> {
-    TenantId::parse(s).map_err(|e| ApiError::bad_request(format!("tenant: {e}")))
-}
-
-fn time(field: &str, s: &str) -> Result<i64, ApiError> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.timestamp_millis())
-        .map_err(|_| ApiError::bad_request(format!("{field}: {s:?} is not an RFC 3339 timestamp")))
-}
-
-fn rfc3339(ms: i64) -> String {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_default().to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 fn meter<'a>(meters: &'a [MeterConfig], name: &str) -> Result<&'a MeterConfig, ApiError> {

@@ -1,11 +1,16 @@
 //! tally's downstream stages, fed by the collector's bounded queue.
 //!
-//! For now one stage, [`IngestCounter`], counts accepted items per tenant and
-//! signal and adds them to the store; the rollup windows, HDR latency,
-//! alert evaluation and Parquet batching replace it in later work.
+//! [`RollupStage`] rolls spans, logs and metric points up per tenant into
+//! windows (requests, errors, HDR latency histograms, log severities,
+//! gauges, metric histograms), writes them to the store when they close, and
+//! counts accepted items per tenant; [`maintain`] downsamples and expires
+//! the stored rollups. Alert evaluation and Parquet batching come later.
 
 mod config;
-mod counter;
+pub mod rollup;
 
-pub use config::PipelineConfig;
-pub use counter::IngestCounter;
+pub use config::{PipelineConfig, RollupConfig};
+pub use rollup::{
+    maintenance::{MaintenanceReport, maintain, run_maintenance},
+    stage::RollupStage,
+};

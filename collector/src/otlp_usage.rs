@@ -18,9 +18,11 @@ use std::{collections::BTreeMap, sync::Arc};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tally_core::{
-    Aggregation, CumulativePoint, MeterConfig, TenantId, UsageRecord, metric_names,
+    Aggregation, CumulativePoint, MeterConfig, TenantId, UsageRecord,
+    attributes::{get as attr, number, text},
+    metric_names,
     otlp::{
-        common::v1::{KeyValue, any_value::Value as AnyValue},
+        common::v1::KeyValue,
         logs::v1::ResourceLogs,
         metrics::v1::{
             AggregationTemporality, Gauge, NumberDataPoint, ResourceMetrics, Sum, metric::Data, number_data_point,
@@ -297,31 +299,9 @@ fn group_key(meter: &MeterConfig, item: &[KeyValue], resource: &[KeyValue]) -> O
     let groups: BTreeMap<&str, Value> = meter
         .group_by
         .iter()
-        .filter_map(|(dim, key)| Some((dim.as_str(), Value::String(text(lookup(key)?)?))))
+        .filter_map(|(dim, key)| Some((dim.as_str(), Value::String(text(lookup(key)?)?.into_owned()))))
         .collect();
     Some(serde_json::to_string(&groups).unwrap_or_else(|_| "{}".into()))
-}
-
-fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
-    attrs.iter().find(|kv| kv.key == key)?.value.as_ref()?.value.as_ref()
-}
-
-fn number(v: &AnyValue) -> Option<f64> {
-    match v {
-        AnyValue::IntValue(i) => Some(*i as f64),
-        AnyValue::DoubleValue(d) => Some(*d),
-        _ => None,
-    }
-}
-
-fn text(v: &AnyValue) -> Option<String> {
-    match v {
-        AnyValue::StringValue(s) => Some(s.clone()),
-        AnyValue::IntValue(i) => Some(i.to_string()),
-        AnyValue::BoolValue(b) => Some(b.to_string()),
-        AnyValue::DoubleValue(d) => Some(d.to_string()),
-        _ => None,
-    }
 }
 
 /// The probability with which the span's trace was sampled (1.0: all).

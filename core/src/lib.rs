@@ -2,11 +2,14 @@
 //! batches that travel from the collector to downstream stages, the names of
 //! tally's own metrics, and a `Secret` wrapper for config values. No I/O here.
 
+pub mod attributes;
 mod auth;
 mod batch;
+mod histogram;
 pub mod lenient;
 pub mod meter;
 pub mod metric_names;
+pub mod rollup;
 mod secret;
 mod signal;
 mod tenant;
@@ -14,6 +17,7 @@ mod usage;
 
 pub use auth::Principal;
 pub use batch::{Payload, QueuedRequest, TelemetryBatch};
+pub use histogram::{Histogram, HistogramError};
 pub use meter::{Aggregation, JsonPath, MeterConfig};
 pub use secret::Secret;
 pub use signal::{Signal, Transport};

@@ -26,6 +26,23 @@ pub const PROCESSED_ITEMS: &str = "tally_processed_items_total";
 /// Storage flushes that failed and will be retried.
 pub const FLUSH_ERRORS: &str = "tally_flush_errors_total";
 
+/// Telemetry items left out of the rollups. Labels: `signal`, `reason`
+/// (`too_old`: before the window retention; `too_new`: beyond `max_future`).
+pub const ROLLUP_REFUSED: &str = "tally_rollup_refused_items_total";
+/// Items folded into an overflow series by a cardinality limit. Labels:
+/// `kind` (span, log, gauge, histogram), `limit` (tenant, metric).
+pub const ROLLUP_OVERFLOW: &str = "tally_rollup_overflow_items_total";
+/// Series held in open windows.
+pub const ROLLUP_OPEN_SERIES: &str = "tally_rollup_open_series";
+/// Window rows written (merged) to the database.
+pub const ROLLUP_ROWS_WRITTEN: &str = "tally_rollup_rows_written_total";
+/// Time to write one flush of window rows.
+pub const ROLLUP_FLUSH_DURATION: &str = "tally_rollup_flush_seconds";
+/// Window rows dropped because the database stayed unreachable.
+pub const ROLLUP_DROPPED_ROWS: &str = "tally_rollup_dropped_rows_total";
+/// Rows moved to a coarser resolution or expired. Labels: `table`.
+pub const ROLLUP_DOWNSAMPLED_ROWS: &str = "tally_rollup_downsampled_rows_total";
+
 /// Usage events by outcome. Labels: `status` (`accepted`, `duplicate`,
 /// `conflict`, `rejected`).
 pub const USAGE_EVENTS: &str = "tally_usage_events_total";
@@ -54,4 +71,6 @@ pub mod reason {
     pub const SHUTTING_DOWN: &str = "shutting_down";
     pub const TIMEOUT: &str = "timeout";
     pub const USAGE_UNAVAILABLE: &str = "usage_unavailable";
+    pub const TOO_OLD: &str = "too_old";
+    pub const TOO_NEW: &str = "too_new";
 }

@@ -7,6 +7,8 @@ pub enum StoreError {
     DataDir { path: String, source: std::io::Error },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }

@@ -11,12 +11,14 @@ mod error;
 mod ingest;
 mod keys;
 mod ledger;
+mod rollups;
 mod store;
 
 pub use error::StoreError;
 pub use ingest::IngestCount;
 pub use keys::ApiKeyRow;
 pub use ledger::{HourlyUsage, TenantRow};
+pub use rollups::{RollupFilter, RollupTable};
 pub use store::{Backend, Store};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

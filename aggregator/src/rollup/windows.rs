@@ -1,0 +1,247 @@
+//! Open windows in memory: per window, a hash table of series. The hot path
+//! (a span of a series already seen) hashes borrowed strings and allocates
+//! nothing; a new series is checked against the cardinality limits first.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    hash::{BuildHasher, Hash, Hasher},
+};
+
+use hashbrown::{HashTable, hash_table::Entry};
+use tally_core::{
+    TenantId, metric_names,
+    rollup::{OVERFLOW, OVERFLOW_ATTRIBUTES, RollupKind, RollupRow, RollupValues, SeriesKey},
+};
+
+/// A series named by borrowed parts, for lookups without allocating.
+#[derive(Debug, Clone, Copy)]
+pub struct SeriesRef<'a> {
+    pub tenant: &'a TenantId,
+    pub kind: RollupKind,
+    pub service: &'a str,
+    pub name: &'a str,
+    pub detail: &'a str,
+}
+
+impl SeriesRef<'_> {
+    fn matches(&self, k: &SeriesKey) -> bool {
+        self.kind == k.kind
+            && self.name == &*k.name
+            && self.service == &*k.service
+            && self.detail == &*k.detail
+            && self.tenant == &k.tenant
+    }
+
+    fn to_owned(self) -> SeriesKey {
+        SeriesKey {
+            tenant: self.tenant.clone(),
+            kind: self.kind,
+            service: self.service.into(),
+            name: self.name.into(),
+            detail: self.detail.into(),
+        }
+    }
+
+    /// The limit group of the per-metric limit: the metric name for
+    /// metrics, the service for spans and logs.
+    fn group(&self) -> &str {
+        match self.kind {
+            RollupKind::Span | RollupKind::Log => self.service,
+            RollupKind::Gauge | RollupKind::Histogram => self.name,
+        }
+    }
+}
+
+fn hash_of(
+    state: &hashbrown::DefaultHashBuilder,
+    tenant: &str,
+    kind: RollupKind,
+    service: &str,
+    name: &str,
+    detail: &str,
+) -> u64 {
+    let mut h = state.build_hasher();
+    (tenant, kind as u8, service, name, detail).hash(&mut h);
+    h.finish()
+}
+
+/// Cardinality limits, per window.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub per_tenant: u32,
+    pub per_metric: u32,
+}
+
+#[derive(Default)]
+struct Window {
+    series: HashTable<(SeriesKey, RollupValues)>,
+    per_tenant: HashMap<TenantId, u32>,
+    per_group: HashMap<(TenantId, RollupKind, Box<str>), u32>,
+    /// Tenants already warned about in this window (one log line each).
+    warned: HashSet<TenantId>,
+}
+
+/// The open windows, keyed by start.
+pub struct Windows {
+    width_ms: i64,
+    limits: Limits,
+    hasher: hashbrown::DefaultHashBuilder,
+    open: BTreeMap<i64, Window>,
+    series: usize,
+}
+
+impl Windows {
+    pub fn new(width_ms: i64, limits: Limits) -> Windows {
+        Windows { width_ms, limits, hasher: Default::default(), open: BTreeMap::new(), series: 0 }
+    }
+
+    pub fn width_ms(&self) -> i64 {
+        self.width_ms
+    }
+
+    /// Series held across open windows (what memory is proportional to).
+    pub fn series(&self) -> usize {
+        self.series
+    }
+
+    /// Applies `f` to the values of series `key` in the window holding
+    /// `time_ms`, creating the series — or, beyond a limit, using the
+    /// overflow series instead.
+    pub fn update(&mut self, key: SeriesRef<'_>, time_ms: i64, f: impl FnOnce(&mut RollupValues)) {
+        let start = time_ms.div_euclid(self.width_ms) * self.width_ms;
+        let window = self.open.entry(start).or_default();
+        let hasher = &self.hasher;
+        let hash = hash_of(hasher, key.tenant.as_str(), key.kind, key.service, key.name, key.detail);
+        let rehash = |(k, _): &(SeriesKey, RollupValues)| {
+            hash_of(hasher, k.tenant.as_str(), k.kind, &k.service, &k.name, &k.detail)
+        };
+        match window.series.entry(hash, |(k, _)| key.matches(k), rehash) {
+            Entry::Occupied(mut o) => f(&mut o.get_mut().1),
+            Entry::Vacant(v) => {
+                let tenant_n = window.per_tenant.get(key.tenant).copied().unwrap_or(0);
+                let group = (key.tenant.clone(), key.kind, Box::<str>::from(key.group()));
+                let group_n = window.per_group.get(&group).copied().unwrap_or(0);
+                let over = if tenant_n >= self.limits.per_tenant {
+                    Some("tenant")
+                } else if group_n >= self.limits.per_metric {
+                    Some("metric")
+                } else {
+                    None
+                };
+                match over {
+                    None => {
+                        let mut o = v.insert((key.to_owned(), RollupValues::default()));
+                        f(&mut o.get_mut().1);
+                        *window.per_tenant.entry(key.tenant.clone()).or_default() += 1;
+                        *window.per_group.entry(group).or_default() += 1;
+                        self.series += 1;
+                    }
+                    Some(limit) => {
+                        drop(v);
+                        metrics::counter!(metric_names::ROLLUP_OVERFLOW, "kind" => key.kind.as_str(), "limit" => limit)
+                            .increment(1);
+                        if window.warned.insert(key.tenant.clone()) {
+                            tracing::warn!(
+                                tenant = %key.tenant, kind = key.kind.as_str(), limit, series = ?key.to_owned(),
+                                "series limit reached: folding new series into the overflow series for this window"
+                            );
+                        }
+                        let overflow = overflow_of(&key, limit);
+                        let hash = hash_of(
+                            hasher,
+                            key.tenant.as_str(),
+                            key.kind,
+                            &overflow.service,
+                            &overflow.name,
+                            &overflow.detail,
+                        );
+                        let entry = window.series.entry(hash, |(k, _)| *k == overflow, rehash);
+                        let values = match entry {
+                            Entry::Occupied(o) => o.into_mut(),
+                            Entry::Vacant(v) => {
+                                self.series += 1;
+                                v.insert((overflow, RollupValues::default())).into_mut()
+                            }
+                        };
+                        f(&mut values.1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes out the windows that start before `before_ms`, as rows.
+    pub fn take_before(&mut self, before_ms: i64) -> Vec<RollupRow> {
+        let keep = self.open.split_off(&before_ms);
+        let done = std::mem::replace(&mut self.open, keep);
+        let mut rows = Vec::new();
+        for (start, window) in done {
+            self.series -= window.series.len();
+            rows.extend(window.series.into_iter().map(|(key, values)| RollupRow { key, start_ms: start, values }));
+        }
+        rows
+    }
+
+    /// Every open window, as rows (shutdown).
+    pub fn take_all(&mut self) -> Vec<RollupRow> {
+        self.take_before(i64::MAX)
+    }
+}
+
+/// The series that takes what a limit keeps out: per metric, the metric's
+/// overflow series; per tenant, one series per kind.
+fn overflow_of(key: &SeriesRef<'_>, limit: &str) -> SeriesKey {
+    let metric = matches!(key.kind, RollupKind::Gauge | RollupKind::Histogram);
+    SeriesKey {
+        tenant: key.tenant.clone(),
+        kind: key.kind,
+        service: OVERFLOW.into(),
+        name: if metric && limit == "metric" { key.name.into() } else { OVERFLOW.into() },
+        detail: if metric { OVERFLOW_ATTRIBUTES.into() } else { OVERFLOW.into() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(w: &mut Windows, tenant: &TenantId, op: &str, t: i64, us: u64) {
+        let key = SeriesRef { tenant, kind: RollupKind::Span, service: "api", name: op, detail: "server" };
+        w.update(key, t, |v| v.add_span(us, false));
+    }
+
+    #[test]
+    fn windows_split_by_time_and_series() {
+        let t = TenantId::parse("acme").unwrap();
+        let mut w = Windows::new(60_000, Limits { per_tenant: 100, per_metric: 100 });
+        span(&mut w, &t, "GET /a", 1_000, 5);
+        span(&mut w, &t, "GET /a", 59_999, 7);
+        span(&mut w, &t, "GET /b", 60_000, 9);
+        assert_eq!(w.series(), 2);
+        let first = w.take_before(60_000);
+        assert_eq!(first.len(), 1);
+        assert_eq!((first[0].values.count, first[0].values.sum), (2, 12.0));
+        let rest = w.take_all();
+        assert_eq!((rest.len(), rest[0].start_ms, &*rest[0].key.name), (1, 60_000, "GET /b"));
+        assert_eq!(w.series(), 0);
+    }
+
+    #[test]
+    fn limits_fold_new_series_into_overflow() {
+        let (a, b) = (TenantId::parse("a").unwrap(), TenantId::parse("b").unwrap());
+        let mut w = Windows::new(60_000, Limits { per_tenant: 3, per_metric: 100 });
+        for i in 0..10 {
+            span(&mut w, &a, &format!("op{i}"), 0, 1);
+        }
+        span(&mut w, &a, "op0", 0, 1); // existing series still counted on its own
+        span(&mut w, &b, "op0", 0, 1); // other tenants unaffected
+        let rows = w.take_all();
+        let of = |t: &TenantId, name: &str| {
+            rows.iter().find(|r| r.key.tenant == *t && &*r.key.name == name).map(|r| r.values.count)
+        };
+        assert_eq!(of(&a, "op0"), Some(2));
+        assert_eq!(of(&a, OVERFLOW), Some(7));
+        assert_eq!(of(&b, "op0"), Some(1));
+        assert_eq!(rows.iter().filter(|r| r.key.tenant == a).map(|r| r.values.count).sum::<u64>(), 11);
+    }
+}

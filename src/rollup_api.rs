@@ -1,0 +1,335 @@
+//! Rollup queries (tenant-scoped like usage queries), all over `[from, to)`
+//! in steps:
+//!
+//! - `GET /v1/slo`: request rate, error rate and p50/p90/p95/p99 latency per
+//!   step, for a tenant and optionally one service and operation;
+//! - `GET /v1/slo/top`: the tenant's operations ranked by p95, error rate or
+//!   requests;
+//! - `GET /v1/gauges`: a gauge's last/min/max/avg per step and attribute set
+//!   (queue depth);
+//! - `GET /v1/histograms`: an OTLP histogram metric's count, sum and
+//!   percentiles per step and attribute set;
+//! - `GET /v1/logs/counts`: log records per step by severity.
+//!
+//! Percentiles always come from the histograms merged over the step (or the
+//! whole range), never from averaging stored percentiles.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Extension, Json, Router,
+    extract::{Query, State},
+    routing::get,
+};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tally_collector::Caller;
+use tally_core::{
+    TenantId,
+    rollup::{RollupKind, RollupRow, RollupValues},
+};
+use tally_store::{RollupFilter, Store};
+
+use crate::api::{ApiError, check_read, parse_tenant, parse_time, rfc3339};
+
+/// Most steps one query may ask for.
+const MAX_STEPS: i64 = 11_000;
+/// Histogram values of metric histograms are stored × this.
+const HISTOGRAM_SCALE: f64 = 1000.0;
+
+pub fn router(store: Store) -> Router {
+    Router::new()
+        .route("/v1/slo", get(slo))
+        .route("/v1/slo/top", get(top))
+        .route("/v1/gauges", get(gauges))
+        .route("/v1/histograms", get(histograms))
+        .route("/v1/logs/counts", get(log_counts))
+        .with_state(store)
+}
+
+#[derive(Deserialize)]
+struct RangeQuery {
+    tenant: String,
+    from: Option<String>,
+    to: Option<String>,
+    step: Option<String>,
+    service: Option<String>,
+    operation: Option<String>,
+    name: Option<String>,
+    by: Option<String>,
+    limit: Option<usize>,
+}
+
+/// A query's checked tenant and range: `to` defaults to now, `from` to an
+/// hour before `to`, `step` to 60 s.
+struct Range {
+    tenant: TenantId,
+    from_ms: i64,
+    to_ms: i64,
+    step_ms: i64,
+}
+
+impl Range {
+    fn parse(q: &RangeQuery, caller: &Caller) -> Result<Range, ApiError> {
+        let tenant = parse_tenant(&q.tenant)?;
+        check_read(caller, &tenant)?;
+        let to_ms = match &q.to {
+            Some(t) => parse_time("to", t)?,
+            None => {
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+            }
+        };
+        let from_ms = match &q.from {
+            Some(t) => parse_time("from", t)?,
+            None => to_ms - 3_600_000,
+        };
+        if from_ms >= to_ms {
+            return Err(ApiError::bad_request("from: must be before to"));
+        }
+        let step_ms = match &q.step {
+            Some(s) => humantime::parse_duration(s)
+                .map_err(|_| ApiError::bad_request(format!("step: {s:?} is not a duration like 60s, 5m or 1h")))?
+                .as_millis() as i64,
+            None => 60_000,
+        };
+        if step_ms < 1000 {
+            return Err(ApiError::bad_request("step: must be at least 1s"));
+        }
+        if (to_ms - from_ms) / step_ms > MAX_STEPS {
+            return Err(ApiError::bad_request(format!("step: the range holds more than {MAX_STEPS} steps")));
+        }
+        Ok(Range { tenant, from_ms, to_ms, step_ms })
+    }
+
+    fn bucket(&self, start_ms: i64) -> i64 {
+        self.from_ms + (start_ms - self.from_ms).div_euclid(self.step_ms) * self.step_ms
+    }
+
+    async fn read(
+        &self,
+        store: &Store,
+        kind: RollupKind,
+        service: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<Vec<RollupRow>, ApiError> {
+        let f = RollupFilter { tenant: &self.tenant, kind, service, name, from_ms: self.from_ms, to_ms: self.to_ms };
+        store.read_rollups(&f).await.map_err(ApiError::internal)
+    }
+
+    /// Rows merged per (step, group), in step order then group order.
+    fn merge_by<G: Ord>(
+        &self,
+        rows: Vec<RollupRow>,
+        group: impl Fn(&RollupRow) -> G,
+    ) -> BTreeMap<(i64, G), RollupValues> {
+        let mut out: BTreeMap<(i64, G), RollupValues> = BTreeMap::new();
+        for row in rows {
+            let k = (self.bucket(row.start_ms), group(&row));
+            match out.get_mut(&k) {
+                Some(v) => v.merge(&row.values),
+                None => {
+                    out.insert(k, row.values);
+                }
+            }
+        }
+        out
+    }
+
+    fn header(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("tenant".into(), self.tenant.as_str().into());
+        m.insert("from".into(), rfc3339(self.from_ms).into());
+        m.insert("to".into(), rfc3339(self.to_ms).into());
+        m.insert("step_seconds".into(), (self.step_ms / 1000).into());
+        m
+    }
+}
+
+/// Percentiles of a histogram of values stored × `scale_to_unit`⁻¹.
+fn percentiles(v: &RollupValues, scale: f64, out: &mut Map<String, Value>, unit: &str) {
+    for (label, q) in [("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99)] {
+        let p = v.hist.as_ref().and_then(|h| h.value_at_quantile(q)).map(|x| x as f64 / scale);
+        out.insert(format!("{label}{unit}"), json!(p));
+    }
+}
+
+/// Requests, errors, rates and latency of merged span rows.
+fn slo_point(v: &RollupValues, seconds: f64) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("requests".into(), v.count.into());
+    m.insert("errors".into(), v.errors.into());
+    let error_rate = if v.count > 0 { v.errors as f64 / v.count as f64 } else { 0.0 };
+    m.insert("error_rate".into(), json!(error_rate));
+    m.insert("rate_per_s".into(), json!(v.count as f64 / seconds));
+    let avg = (v.count > 0).then(|| v.sum / v.count as f64 / 1000.0);
+    m.insert("avg_ms".into(), json!(avg));
+    m.insert("max_ms".into(), json!(v.max_opt().map(|x| x / 1000.0)));
+    percentiles(v, 1000.0, &mut m, "_ms");
+    m
+}
+
+async fn slo(
+    State(store): State<Store>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<RangeQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let r = Range::parse(&q, &caller)?;
+    let rows = r.read(&store, RollupKind::Span, q.service.as_deref(), q.operation.as_deref()).await?;
+    let mut total = RollupValues::default();
+    rows.iter().for_each(|row| total.merge(&row.values));
+    let step_s = r.step_ms as f64 / 1000.0;
+    let series: Vec<Value> = r
+        .merge_by(rows, |_| ())
+        .into_iter()
+        .map(|((start, ()), v)| {
+            let mut m = slo_point(&v, step_s);
+            m.insert("start".into(), rfc3339(start).into());
+            Value::Object(m)
+        })
+        .collect();
+    let mut out = r.header();
+    out.insert("service".into(), json!(q.service));
+    out.insert("operation".into(), json!(q.operation));
+    out.insert("total".into(), Value::Object(slo_point(&total, (r.to_ms - r.from_ms) as f64 / 1000.0)));
+    out.insert("series".into(), Value::Array(series));
+    Ok(Json(Value::Object(out)))
+}
+
+/// `by` = `p95` (default), `p99`, `error_rate` or `requests`; `limit` (10).
+async fn top(
+    State(store): State<Store>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<RangeQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let r = Range::parse(&q, &caller)?;
+    let by = q.by.as_deref().unwrap_or("p95");
+    let rank: fn(&RollupValues) -> f64 = match by {
+        "p95" => |v| v.hist.as_ref().and_then(|h| h.value_at_quantile(0.95)).unwrap_or(0) as f64,
+        "p99" => |v| v.hist.as_ref().and_then(|h| h.value_at_quantile(0.99)).unwrap_or(0) as f64,
+        "error_rate" => |v| if v.count > 0 { v.errors as f64 / v.count as f64 } else { 0.0 },
+        "requests" => |v| v.count as f64,
+        other => {
+            return Err(ApiError::bad_request(format!("by: {other:?} is not one of p95, p99, error_rate, requests")));
+        }
+    };
+    let rows = r.read(&store, RollupKind::Span, q.service.as_deref(), None).await?;
+    let mut ops: BTreeMap<(Box<str>, Box<str>, Box<str>), RollupValues> = BTreeMap::new();
+    for row in rows {
+        let k = row.key;
+        ops.entry((k.service, k.name, k.detail)).or_default().merge(&row.values);
+    }
+    let mut ranked: Vec<_> = ops.into_iter().collect();
+    ranked.sort_by(|a, b| rank(&b.1).total_cmp(&rank(&a.1)));
+    let seconds = (r.to_ms - r.from_ms) as f64 / 1000.0;
+    let operations: Vec<Value> = ranked
+        .into_iter()
+        .take(q.limit.unwrap_or(10).clamp(1, 1000))
+        .map(|((service, operation, kind), v)| {
+            let mut m = slo_point(&v, seconds);
+            m.insert("service".into(), service.as_ref().into());
+            m.insert("operation".into(), operation.as_ref().into());
+            m.insert("kind".into(), kind.as_ref().into());
+            Value::Object(m)
+        })
+        .collect();
+    let mut out = r.header();
+    out.insert("by".into(), by.into());
+    out.insert("operations".into(), Value::Array(operations));
+    Ok(Json(Value::Object(out)))
+}
+
+fn name_param(q: &RangeQuery) -> Result<&str, ApiError> {
+    q.name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad_request("name: the metric name is required"))
+}
+
+/// Series of metric rows per step, service and attribute set, each point
+/// built by `point` from the merged values.
+async fn metric_series(
+    store: &Store,
+    q: &RangeQuery,
+    caller: &Caller,
+    kind: RollupKind,
+    point: fn(&RollupValues) -> Map<String, Value>,
+) -> Result<Json<Value>, ApiError> {
+    let r = Range::parse(q, caller)?;
+    let name = name_param(q)?;
+    let rows = r.read(store, kind, q.service.as_deref(), Some(name)).await?;
+    let series: Vec<Value> = r
+        .merge_by(rows, |row| (row.key.service.clone(), row.key.detail.clone()))
+        .into_iter()
+        .map(|((start, (service, detail)), v)| {
+            let mut m = point(&v);
+            m.insert("start".into(), rfc3339(start).into());
+            m.insert("service".into(), service.as_ref().into());
+            m.insert("attributes".into(), serde_json::from_str(&detail).unwrap_or(Value::Null));
+            Value::Object(m)
+        })
+        .collect();
+    let mut out = r.header();
+    out.insert("name".into(), name.into());
+    out.insert("series".into(), Value::Array(series));
+    Ok(Json(Value::Object(out)))
+}
+
+async fn gauges(
+    State(store): State<Store>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<RangeQuery>,
+) -> Result<Json<Value>, ApiError> {
+    metric_series(&store, &q, &caller, RollupKind::Gauge, |v| {
+        let mut m = Map::new();
+        m.insert("last".into(), json!(v.last_opt()));
+        m.insert("min".into(), json!(v.min_opt()));
+        m.insert("max".into(), json!(v.max_opt()));
+        m.insert("avg".into(), json!((v.count > 0).then(|| v.sum / v.count as f64)));
+        m.insert("points".into(), v.count.into());
+        m
+    })
+    .await
+}
+
+async fn histograms(
+    State(store): State<Store>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<RangeQuery>,
+) -> Result<Json<Value>, ApiError> {
+    metric_series(&store, &q, &caller, RollupKind::Histogram, |v| {
+        let mut m = Map::new();
+        m.insert("count".into(), v.count.into());
+        m.insert("sum".into(), json!(v.sum));
+        m.insert("min".into(), json!(v.min_opt()));
+        m.insert("max".into(), json!(v.max_opt()));
+        percentiles(v, HISTOGRAM_SCALE, &mut m, "");
+        m
+    })
+    .await
+}
+
+async fn log_counts(
+    State(store): State<Store>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<RangeQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let r = Range::parse(&q, &caller)?;
+    let rows = r.read(&store, RollupKind::Log, q.service.as_deref(), None).await?;
+    let mut total: BTreeMap<Box<str>, u64> = BTreeMap::new();
+    let mut steps: BTreeMap<i64, BTreeMap<Box<str>, u64>> = BTreeMap::new();
+    for row in rows {
+        *total.entry(row.key.name.clone()).or_default() += row.values.count;
+        *steps.entry(r.bucket(row.start_ms)).or_default().entry(row.key.name).or_default() += row.values.count;
+    }
+    let series: Vec<Value> = steps
+        .into_iter()
+        .map(|(start, counts)| {
+            json!({ "start": rfc3339(start), "total": counts.values().sum::<u64>(), "counts": counts })
+        })
+        .collect();
+    let mut out = r.header();
+    out.insert("service".into(), json!(q.service));
+    out.insert("total".into(), json!({ "total": total.values().sum::<u64>(), "counts": total }));
+    out.insert("series".into(), Value::Array(series));
+    Ok(Json(Value::Object(out)))
+}

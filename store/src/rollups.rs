@@ -1,0 +1,583 @@
+//! Telemetry rollups: one row per series and window in three tables by
+//! resolution, merged on conflict, downsampled and expired by chunks.
+//!
+//! Replicas (and late data for a window already written) merge rather than
+//! clobber: rows are inserted with `ON CONFLICT DO NOTHING`, and the rows
+//! that already existed are read under a row lock, merged in memory (counts
+//! add, histograms merge) and updated — all in one transaction, keys in
+//! sorted order so concurrent writers cannot deadlock. Histograms cannot be
+//! merged in SQL, which is why the merge happens here rather than in an
+//! `ON CONFLICT DO UPDATE`.
+//!
+//! On PostgreSQL each table is range-partitioned on `start_ms` by chunks
+//! ([`RollupTable::chunk_ms`]); partitions are created as data arrives, and
+//! retention drops whole partitions. On SQLite a chunk is just a range of
+//! rows that retention deletes.
+
+use std::collections::{BTreeSet, HashSet};
+
+use sqlx::{AssertSqlSafe, PgConnection, Row, SqliteConnection};
+use tally_core::{
+    Histogram, TenantId,
+    rollup::{RollupKind, RollupRow, RollupValues, SeriesKey},
+};
+
+use crate::{Result, Store, StoreError};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The three rollup resolutions, finest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RollupTable {
+    /// The aggregator's windows (1 minute by default).
+    Windows,
+    Hours,
+    Days,
+}
+
+impl RollupTable {
+    pub const ALL: [RollupTable; 3] = [RollupTable::Windows, RollupTable::Hours, RollupTable::Days];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RollupTable::Windows => "rollup_windows",
+            RollupTable::Hours => "rollup_hours",
+            RollupTable::Days => "rollup_days",
+        }
+    }
+
+    /// Time span of one partition (PostgreSQL) and of one retention step.
+    pub fn chunk_ms(self) -> i64 {
+        match self {
+            RollupTable::Windows => DAY_MS,
+            RollupTable::Hours => 30 * DAY_MS,
+            RollupTable::Days => 365 * DAY_MS,
+        }
+    }
+
+    fn chunk_start(self, t_ms: i64) -> i64 {
+        t_ms.div_euclid(self.chunk_ms()) * self.chunk_ms()
+    }
+
+    fn partition(self, chunk_start: i64) -> String {
+        let n = chunk_start.div_euclid(self.chunk_ms());
+        if n < 0 { format!("{}_pm{}", self.name(), -n) } else { format!("{}_p{n}", self.name()) }
+    }
+}
+
+/// What to read: one tenant's series of one kind in `[from_ms, to_ms)`,
+/// optionally one service and one name (operation, severity or metric).
+#[derive(Debug, Clone, Copy)]
+pub struct RollupFilter<'a> {
+    pub tenant: &'a TenantId,
+    pub kind: RollupKind,
+    pub service: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
+const COLUMNS: &str =
+    "tenant, kind, service, name, detail, start_ms, count, errors, sum, min, max, last, last_ms, hist";
+const KEY_ORDER: &str = "tenant, kind, service, name, detail, start_ms";
+/// Rows per page when downsampling, and per write when merging them on.
+const PAGE: i64 = 5000;
+/// Advisory lock key of the maintenance leader ("tally.rollups").
+const MAINTENANCE_LOCK: i64 = 0x7461_6c6c_7972_6f6c;
+
+fn sort_key(r: &RollupRow) -> (&SeriesKey, i64) {
+    (&r.key, r.start_ms)
+}
+
+type OwnedKey = (String, i16, String, String, String, i64);
+
+fn owned_key(r: &RollupRow) -> OwnedKey {
+    let k = &r.key;
+    (
+        k.tenant.as_str().to_owned(),
+        k.kind as i16,
+        k.service.to_string(),
+        k.name.to_string(),
+        k.detail.to_string(),
+        r.start_ms,
+    )
+}
+
+fn decode_row<R: Row>(row: &R) -> Result<RollupRow>
+where
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i16: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> f64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let corrupt = |what: String| StoreError::Corrupt(what);
+    let tenant: String = row.try_get("tenant")?;
+    let kind: i16 = row.try_get("kind")?;
+    let hist: Option<Vec<u8>> = row.try_get("hist")?;
+    let hist = hist
+        .map(|b| Histogram::decode(&b))
+        .transpose()
+        .map_err(|e| corrupt(format!("rollup histogram of tenant {tenant}: {e}")))?;
+    Ok(RollupRow {
+        key: SeriesKey {
+            kind: RollupKind::from_i16(kind).ok_or_else(|| corrupt(format!("rollup kind {kind}")))?,
+            tenant: TenantId::parse(&tenant).map_err(|e| corrupt(format!("rollup tenant {tenant:?}: {e}")))?,
+            service: row.try_get::<String, _>("service")?.into(),
+            name: row.try_get::<String, _>("name")?.into(),
+            detail: row.try_get::<String, _>("detail")?.into(),
+        },
+        start_ms: row.try_get("start_ms")?,
+        values: RollupValues {
+            count: row.try_get::<i64, _>("count")? as u64,
+            errors: row.try_get::<i64, _>("errors")? as u64,
+            sum: row.try_get("sum")?,
+            min: row.try_get::<Option<f64>, _>("min")?.unwrap_or(f64::INFINITY),
+            max: row.try_get::<Option<f64>, _>("max")?.unwrap_or(f64::NEG_INFINITY),
+            last: row.try_get::<Option<f64>, _>("last")?.unwrap_or(0.0),
+            last_ms: row.try_get::<Option<i64>, _>("last_ms")?.unwrap_or(i64::MIN),
+            hist,
+        },
+    })
+}
+
+/// Groups rows sorted by (key, start) into rows of `width_ms`, merging.
+struct Downsampler {
+    width_ms: i64,
+    current: Option<RollupRow>,
+}
+
+impl Downsampler {
+    /// Adds a row; returns the previous group when this one starts a new one.
+    fn push(&mut self, mut row: RollupRow) -> Option<RollupRow> {
+        row.start_ms = row.start_ms.div_euclid(self.width_ms) * self.width_ms;
+        match &mut self.current {
+            Some(c) if c.key == row.key && c.start_ms == row.start_ms => {
+                c.values.merge(&row.values);
+                None
+            }
+            _ => self.current.replace(row),
+        }
+    }
+}
+
+impl Store {
+    /// Writes rows into `table`, merging each into the row already stored
+    /// for its series and start, if any.
+    pub async fn write_rollups(&self, table: RollupTable, rows: &[RollupRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut sorted: Vec<&RollupRow> = rows.iter().collect();
+        sorted.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
+        match self {
+            Store::Postgres(pool) => {
+                pg::ensure_partitions(pool, table, sorted.iter().map(|r| r.start_ms)).await?;
+                let mut tx = pool.begin().await?;
+                pg::merge_rows(&mut tx, table, &sorted).await?;
+                tx.commit().await?;
+            }
+            Store::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                lite::merge_rows(&mut tx, table, &sorted).await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows matching `f` from every resolution, ordered by start.
+    pub async fn read_rollups(&self, f: &RollupFilter<'_>) -> Result<Vec<RollupRow>> {
+        let select = |t: RollupTable| {
+            format!(
+                "SELECT {COLUMNS} FROM {} WHERE tenant = $1 AND kind = $2 AND start_ms >= $3 AND start_ms < $4 \
+                 AND ($5 IS NULL OR service = $5) AND ($6 IS NULL OR name = $6)",
+                t.name()
+            )
+        };
+        let sql = RollupTable::ALL.map(select).join(" UNION ALL ") + " ORDER BY start_ms";
+        crate::on_pool!(self, |pool| {
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(f.tenant.as_str())
+                .bind(f.kind as i16)
+                .bind(f.from_ms)
+                .bind(f.to_ms)
+                .bind(f.service)
+                .bind(f.name)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(decode_row).collect()
+        })
+    }
+
+    /// Starts of the chunks of `table` that end at or before `cutoff_ms`
+    /// and hold (or may hold) rows, oldest first.
+    pub async fn expired_rollup_chunks(&self, table: RollupTable, cutoff_ms: i64) -> Result<Vec<i64>> {
+        let w = table.chunk_ms();
+        let starts: Vec<i64> = match self {
+            Store::Postgres(pool) => {
+                let names: Vec<String> = sqlx::query_scalar(
+                    "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+                     JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = $1",
+                )
+                .bind(table.name())
+                .fetch_all(pool)
+                .await?;
+                let prefix = format!("{}_p", table.name());
+                let mut starts: Vec<i64> = names
+                    .iter()
+                    .filter_map(|n| n.strip_prefix(&prefix))
+                    .filter_map(|n| match n.strip_prefix('m') {
+                        Some(neg) => neg.parse::<i64>().ok().map(|v| -v),
+                        None => n.parse().ok(),
+                    })
+                    .map(|n| n * w)
+                    .collect();
+                starts.sort_unstable();
+                starts
+            }
+            Store::Sqlite(pool) => {
+                let sql = format!("SELECT MIN(start_ms) FROM {}", table.name());
+                let min: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(pool).await?;
+                let Some(min) = min else { return Ok(Vec::new()) };
+                (table.chunk_start(min)..cutoff_ms).step_by(w as usize).collect()
+            }
+        };
+        Ok(starts.into_iter().filter(|s| s + w <= cutoff_ms).collect())
+    }
+
+    /// Moves one expired chunk of `from` into `into` at `width_ms`
+    /// resolution (histograms merged exactly), or only drops it when `into`
+    /// is `None` — in one transaction, so a crash cannot count a chunk
+    /// twice. Returns the rows read, or `None` when another replica holds
+    /// the maintenance lock (PostgreSQL).
+    pub async fn downsample_rollup_chunk(
+        &self,
+        from: RollupTable,
+        chunk_start: i64,
+        into: Option<(RollupTable, i64)>,
+    ) -> Result<Option<u64>> {
+        let chunk_end = chunk_start + from.chunk_ms();
+        // Pages are read by key order, so groups are complete when the key
+        // changes; the group straddling a page boundary is carried over.
+        macro_rules! downsample {
+            ($db:ident, $tx:expr, $source:expr) => {{
+                let mut read = 0u64;
+                if let Some((to, width_ms)) = into {
+                    let mut groups = Downsampler { width_ms, current: None };
+                    let mut out: Vec<RollupRow> = Vec::new();
+                    let mut after: Option<RollupRow> = None;
+                    loop {
+                        let page = $db::page($tx, &$source, chunk_start, chunk_end, after.as_ref()).await?;
+                        read += page.len() as u64;
+                        let last = page.last().cloned();
+                        for row in page {
+                            out.extend(groups.push(row));
+                        }
+                        if out.len() as i64 >= PAGE || last.is_none() {
+                            out.extend(if last.is_none() { groups.current.take() } else { None });
+                            let refs: Vec<&RollupRow> = out.iter().collect();
+                            $db::merge_rows($tx, to, &refs).await?;
+                            out.clear();
+                        }
+                        match last {
+                            Some(l) => after = Some(l),
+                            None => break,
+                        }
+                    }
+                }
+                read
+            }};
+        }
+        match self {
+            Store::Postgres(pool) => {
+                if let Some((to, _)) = into {
+                    pg::ensure_partitions(pool, to, [chunk_start, chunk_end - 1].into_iter()).await?;
+                }
+                let mut tx = pool.begin().await?;
+                let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                    .bind(MAINTENANCE_LOCK)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if !locked {
+                    return Ok(None);
+                }
+                let partition = from.partition(chunk_start);
+                let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+                    .bind(&partition)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if !exists {
+                    return Ok(Some(0));
+                }
+                let read = downsample!(pg, &mut tx, partition);
+                sqlx::query(AssertSqlSafe(format!("DROP TABLE {partition}"))).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(Some(read))
+            }
+            Store::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                let read = downsample!(lite, &mut tx, from.name());
+                sqlx::query(AssertSqlSafe(format!(
+                    "DELETE FROM {} WHERE start_ms >= $1 AND start_ms < $2",
+                    from.name()
+                )))
+                .bind(chunk_start)
+                .bind(chunk_end)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(Some(read))
+            }
+        }
+    }
+}
+
+/// The page query shared by both backends: rows of `[start, end)` after
+/// the key of `after`, in key order.
+fn page_sql(source: &str, after: bool) -> String {
+    let cursor =
+        if after { " AND (tenant, kind, service, name, detail, start_ms) > ($3, $4, $5, $6, $7, $8)" } else { "" };
+    format!(
+        "SELECT {COLUMNS} FROM {source} WHERE start_ms >= $1 AND start_ms < $2{cursor} ORDER BY {KEY_ORDER} LIMIT {PAGE}"
+    )
+}
+
+/// PostgreSQL: whole columns bound as arrays, one statement per step.
+mod pg {
+    use sqlx::PgPool;
+
+    use super::*;
+
+    /// Creates the partitions covering `starts` that do not exist yet,
+    /// under an advisory lock so replicas do not race on the DDL.
+    pub async fn ensure_partitions(pool: &PgPool, table: RollupTable, starts: impl Iterator<Item = i64>) -> Result<()> {
+        let chunks: BTreeSet<i64> = starts.map(|s| table.chunk_start(s)).collect();
+        for chunk in chunks {
+            let name = table.partition(chunk);
+            let exists: bool =
+                sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(&name).fetch_one(pool).await?;
+            if exists {
+                continue;
+            }
+            let mut tx = pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MAINTENANCE_LOCK + 1).execute(&mut *tx).await?;
+            sqlx::query(AssertSqlSafe(format!(
+                "CREATE TABLE IF NOT EXISTS {name} PARTITION OF {} FOR VALUES FROM ({chunk}) TO ({})",
+                table.name(),
+                chunk + table.chunk_ms()
+            )))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn page(
+        tx: &mut PgConnection,
+        source: &str,
+        start: i64,
+        end: i64,
+        after: Option<&RollupRow>,
+    ) -> Result<Vec<RollupRow>> {
+        let sql = page_sql(source, after.is_some());
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(start).bind(end);
+        if let Some(a) = after {
+            let k = &a.key;
+            q = q
+                .bind(k.tenant.as_str().to_owned())
+                .bind(k.kind as i16)
+                .bind(k.service.to_string())
+                .bind(k.name.to_string())
+                .bind(k.detail.to_string())
+                .bind(a.start_ms);
+        }
+        q.fetch_all(&mut *tx).await?.iter().map(decode_row).collect()
+    }
+
+    /// Inserts `rows` (sorted by key) into `table`, merging those whose
+    /// series and start already have a row.
+    pub async fn merge_rows(tx: &mut PgConnection, table: RollupTable, rows: &[&RollupRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let t = table.name();
+        let inserted = bind_values(
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {t} ({COLUMNS}) SELECT * FROM UNNEST($1::text[], $2::int2[], $3::text[], $4::text[], \
+                 $5::text[], $6::int8[], $7::int8[], $8::int8[], $9::float8[], $10::float8[], $11::float8[], \
+                 $12::float8[], $13::int8[], $14::bytea[]) \
+                 ON CONFLICT DO NOTHING RETURNING {KEY_ORDER}"
+            ))),
+            rows.iter().copied(),
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        if inserted.len() == rows.len() {
+            return Ok(());
+        }
+        let inserted: HashSet<OwnedKey> = inserted
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?, r.try_get(5)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        let conflicts: Vec<&RollupRow> = rows.iter().copied().filter(|r| !inserted.contains(&owned_key(r))).collect();
+        let stored = sqlx::query(AssertSqlSafe(format!(
+            "SELECT r.* FROM {t} r JOIN UNNEST($1::text[], $2::int2[], $3::text[], $4::text[], $5::text[], $6::int8[]) \
+             AS k(tenant, kind, service, name, detail, start_ms) USING ({KEY_ORDER}) \
+             ORDER BY {KEY_ORDER} FOR UPDATE OF r"
+        )))
+        .bind(conflicts.iter().map(|r| r.key.tenant.as_str()).collect::<Vec<_>>())
+        .bind(conflicts.iter().map(|r| r.key.kind as i16).collect::<Vec<_>>())
+        .bind(conflicts.iter().map(|r| &*r.key.service).collect::<Vec<_>>())
+        .bind(conflicts.iter().map(|r| &*r.key.name).collect::<Vec<_>>())
+        .bind(conflicts.iter().map(|r| &*r.key.detail).collect::<Vec<_>>())
+        .bind(conflicts.iter().map(|r| r.start_ms).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        let merged = merge_stored(stored.iter().map(decode_row), &conflicts)?;
+        bind_values(
+            sqlx::query(AssertSqlSafe(format!(
+                "UPDATE {t} r SET count = u.count, errors = u.errors, sum = u.sum, min = u.min, max = u.max, \
+                 last = u.last, last_ms = u.last_ms, hist = u.hist \
+                 FROM UNNEST($1::text[], $2::int2[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], \
+                 $8::int8[], $9::float8[], $10::float8[], $11::float8[], $12::float8[], $13::int8[], $14::bytea[]) \
+                 AS u({COLUMNS}) \
+                 WHERE (r.tenant, r.kind, r.service, r.name, r.detail, r.start_ms) = \
+                       (u.tenant, u.kind, u.service, u.name, u.detail, u.start_ms)"
+            ))),
+            merged.iter(),
+        )
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    fn bind_values<'q, 'r>(
+        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        rows: impl Iterator<Item = &'r RollupRow> + Clone,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        let v = |f: fn(&RollupValues) -> Option<f64>| rows.clone().map(|r| f(&r.values)).collect::<Vec<_>>();
+        q.bind(rows.clone().map(|r| r.key.tenant.as_str().to_owned()).collect::<Vec<_>>())
+            .bind(rows.clone().map(|r| r.key.kind as i16).collect::<Vec<_>>())
+            .bind(rows.clone().map(|r| r.key.service.to_string()).collect::<Vec<_>>())
+            .bind(rows.clone().map(|r| r.key.name.to_string()).collect::<Vec<_>>())
+            .bind(rows.clone().map(|r| r.key.detail.to_string()).collect::<Vec<_>>())
+            .bind(rows.clone().map(|r| r.start_ms).collect::<Vec<_>>())
+            .bind(rows.clone().map(|r| r.values.count as i64).collect::<Vec<_>>())
+            .bind(rows.clone().map(|r| r.values.errors as i64).collect::<Vec<_>>())
+            .bind(rows.clone().map(|r| r.values.sum).collect::<Vec<_>>())
+            .bind(v(RollupValues::min_opt))
+            .bind(v(RollupValues::max_opt))
+            .bind(v(RollupValues::last_opt))
+            .bind(rows.clone().map(|r| r.values.last_opt().map(|_| r.values.last_ms)).collect::<Vec<_>>())
+            .bind(rows.map(|r| r.values.hist.as_ref().map(Histogram::encode)).collect::<Vec<_>>())
+    }
+}
+
+/// Each conflicting row merged into its stored row (matched by key).
+fn merge_stored(stored: impl Iterator<Item = Result<RollupRow>>, conflicts: &[&RollupRow]) -> Result<Vec<RollupRow>> {
+    let mut by_key: std::collections::HashMap<OwnedKey, RollupRow> = std::collections::HashMap::new();
+    for row in stored {
+        let row = row?;
+        by_key.insert(owned_key(&row), row);
+    }
+    let mut merged = Vec::with_capacity(conflicts.len());
+    for r in conflicts {
+        match by_key.remove(&owned_key(r)) {
+            Some(mut s) => {
+                s.values.merge(&r.values);
+                merged.push(s);
+            }
+            // Cannot happen inside the transaction (the row conflicted and is
+            // locked); writing the new row is the safe answer regardless.
+            None => merged.push((*r).clone()),
+        }
+    }
+    Ok(merged)
+}
+
+/// SQLite: one writer at a time, so row-at-a-time inside the transaction.
+mod lite {
+    use super::*;
+
+    pub async fn page(
+        tx: &mut SqliteConnection,
+        source: &str,
+        start: i64,
+        end: i64,
+        after: Option<&RollupRow>,
+    ) -> Result<Vec<RollupRow>> {
+        let sql = page_sql(source, after.is_some());
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(start).bind(end);
+        if let Some(a) = after {
+            let k = &a.key;
+            q = q
+                .bind(k.tenant.as_str().to_owned())
+                .bind(k.kind as i16)
+                .bind(k.service.to_string())
+                .bind(k.name.to_string())
+                .bind(k.detail.to_string())
+                .bind(a.start_ms);
+        }
+        q.fetch_all(&mut *tx).await?.iter().map(decode_row).collect()
+    }
+
+    pub async fn merge_rows(tx: &mut SqliteConnection, table: RollupTable, rows: &[&RollupRow]) -> Result<()> {
+        let t = table.name();
+        let insert = format!(
+            "INSERT INTO {t} ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             ON CONFLICT DO NOTHING"
+        );
+        let select = format!(
+            "SELECT {COLUMNS} FROM {t} WHERE tenant = $1 AND kind = $2 AND service = $3 AND name = $4 \
+             AND detail = $5 AND start_ms = $6"
+        );
+        let update = format!(
+            "UPDATE {t} SET count = $7, errors = $8, sum = $9, min = $10, max = $11, last = $12, last_ms = $13, \
+             hist = $14 WHERE tenant = $1 AND kind = $2 AND service = $3 AND name = $4 AND detail = $5 \
+             AND start_ms = $6"
+        );
+        for r in rows {
+            let done = bind_row(sqlx::query(AssertSqlSafe(insert.as_str())), r).execute(&mut *tx).await?;
+            if done.rows_affected() == 1 {
+                continue;
+            }
+            let k = &r.key;
+            let stored = sqlx::query(AssertSqlSafe(select.as_str()))
+                .bind(k.tenant.as_str())
+                .bind(k.kind as i16)
+                .bind(&*k.service)
+                .bind(&*k.name)
+                .bind(&*k.detail)
+                .bind(r.start_ms)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let merged = merge_stored(stored.iter().map(decode_row), &[r])?;
+            bind_row(sqlx::query(AssertSqlSafe(update.as_str())), &merged[0]).execute(&mut *tx).await?;
+        }
+        Ok(())
+    }
+
+    fn bind_row<'q>(
+        q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+        r: &'q RollupRow,
+    ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+        let v = &r.values;
+        q.bind(r.key.tenant.as_str())
+            .bind(r.key.kind as i16)
+            .bind(&*r.key.service)
+            .bind(&*r.key.name)
+            .bind(&*r.key.detail)
+            .bind(r.start_ms)
+            .bind(v.count as i64)
+            .bind(v.errors as i64)
+            .bind(v.sum)
+            .bind(v.min_opt())
+            .bind(v.max_opt())
+            .bind(v.last_opt())
+            .bind(v.last_opt().map(|_| v.last_ms))
+            .bind(v.hist.as_ref().map(Histogram::encode))
+    }
+}
