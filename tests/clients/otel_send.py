@@ -52,6 +52,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="added to every series per round (default: i+1 for series i)")
     p.add_argument("--span-attr", action="append", default=[], metavar="K=V",
                    help="attribute on every span (repeatable); integer values become int attributes")
+    p.add_argument("--slo-requests", type=int, default=0,
+                   help="SERVER spans on route /checkout lasting 1, 2, ... ms (cycling at --slo-max-ms)")
+    p.add_argument("--slo-max-ms", type=int, default=100)
+    p.add_argument("--error-every", type=int, default=0,
+                   help="every Nth SLO span fails (HTTP 503 + status ERROR); 0 = none")
+    p.add_argument("--queue-depths", default="",
+                   help="comma-separated values of gauge worker.queue.depth{queue=emails}, one export each")
     p.add_argument("--timeout", type=float, default=10.0, help="per-export timeout in seconds (incl. retries)")
     p.add_argument("--batch-size", type=int, default=512, help="max spans/logs per export call")
     a = p.parse_args(argv)
@@ -134,6 +141,56 @@ def make_spans(resource, n: int, extra: dict | None = None):
     if len(spans) != n:
         fail(f"internal: SDK produced {len(spans)} spans, expected {n}")
     return spans
+
+
+def make_slo_spans(resource, n: int, max_ms: int, error_every: int):
+    """SERVER spans of known durations (i % max_ms + 1 ms) and failures."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    mem = InMemorySpanExporter()
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(SimpleSpanProcessor(mem))
+    tracer = provider.get_tracer("tally.test.client", "1.0.0")
+    end = time.time_ns()
+    for i in range(n):
+        failed = error_every > 0 and i % error_every == 0
+        span = tracer.start_span(
+            "POST",
+            kind=SpanKind.SERVER,
+            start_time=end - (i % max_ms + 1) * 1_000_000,
+            attributes={"http.route": "/checkout", "http.request.method": "POST",
+                        "http.response.status_code": 503 if failed else 200},
+        )
+        if failed:
+            span.set_status(Status(StatusCode.ERROR, "upstream unavailable"))
+        span.end(end_time=end)
+    spans = list(mem.get_finished_spans())
+    provider.shutdown()
+    return spans
+
+
+def make_queue_depths(resource, values: list[float]):
+    """One snapshot per value of gauge worker.queue.depth{queue=emails}."""
+    from opentelemetry.metrics import Observation
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    if not values:
+        return []
+    current = {"v": values[0]}
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(resource=resource, metric_readers=[reader])
+    meter = provider.get_meter("tally.test.client", "1.0.0")
+    meter.create_observable_gauge("worker.queue.depth", callbacks=[lambda _opts: [Observation(current["v"], {"queue": "emails"})]])
+    snapshots = []
+    for v in values:
+        current["v"] = v
+        snapshots.append(reader.get_metrics_data())
+    provider.shutdown()
+    return snapshots
 
 
 def make_logs(resource, n: int):
@@ -246,8 +303,12 @@ def main(argv: list[str]) -> int:
     resource = build_resource(args)
 
     spans = make_spans(resource, args.spans, span_attrs(args.span_attr))
+    spans += make_slo_spans(resource, args.slo_requests, args.slo_max_ms, args.error_every)
     logs = make_logs(resource, args.logs)
     snapshots, points = make_metrics(resource, args.metric_series, args.metric_exports, args.metric_increment)
+    depths = [float(v) for v in args.queue_depths.split(",") if v]
+    snapshots += make_queue_depths(resource, depths)
+    points += len(depths)
 
     span_exp, log_exp, metric_exp = build_exporters(args)
     try:

@@ -10,6 +10,7 @@ mod e2e_bad_input;
 mod e2e_cli;
 mod e2e_metric_usage;
 mod e2e_real_clients;
+mod e2e_rollups;
 mod e2e_shutdown;
 mod e2e_span_usage;
 mod e2e_storage;

@@ -1,0 +1,397 @@
+//! Telemetry rollups end to end: a real SDK client's requests, errors,
+//! latency and queue depth come out of /v1/slo and /v1/gauges as sent; late
+//! data merges into the stored window; too-old data is refused and counted;
+//! shutdown writes open windows; the cardinality limit folds series; and
+//! downsampling keeps totals and percentiles exact.
+
+use std::{
+    process::Stdio,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde_json::Value;
+use tally_core::{
+    Histogram, TenantId,
+    otlp::{
+        collector::trace::v1::ExportTraceServiceRequest,
+        resource::v1::Resource,
+        trace::v1::{ResourceSpans, ScopeSpans, Span, Status},
+    },
+    rollup::{OVERFLOW, RollupKind, RollupRow, RollupValues, SeriesKey},
+};
+use tally_store::{RollupFilter, RollupTable, Store};
+
+use crate::support::*;
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// `n` SERVER spans of operation `op` ending at `end_ms`, lasting `ms` each.
+fn spans_at(tenant: &str, op: &str, n: usize, end_ms: i64, ms: u64, failed: bool) -> ExportTraceServiceRequest {
+    let end = end_ms as u64 * 1_000_000;
+    let spans = (0..n)
+        .map(|i| Span {
+            trace_id: vec![7; 16],
+            span_id: (i as u64 + 1).to_be_bytes().to_vec(),
+            name: op.into(),
+            kind: 2,
+            start_time_unix_nano: end - ms * 1_000_000,
+            end_time_unix_nano: end,
+            status: failed.then(|| Status { code: 2, message: "boom".into() }),
+            ..Default::default()
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("tenant.id", tenant), kv("service.name", "shop")],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            ..Default::default()
+        }],
+    }
+}
+
+async fn send(s: &TestServer, req: &ExportTraceServiceRequest) {
+    let mut client = grpc_client(&s.grpc_url()).await;
+    let resp = grpc_export_traces(&mut client, encode(req), &[]).await.unwrap();
+    assert!(resp.partial_success.as_ref().is_none_or(|p| p.rejected_spans == 0), "{resp:?}");
+}
+
+/// Polls `path` until `done` holds for its JSON (the rollup writer runs
+/// every flush interval).
+async fn wait_json(s: &TestServer, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = s.get_json(path, None).await;
+        if done(&v) || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn slo_path(tenant: &str, from_ms: i64, to_ms: i64, step: &str) -> String {
+    format!("/v1/slo?tenant={tenant}&from={}&to={}&step={step}", rfc3339(from_ms), rfc3339(to_ms))
+}
+
+async fn python_send(s: &TestServer, tenant: &str, args: &[&str]) {
+    let out = tokio::process::Command::new(client_python())
+        .arg(clients_dir().join("otel_send.py"))
+        .args(["--endpoint", &s.grpc_url(), "--protocol", "grpc", "--tenant", tenant, "--service", "checkout"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+async fn sdk_client_two_tenants_slo_and_queue_depth_come_out_as_sent() {
+    let s = TestServer::start(Db::Postgres, "").await;
+    // acme: 200 requests lasting 1..100 ms, every 10th failing; globex: 50
+    // requests of 1..50 ms, none failing. Queue depth 5, 9, 3 for acme.
+    python_send(&s, "acme", &["--slo-requests", "200", "--error-every", "10", "--queue-depths", "5,9,3"]).await;
+    python_send(&s, "globex", &["--slo-requests", "50", "--slo-max-ms", "50"]).await;
+    // Default 1-minute windows with 2 minutes' lateness: nothing is written
+    // yet; shutdown writes the open windows, the restarted server reads them.
+    let s = s.restart("").await;
+    let (from, to) = (now_ms() - 3_600_000, now_ms() + 60_000);
+
+    let acme = s.get_json(&slo_path("acme", from, to, "1h"), None).await;
+    let total = &acme["total"];
+    assert_eq!(total["requests"], 200, "{acme}");
+    assert_eq!(total["errors"], 20);
+    assert_eq!(total["error_rate"], 0.1);
+    // Durations 1..100 ms twice: the 95th percentile is 95 ms, within the
+    // histogram's precision (< 1 %), never below.
+    let p95 = total["p95_ms"].as_f64().unwrap();
+    assert!((95.0..=95.0 * 1.01).contains(&p95), "p95 {p95}");
+    let p50 = total["p50_ms"].as_f64().unwrap();
+    assert!((50.0..=50.5).contains(&p50), "p50 {p50}");
+    let series_requests: u64 = acme["series"].as_array().unwrap().iter().map(|p| p["requests"].as_u64().unwrap()).sum();
+    assert_eq!(series_requests, 200);
+
+    let globex = s.get_json(&slo_path("globex", from, to, "1h"), None).await;
+    assert_eq!((globex["total"]["requests"].as_u64(), globex["total"]["errors"].as_u64()), (Some(50), Some(0)));
+    let p95 = globex["total"]["p95_ms"].as_f64().unwrap();
+    assert!((48.0..=48.0 * 1.01).contains(&p95), "globex p95 {p95}");
+
+    // Per operation: the route names the operation.
+    let op =
+        s.get_json(&format!("{}&service=checkout&operation=/checkout", slo_path("acme", from, to, "1h")), None).await;
+    assert_eq!(op["total"]["requests"], 200);
+    let top = s
+        .get_json(&format!("/v1/slo/top?tenant=acme&from={}&to={}&by=error_rate", rfc3339(from), rfc3339(to)), None)
+        .await;
+    assert_eq!(top["operations"][0]["operation"], "/checkout", "{top}");
+    assert_eq!(top["operations"][0]["kind"], "server");
+
+    let gauges = s
+        .get_json(
+            &format!(
+                "/v1/gauges?tenant=acme&name=worker.queue.depth&from={}&to={}&step=1h",
+                rfc3339(from),
+                rfc3339(to)
+            ),
+            None,
+        )
+        .await;
+    let series = gauges["series"].as_array().unwrap();
+    assert_eq!(series.len(), 1, "{gauges}");
+    let g = &series[0];
+    assert_eq!(g["attributes"], serde_json::json!({"queue": "emails"}));
+    assert_eq!((g["last"].as_f64(), g["min"].as_f64(), g["max"].as_f64()), (Some(3.0), Some(3.0), Some(9.0)));
+    assert!((g["avg"].as_f64().unwrap() - 17.0 / 3.0).abs() < 1e-9);
+    // Tenants see only their own gauges.
+    let none = s
+        .get_json(
+            &format!("/v1/gauges?tenant=globex&name=worker.queue.depth&from={}&to={}", rfc3339(from), rfc3339(to)),
+            None,
+        )
+        .await;
+    assert_eq!(none["series"], serde_json::json!([]));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn late_data_merges_into_the_stored_window_and_too_old_is_refused() {
+    let _m = METRICS_LOCK.lock().await;
+    let s = TestServer::start(Db::Postgres, "[rollups]\nallowed_lateness = \"0s\"").await;
+    // A window ten minutes ago is closed: its data is written at the next flush.
+    let window = (now_ms() - 600_000) / 60_000 * 60_000;
+    let path = slo_path("late", window, window + 60_000, "60s");
+    send(&s, &spans_at("late", "GET /a", 10, window + 10_000, 20, false)).await;
+    let v = wait_json(&s, &path, |v| v["total"]["requests"] == 10).await;
+    assert_eq!(v["total"]["requests"], 10, "{v}");
+    // More data for the same, already written window: merged, not dropped.
+    send(&s, &spans_at("late", "GET /a", 5, window + 20_000, 200, true)).await;
+    let v = wait_json(&s, &path, |v| v["total"]["requests"] == 15).await;
+    assert_eq!((v["total"]["requests"].as_u64(), v["total"]["errors"].as_u64()), (Some(15), Some(5)), "{v}");
+    assert_eq!(v["series"].as_array().unwrap().len(), 1);
+    // The merged histogram: 10 × 20 ms and 5 × 200 ms.
+    let p50 = v["total"]["p50_ms"].as_f64().unwrap();
+    let p99 = v["total"]["p99_ms"].as_f64().unwrap();
+    assert!((20.0..20.2).contains(&p50) && (200.0..202.0).contains(&p99), "{v}");
+    let rows = s
+        .server
+        .as_ref()
+        .unwrap()
+        .store
+        .read_rollups(&RollupFilter {
+            tenant: &TenantId::parse("late").unwrap(),
+            kind: RollupKind::Span,
+            service: None,
+            name: None,
+            from_ms: 0,
+            to_ms: i64::MAX,
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "one stored row per series and window: {rows:?}");
+
+    // Eight days old: beyond the 7-day window retention.
+    let before = s.metrics().await;
+    send(&s, &spans_at("late", "GET /a", 3, now_ms() - 8 * 86_400_000, 20, false)).await;
+    let refused = r#"tally_rollup_refused_items_total{signal="spans",reason="too_old"}"#;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric_value(&s.metrics().await, refused) - metric_value(&before, refused) < 3.0 && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric_value(&s.metrics().await, refused) - metric_value(&before, refused), 3.0);
+    // Refused from the rollups only: the items were accepted and counted.
+    assert_eq!(s.wait_counts("late", (18, 0, 0)).await, (18, 0, 0));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn cardinality_limit_folds_new_series_into_the_overflow_series() {
+    let _m = METRICS_LOCK.lock().await;
+    let s = TestServer::start(Db::Sqlite, "[rollups]\nmax_series_per_tenant = 4\nallowed_lateness = \"0s\"").await;
+    let before = s.metrics().await;
+    let t = now_ms() - 120_000;
+    for i in 0..10 {
+        send(&s, &spans_at("busy", &format!("GET /user/{i}"), 2, t, 5, false)).await;
+    }
+    let path = format!(
+        "/v1/slo/top?tenant=busy&from={}&to={}&by=requests&limit=100",
+        rfc3339(t - 60_000),
+        rfc3339(t + 60_000)
+    );
+    let v = wait_json(&s, &path, |v| v["operations"].as_array().is_some_and(|o| o.len() == 5)).await;
+    let ops = v["operations"].as_array().unwrap();
+    assert_eq!(ops.len(), 5, "4 series and the overflow series: {v}");
+    assert_eq!(ops[0]["operation"], OVERFLOW);
+    assert_eq!(ops[0]["requests"], 12);
+    assert_eq!(ops.iter().map(|o| o["requests"].as_u64().unwrap()).sum::<u64>(), 20);
+    let folded = r#"tally_rollup_overflow_items_total{kind="span",limit="tenant"}"#;
+    assert_eq!(metric_value(&s.metrics().await, folded) - metric_value(&before, folded), 12.0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn logs_are_counted_by_severity() {
+    let s = TestServer::start(Db::Sqlite, "").await;
+    python_send(&s, "loggy", &["--logs", "7"]).await;
+    let s = s.restart("").await;
+    let (from, to) = (now_ms() - 3_600_000, now_ms() + 60_000);
+    let v = s
+        .get_json(&format!("/v1/logs/counts?tenant=loggy&from={}&to={}&step=1h", rfc3339(from), rfc3339(to)), None)
+        .await;
+    assert_eq!(v["total"]["counts"], serde_json::json!({"INFO": 7}), "{v}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn queries_name_the_bad_parameter() {
+    let s = TestServer::start(Db::Sqlite, "").await;
+    for (query, field) in [
+        ("/v1/slo?tenant=a&from=yesterday", "from"),
+        ("/v1/slo?tenant=a&step=1ms", "step"),
+        ("/v1/slo?tenant=a&from=2026-01-01T00:00:00Z&to=2026-12-01T00:00:00Z&step=1s", "step"),
+        ("/v1/slo?tenant=a b", "tenant"),
+        ("/v1/gauges?tenant=a", "name"),
+        ("/v1/slo/top?tenant=a&by=median", "by"),
+    ] {
+        let r = s.http.get(s.api_url(query)).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{query}");
+        let body: Value = r.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().starts_with(field), "{query}: {body}");
+    }
+    s.stop().await;
+}
+
+/// Rows of one series over three hours: window rows of random durations.
+fn three_hours(tenant: &TenantId, t0: i64) -> (Vec<RollupRow>, Histogram, u64, u64) {
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut all = Histogram::new();
+    let (mut count, mut errors) = (0, 0);
+    let mut rows = Vec::new();
+    for w in 0..180 {
+        let mut v = RollupValues::default();
+        for _ in 0..(w % 7 + 1) {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let us = rng % 3_000_000 + 1;
+            let failed = rng % 13 == 0;
+            v.add_span(us, failed);
+            all.record(us);
+            count += 1;
+            errors += u64::from(failed);
+        }
+        let key = SeriesKey {
+            tenant: tenant.clone(),
+            kind: RollupKind::Span,
+            service: "svc".into(),
+            name: "op".into(),
+            detail: "server".into(),
+        };
+        rows.push(RollupRow { key, start_ms: t0 + w * 60_000, values: v });
+    }
+    (rows, all, count, errors)
+}
+
+async fn downsampling_keeps_totals_and_percentiles(db: Db) {
+    let test_db = TestDb::new(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&test_db.url, dir.path()).await.unwrap();
+    store.migrate().await.unwrap();
+    let tenant = TenantId::parse("down").unwrap();
+    let t0 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+    let (rows, all, count, errors) = three_hours(&tenant, t0);
+    // Written in two halves, the second half twice over the same keys from
+    // concurrent writers, as replicas would: rows merge, none is clobbered.
+    let (a, b) = rows.split_at(90);
+    store.write_rollups(RollupTable::Windows, a).await.unwrap();
+    let (r1, r2) =
+        tokio::join!(store.write_rollups(RollupTable::Windows, b), store.write_rollups(RollupTable::Windows, b));
+    r1.unwrap();
+    r2.unwrap();
+    let mut expected = all.clone();
+    let mut twice_b = Histogram::new();
+    b.iter().for_each(|r| twice_b.merge(r.values.hist.as_ref().unwrap()));
+    expected.merge(&twice_b);
+    let b_count: u64 = b.iter().map(|r| r.values.count).sum();
+    let b_errors: u64 = b.iter().map(|r| r.values.errors).sum();
+    let (count, errors) = (count + b_count, errors + b_errors);
+
+    let config = tally::Config::from_toml(&[]).unwrap().rollups;
+    let read = || async {
+        let f = RollupFilter {
+            tenant: &tenant,
+            kind: RollupKind::Span,
+            service: None,
+            name: None,
+            from_ms: 0,
+            to_ms: i64::MAX,
+        };
+        let rows = store.read_rollups(&f).await.unwrap();
+        let mut total = RollupValues::default();
+        rows.iter().for_each(|r| total.merge(&r.values));
+        (rows, total)
+    };
+    let check = |rows: &[RollupRow], total: &RollupValues, width: i64, n: usize| {
+        assert_eq!(rows.len(), n, "rows at width {width}");
+        assert!(rows.iter().all(|r| r.start_ms % width == 0));
+        assert_eq!((total.count, total.errors), (count, errors));
+        assert_eq!(total.hist.as_ref().unwrap(), &expected, "histograms merge exactly");
+        for q in [0.5, 0.9, 0.95, 0.99] {
+            assert_eq!(total.hist.as_ref().unwrap().value_at_quantile(q), expected.value_at_quantile(q));
+        }
+    };
+    let (rows, total) = read().await;
+    check(&rows, &total, 60_000, 180);
+
+    let day = 86_400_000;
+    // Not yet 7 days old: nothing moves.
+    let r = tally_aggregator::maintain(&store, &config, t0 + 6 * day).await.unwrap();
+    assert_eq!(r.chunks, 0);
+    // Eight days on: window rows became three hour rows.
+    let r = tally_aggregator::maintain(&store, &config, t0 + 8 * day).await.unwrap();
+    assert_eq!((r.chunks, r.rows), (1, 180));
+    let (rows, total) = read().await;
+    check(&rows, &total, 3_600_000, 3);
+    // Again: idempotent.
+    let r = tally_aggregator::maintain(&store, &config, t0 + 8 * day).await.unwrap();
+    assert_eq!(r.chunks, 0);
+    // 150 days on: hour rows became one day row.
+    tally_aggregator::maintain(&store, &config, t0 + 150 * day).await.unwrap();
+    let (rows, total) = read().await;
+    check(&rows, &total, day, 1);
+    // Beyond day retention (730 days, by 365-day chunks): gone.
+    tally_aggregator::maintain(&store, &config, t0 + 1200 * day).await.unwrap();
+    assert!(read().await.0.is_empty());
+    if db == Db::Postgres {
+        let Store::Postgres(pool) = &store else { unreachable!() };
+        let partitions: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent \
+             WHERE p.relname IN ('rollup_windows', 'rollup_hours', 'rollup_days')",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!(partitions, 0, "expired partitions are dropped");
+    }
+    store.close().await;
+    test_db.drop_db().await;
+}
+
+#[tokio::test]
+async fn downsampling_keeps_totals_and_percentiles_on_postgres() {
+    downsampling_keeps_totals_and_percentiles(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn downsampling_keeps_totals_and_percentiles_on_sqlite() {
+    downsampling_keeps_totals_and_percentiles(Db::Sqlite).await;
+}
