@@ -299,7 +299,76 @@ fn exponential_histogram(v: &mut RollupValues, p: &ExponentialHistogramDataPoint
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+    use tally_core::otlp::{
+        resource::v1::Resource,
+        trace::v1::{ScopeSpans, Span},
+    };
+
     use super::*;
+    use crate::rollup::windows::Limits;
+
+    fn resource_spans(service: &str, spans: Vec<Span>) -> ResourceSpans {
+        let attr = tally_core::otlp::common::v1::KeyValue {
+            key: "service.name".into(),
+            value: Some(tally_core::otlp::common::v1::AnyValue {
+                value: Some(tally_core::otlp::common::v1::any_value::Value::StringValue(service.into())),
+            }),
+            ..Default::default()
+        };
+        ResourceSpans {
+            resource: Some(Resource { attributes: vec![attr], ..Default::default() }),
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            ..Default::default()
+        }
+    }
+
+    proptest! {
+        /// Whatever the timestamps, operations and flush points, the window
+        /// counts add up to the spans sent, and the merged windows' histogram
+        /// is the histogram of all durations.
+        #[test]
+        fn window_counts_add_up_to_the_spans_sent(
+            spans in proptest::collection::vec((0u64..600_000, 0u64..5_000_000, 0usize..5, any::<bool>()), 1..400),
+            flush_at in proptest::collection::vec(0i64..600_000, 0..4),
+        ) {
+            let base_ms = 1_800_000_000_000i64;
+            let tenant = TenantId::parse("p").unwrap();
+            let range = TimeRange { oldest_ms: 0, newest_ms: i64::MAX, received_ms: base_ms };
+            let mut w = Windows::new(60_000, Limits { per_tenant: 1000, per_metric: 1000 });
+            let mut rows = Vec::new();
+            let mut flushes = flush_at.clone();
+            flushes.sort_unstable();
+            let mut all = tally_core::Histogram::new();
+            for (i, (at_ms, micros, op, failed)) in spans.iter().enumerate() {
+                while flushes.first().is_some_and(|f| *f <= *at_ms as i64) {
+                    rows.extend(w.take_before(base_ms + flushes.remove(0)));
+                }
+                let end = (base_ms as u64 + at_ms) * 1_000_000;
+                let span = Span {
+                    name: format!("op{op}"),
+                    kind: 2,
+                    start_time_unix_nano: end - micros * 1000,
+                    end_time_unix_nano: end,
+                    span_id: (i as u64).to_be_bytes().to_vec(),
+                    status: failed.then(|| tally_core::otlp::trace::v1::Status { code: 2, message: String::new() }),
+                    ..Default::default()
+                };
+                all.record(*micros);
+                spans_of(&mut w, &tenant, &range, &[resource_spans("svc", vec![span])]);
+            }
+            rows.extend(w.take_all());
+            prop_assert_eq!(rows.iter().map(|r| r.values.count).sum::<u64>(), spans.len() as u64);
+            prop_assert_eq!(rows.iter().map(|r| r.values.errors).sum::<u64>(), spans.iter().filter(|s| s.3).count() as u64);
+            let mut merged = tally_core::Histogram::new();
+            rows.iter().for_each(|r| merged.merge(r.values.hist.as_ref().unwrap()));
+            prop_assert_eq!(merged, all);
+        }
+    }
+
+    fn spans_of(w: &mut Windows, t: &TenantId, r: &TimeRange, d: &[ResourceSpans]) {
+        assert_eq!(spans(w, t, r, d).items, 1);
+    }
 
     #[test]
     fn severities_follow_the_spec_ranges() {
