@@ -26,7 +26,7 @@ use serde_json::{Map, Value, json};
 use tally_collector::Caller;
 use tally_core::{
     TenantId,
-    rollup::{RollupKind, RollupRow, RollupValues},
+    rollup::{ALL, RollupKind, RollupRow, RollupValues},
 };
 use tally_store::{RollupFilter, Store};
 
@@ -111,8 +111,17 @@ impl Range {
         kind: RollupKind,
         service: Option<&str>,
         name: Option<&str>,
+        detail: Option<&str>,
     ) -> Result<Vec<RollupRow>, ApiError> {
-        let f = RollupFilter { tenant: &self.tenant, kind, service, name, from_ms: self.from_ms, to_ms: self.to_ms };
+        let f = RollupFilter {
+            tenant: &self.tenant,
+            kind,
+            service,
+            name,
+            detail,
+            from_ms: self.from_ms,
+            to_ms: self.to_ms,
+        };
         store.read_rollups(&f).await.map_err(ApiError::internal)
     }
 
@@ -174,7 +183,18 @@ async fn slo(
     Query(q): Query<RangeQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let r = Range::parse(&q, &caller)?;
-    let rows = r.read(&store, RollupKind::Span, q.service.as_deref(), q.operation.as_deref()).await?;
+    // A tenant's or service's SLO reads its pre-aggregated entry-span series;
+    // an operation's, that operation's series of every span kind.
+    let rows = match q.operation.as_deref() {
+        None => {
+            r.read(&store, RollupKind::Span, Some(q.service.as_deref().unwrap_or(ALL)), Some(ALL), Some(ALL)).await?
+        }
+        Some(op) => {
+            let mut rows = r.read(&store, RollupKind::Span, q.service.as_deref(), Some(op), None).await?;
+            rows.retain(|row| &*row.key.detail != ALL);
+            rows
+        }
+    };
     let mut total = RollupValues::default();
     rows.iter().for_each(|row| total.merge(&row.values));
     let step_s = r.step_ms as f64 / 1000.0;
@@ -212,7 +232,8 @@ async fn top(
             return Err(ApiError::bad_request(format!("by: {other:?} is not one of p95, p99, error_rate, requests")));
         }
     };
-    let rows = r.read(&store, RollupKind::Span, q.service.as_deref(), None).await?;
+    let mut rows = r.read(&store, RollupKind::Span, q.service.as_deref(), None, None).await?;
+    rows.retain(|row| &*row.key.detail != ALL);
     let mut ops: BTreeMap<(Box<str>, Box<str>, Box<str>), RollupValues> = BTreeMap::new();
     for row in rows {
         let k = row.key;
@@ -256,7 +277,7 @@ async fn metric_series(
 ) -> Result<Json<Value>, ApiError> {
     let r = Range::parse(q, caller)?;
     let name = name_param(q)?;
-    let rows = r.read(store, kind, q.service.as_deref(), Some(name)).await?;
+    let rows = r.read(store, kind, q.service.as_deref(), Some(name), None).await?;
     let series: Vec<Value> = r
         .merge_by(rows, |row| (row.key.service.clone(), row.key.detail.clone()))
         .into_iter()
@@ -314,7 +335,7 @@ async fn log_counts(
     Query(q): Query<RangeQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let r = Range::parse(&q, &caller)?;
-    let rows = r.read(&store, RollupKind::Log, q.service.as_deref(), None).await?;
+    let rows = r.read(&store, RollupKind::Log, q.service.as_deref(), None, None).await?;
     let mut total: BTreeMap<Box<str>, u64> = BTreeMap::new();
     let mut steps: BTreeMap<i64, BTreeMap<Box<str>, u64>> = BTreeMap::new();
     for row in rows {

@@ -38,6 +38,13 @@ impl RollupKind {
     }
 }
 
+/// Service, operation and detail of the pre-aggregated span series of entry
+/// spans (SERVER and CONSUMER: what request rates count): (service, `ALL`,
+/// `ALL`) per service and (`ALL`, `ALL`, `ALL`) per tenant. They make a
+/// tenant's or service's SLO one row per window to read, whatever its
+/// number of operations. `detail` is never `ALL` on other span series.
+pub const ALL: &str = "*";
+
 /// Service, operation or metric name, and detail of the series that take
 /// what a cardinality limit keeps out.
 pub const OVERFLOW: &str = "_overflow";

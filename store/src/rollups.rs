@@ -66,13 +66,14 @@ impl RollupTable {
 }
 
 /// What to read: one tenant's series of one kind in `[from_ms, to_ms)`,
-/// optionally one service and one name (operation, severity or metric).
+/// optionally of one service, name (operation, severity or metric) and detail.
 #[derive(Debug, Clone, Copy)]
 pub struct RollupFilter<'a> {
     pub tenant: &'a TenantId,
     pub kind: RollupKind,
     pub service: Option<&'a str>,
     pub name: Option<&'a str>,
+    pub detail: Option<&'a str>,
     pub from_ms: i64,
     pub to_ms: i64,
 }
@@ -187,26 +188,35 @@ impl Store {
         Ok(())
     }
 
-    /// Rows matching `f` from every resolution, ordered by start.
+    /// Rows matching `f` from every resolution, ordered by start. Only the
+    /// filters given become conditions, so each is an index condition.
     pub async fn read_rollups(&self, f: &RollupFilter<'_>) -> Result<Vec<RollupRow>> {
+        let optional = [("service", f.service), ("name", f.name), ("detail", f.detail)];
+        let mut conditions = String::new();
+        let mut n = 4;
+        for (column, value) in &optional {
+            if value.is_some() {
+                n += 1;
+                conditions.push_str(&format!(" AND {column} = ${n}"));
+            }
+        }
         let select = |t: RollupTable| {
             format!(
-                "SELECT {COLUMNS} FROM {} WHERE tenant = $1 AND kind = $2 AND start_ms >= $3 AND start_ms < $4 \
-                 AND ($5 IS NULL OR service = $5) AND ($6 IS NULL OR name = $6)",
+                "SELECT {COLUMNS} FROM {} WHERE tenant = $1 AND kind = $2 AND start_ms >= $3 AND start_ms < $4{conditions}",
                 t.name()
             )
         };
         let sql = RollupTable::ALL.map(select).join(" UNION ALL ") + " ORDER BY start_ms";
         crate::on_pool!(self, |pool| {
-            let rows = sqlx::query(AssertSqlSafe(sql))
+            let mut q = sqlx::query(AssertSqlSafe(sql))
                 .bind(f.tenant.as_str())
                 .bind(f.kind as i16)
                 .bind(f.from_ms)
-                .bind(f.to_ms)
-                .bind(f.service)
-                .bind(f.name)
-                .fetch_all(pool)
-                .await?;
+                .bind(f.to_ms);
+            for value in optional.iter().filter_map(|(_, v)| *v) {
+                q = q.bind(value);
+            }
+            let rows = q.fetch_all(pool).await?;
             rows.iter().map(decode_row).collect()
         })
     }

@@ -190,7 +190,8 @@ async fn late_data_merges_into_the_stored_window_and_too_old_is_refused() {
             tenant: &TenantId::parse("late").unwrap(),
             kind: RollupKind::Span,
             service: None,
-            name: None,
+            name: Some("GET /a"),
+            detail: None,
             from_ms: 0,
             to_ms: i64::MAX,
         })
@@ -332,6 +333,7 @@ async fn downsampling_keeps_totals_and_percentiles(db: Db) {
             kind: RollupKind::Span,
             service: None,
             name: None,
+            detail: None,
             from_ms: 0,
             to_ms: i64::MAX,
         };
@@ -394,4 +396,97 @@ async fn downsampling_keeps_totals_and_percentiles_on_postgres() {
 #[tokio::test]
 async fn downsampling_keeps_totals_and_percentiles_on_sqlite() {
     downsampling_keeps_totals_and_percentiles(Db::Sqlite).await;
+}
+
+/// Benchmark (not run by the suite): `scripts/bench-slo` runs it in release.
+/// 24 hours of one-minute rows for a tenant with 10 operations (and 4 other
+/// tenants alike), then /v1/slo over the 24 hours at 60 s steps, tenant-wide
+/// and for one operation, timed end to end over HTTP.
+#[tokio::test]
+#[ignore = "benchmark: scripts/bench-slo"]
+async fn bench_slo_query_24h() {
+    for db in [Db::Postgres, Db::Sqlite] {
+        let s = TestServer::start(db, "").await;
+        let store = s.server.as_ref().unwrap().store.clone();
+        let end = now_ms() / 60_000 * 60_000;
+        let start = end - 86_400_000;
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for t in 0..5 {
+            let tenant = TenantId::parse(&format!("bench-{t}")).unwrap();
+            let mut rows = Vec::new();
+            for w in 0..1440 {
+                // The aggregator's per-service and per-tenant entry-span series.
+                let mut all = RollupValues::default();
+                for op in 0..10 {
+                    let mut v = RollupValues::default();
+                    for _ in 0..200 {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        // Log-uniform 1 ms .. 4 s: a realistic spread of buckets.
+                        let us = (1000.0 * 4000f64.powf((rng % 10_000) as f64 / 10_000.0)) as u64;
+                        v.add_span(us, rng % 100 == 0);
+                    }
+                    let key = SeriesKey {
+                        tenant: tenant.clone(),
+                        kind: RollupKind::Span,
+                        service: "svc".into(),
+                        name: format!("GET /op{op}").into(),
+                        detail: "server".into(),
+                    };
+                    all.merge(&v);
+                    rows.push(RollupRow { key, start_ms: start + w * 60_000, values: v });
+                }
+                for service in ["svc", "*"] {
+                    let key = SeriesKey {
+                        tenant: tenant.clone(),
+                        kind: RollupKind::Span,
+                        service: service.into(),
+                        name: "*".into(),
+                        detail: "*".into(),
+                    };
+                    rows.push(RollupRow { key, start_ms: start + w * 60_000, values: all.clone() });
+                }
+            }
+            for chunk in rows.chunks(5000) {
+                store.write_rollups(RollupTable::Windows, chunk).await.unwrap();
+            }
+        }
+        if let Store::Postgres(pool) = &store {
+            sqlx::query("ANALYZE").execute(pool).await.unwrap();
+        }
+        let buckets = {
+            let rows = store
+                .read_rollups(&RollupFilter {
+                    tenant: &TenantId::parse("bench-0").unwrap(),
+                    kind: RollupKind::Span,
+                    service: None,
+                    name: Some("GET /op0"),
+                    detail: None,
+                    from_ms: start,
+                    to_ms: start + 60_000,
+                })
+                .await
+                .unwrap();
+            rows[0].values.hist.as_ref().unwrap().buckets()
+        };
+        for (label, extra) in
+            [("tenant-wide (14,400 rows)", ""), ("one operation (1,440 rows)", "&operation=GET%20/op3")]
+        {
+            let path = format!("{}{extra}", slo_path("bench-0", start, end, "60s"));
+            let mut times = Vec::new();
+            for _ in 0..30 {
+                let t = Instant::now();
+                let v = s.get_json(&path, None).await;
+                times.push(t.elapsed().as_secs_f64() * 1000.0);
+                assert_eq!(v["series"].as_array().unwrap().len(), 1440);
+            }
+            times.sort_by(f64::total_cmp);
+            println!(
+                "bench_slo {db:?} {label} (1,440 rows): median {:.1} ms, p90 {:.1} ms, min {:.1} ms ({buckets} histogram buckets per row)",
+                times[15], times[27], times[0]
+            );
+        }
+        s.stop().await;
+    }
 }

@@ -15,7 +15,7 @@ use tally_core::{
         },
         trace::v1::{ResourceSpans, Span, span::SpanKind, status::StatusCode},
     },
-    rollup::{RollupKind, RollupValues},
+    rollup::{ALL, RollupKind, RollupValues},
 };
 
 use super::windows::{SeriesRef, Windows};
@@ -126,6 +126,12 @@ pub fn spans(w: &mut Windows, tenant: &TenantId, range: &TimeRange, data: &[Reso
             let micros = span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano).div_ceil(1000);
             let error = is_error(span);
             w.update(key, t, |v| v.add_span(micros, error));
+            if span.kind == SpanKind::Server as i32 || span.kind == SpanKind::Consumer as i32 {
+                for service in [service, ALL] {
+                    let key = SeriesRef { tenant, kind: RollupKind::Span, service, name: ALL, detail: ALL };
+                    w.update(key, t, |v| v.add_span(micros, error));
+                }
+            }
         }
     }
     seen
@@ -358,11 +364,17 @@ mod tests {
                 spans_of(&mut w, &tenant, &range, &[resource_spans("svc", vec![span])]);
             }
             rows.extend(w.take_all());
-            prop_assert_eq!(rows.iter().map(|r| r.values.count).sum::<u64>(), spans.len() as u64);
-            prop_assert_eq!(rows.iter().map(|r| r.values.errors).sum::<u64>(), spans.iter().filter(|s| s.3).count() as u64);
-            let mut merged = tally_core::Histogram::new();
-            rows.iter().for_each(|r| merged.merge(r.values.hist.as_ref().unwrap()));
-            prop_assert_eq!(merged, all);
+            // The operations' series, and the tenant's aggregate of its
+            // (all SERVER) spans, each add up to what was sent.
+            let (ops, aggregates): (Vec<_>, Vec<_>) = rows.iter().partition(|r| &*r.key.detail != ALL);
+            let tenant_wide: Vec<_> = aggregates.into_iter().filter(|r| &*r.key.service == ALL).collect();
+            for series in [ops, tenant_wide] {
+                prop_assert_eq!(series.iter().map(|r| r.values.count).sum::<u64>(), spans.len() as u64);
+                prop_assert_eq!(series.iter().map(|r| r.values.errors).sum::<u64>(), spans.iter().filter(|s| s.3).count() as u64);
+                let mut merged = tally_core::Histogram::new();
+                series.iter().for_each(|r| merged.merge(r.values.hist.as_ref().unwrap()));
+                prop_assert_eq!(merged, all.clone());
+            }
         }
     }
 

@@ -10,7 +10,7 @@ use std::{
 use hashbrown::{HashTable, hash_table::Entry};
 use tally_core::{
     TenantId, metric_names,
-    rollup::{OVERFLOW, OVERFLOW_ATTRIBUTES, RollupKind, RollupRow, RollupValues, SeriesKey},
+    rollup::{ALL, OVERFLOW, OVERFLOW_ATTRIBUTES, RollupKind, RollupRow, RollupValues, SeriesKey},
 };
 
 /// A series named by borrowed parts, for lookups without allocating.
@@ -117,6 +117,11 @@ impl Windows {
         };
         match window.series.entry(hash, |(k, _)| key.matches(k), rehash) {
             Entry::Occupied(mut o) => f(&mut o.get_mut().1),
+            // Per-service and per-tenant aggregates are few and never folded.
+            Entry::Vacant(v) if key.detail == ALL => {
+                f(&mut v.insert((key.to_owned(), RollupValues::default())).get_mut().1);
+                self.series += 1;
+            }
             Entry::Vacant(v) => {
                 let tenant_n = window.per_tenant.get(key.tenant).copied().unwrap_or(0);
                 let group = (key.tenant.clone(), key.kind, Box::<str>::from(key.group()));
