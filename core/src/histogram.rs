@@ -100,6 +100,26 @@ impl Histogram {
             self.clone_from(other);
             return;
         }
+        // Accumulating many windows, `self` soon holds every bucket the
+        // others use: add in place then, without allocating.
+        let mut at = 0;
+        let fits = other.buckets.iter().all(|&(index, _)| {
+            while at < self.buckets.len() && self.buckets[at].0 < index {
+                at += 1;
+            }
+            at < self.buckets.len() && self.buckets[at].0 == index
+        });
+        if fits {
+            let mut at = 0;
+            for &(index, count) in &other.buckets {
+                while self.buckets[at].0 < index {
+                    at += 1;
+                }
+                self.buckets[at].1 += count;
+            }
+            self.total += other.total;
+            return;
+        }
         let mut merged = Vec::with_capacity(self.buckets.len() + other.buckets.len());
         let (mut a, mut b) = (self.buckets.iter().peekable(), other.buckets.iter().peekable());
         loop {
@@ -209,7 +229,8 @@ impl Histogram {
         }
         let mut payload =
             bytes.get(V2_HEADER_LEN..V2_HEADER_LEN + len).ok_or(HistogramError::Truncated)?.iter().copied();
-        let mut h = Histogram::default();
+        // Most encoded buckets take two or three bytes.
+        let mut h = Histogram { buckets: Vec::with_capacity(len / 2), total: 0 };
         let mut index: u64 = 0;
         let max_index = u64::from(index_of(MAX_VALUE));
         while let Some(v) = get_varint(&mut payload)? {

@@ -470,8 +470,35 @@ async fn bench_slo_query_24h() {
                 .unwrap();
             rows[0].values.hist.as_ref().unwrap().buckets()
         };
+        let f = RollupFilter {
+            tenant: &TenantId::parse("bench-0").unwrap(),
+            kind: RollupKind::Span,
+            service: Some("*"),
+            name: Some("*"),
+            detail: Some("*"),
+            from_ms: start,
+            to_ms: end,
+        };
+        let t = Instant::now();
+        let rows = store.read_rollups(&f).await.unwrap();
+        let read_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let t = Instant::now();
+        let mut total = RollupValues::default();
+        rows.iter().for_each(|r| total.merge(&r.values));
+        let merge_ms = t.elapsed().as_secs_f64() * 1000.0;
+        println!("bench_slo {db:?} read_rollups: {} rows in {read_ms:.1} ms; merging them {merge_ms:.1} ms", rows.len());
+        if let Store::Postgres(pool) = &store {
+            let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM rollup_windows WHERE tenant = 'bench-0' AND kind = 1 \
+                 AND service = '*' AND name = '*' AND detail = '*' AND start_ms >= {start} AND start_ms < {end} ORDER BY start_ms"
+            )))
+            .fetch_all(pool)
+            .await
+            .unwrap();
+            println!("bench_slo plan:\n{}", plan.join("\n"));
+        }
         for (label, extra) in
-            [("tenant-wide (14,400 rows)", ""), ("one operation (1,440 rows)", "&operation=GET%20/op3")]
+            [("tenant-wide", ""), ("one service", "&service=svc"), ("one operation", "&operation=GET%20/op3")]
         {
             let path = format!("{}{extra}", slo_path("bench-0", start, end, "60s"));
             let mut times = Vec::new();
