@@ -131,17 +131,14 @@ impl Range {
         rows: Vec<RollupRow>,
         group: impl Fn(&RollupRow) -> G,
     ) -> BTreeMap<(i64, G), RollupValues> {
-        let mut out: BTreeMap<(i64, G), RollupValues> = BTreeMap::new();
+        let mut groups: BTreeMap<(i64, G), Vec<RollupValues>> = BTreeMap::new();
         for row in rows {
-            let k = (self.bucket(row.start_ms), group(&row));
-            match out.get_mut(&k) {
-                Some(v) => v.merge(&row.values),
-                None => {
-                    out.insert(k, row.values);
-                }
-            }
+            groups.entry((self.bucket(row.start_ms), group(&row))).or_default().push(row.values);
         }
-        out
+        groups
+            .into_iter()
+            .map(|(k, mut vs)| (k, if vs.len() == 1 { vs.remove(0) } else { RollupValues::merged(&vs) }))
+            .collect()
     }
 
     fn header(&self) -> Map<String, Value> {
@@ -195,8 +192,7 @@ async fn slo(
             rows
         }
     };
-    let mut total = RollupValues::default();
-    rows.iter().for_each(|row| total.merge(&row.values));
+    let total = RollupValues::merged(rows.iter().map(|r| &r.values));
     let step_s = r.step_ms as f64 / 1000.0;
     let series: Vec<Value> = r
         .merge_by(rows, |_| ())
@@ -234,12 +230,12 @@ async fn top(
     };
     let mut rows = r.read(&store, RollupKind::Span, q.service.as_deref(), None, None).await?;
     rows.retain(|row| &*row.key.detail != ALL);
-    let mut ops: BTreeMap<(Box<str>, Box<str>, Box<str>), RollupValues> = BTreeMap::new();
+    let mut ops: BTreeMap<(Box<str>, Box<str>, Box<str>), Vec<RollupValues>> = BTreeMap::new();
     for row in rows {
         let k = row.key;
-        ops.entry((k.service, k.name, k.detail)).or_default().merge(&row.values);
+        ops.entry((k.service, k.name, k.detail)).or_default().push(row.values);
     }
-    let mut ranked: Vec<_> = ops.into_iter().collect();
+    let mut ranked: Vec<_> = ops.into_iter().map(|(k, vs)| (k, RollupValues::merged(&vs))).collect();
     ranked.sort_by(|a, b| rank(&b.1).total_cmp(&rank(&a.1)));
     let seconds = (r.to_ms - r.from_ms) as f64 / 1000.0;
     let operations: Vec<Value> = ranked

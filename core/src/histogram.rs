@@ -252,6 +252,35 @@ impl Histogram {
     }
 }
 
+/// Sums many histograms into one: a dense array of bucket counts, so each
+/// addition is a direct index per bucket (merging sparse histograms one by
+/// one walks the growing result every time).
+#[derive(Debug, Clone)]
+pub struct HistogramSum {
+    counts: Vec<u64>,
+    total: u64,
+}
+
+impl Default for HistogramSum {
+    fn default() -> HistogramSum {
+        HistogramSum { counts: vec![0; usize::from(index_of(MAX_VALUE)) + 1], total: 0 }
+    }
+}
+
+impl HistogramSum {
+    pub fn add(&mut self, h: &Histogram) {
+        for &(index, count) in &h.buckets {
+            self.counts[usize::from(index)] += count;
+        }
+        self.total += h.total;
+    }
+
+    pub fn into_histogram(self) -> Histogram {
+        let buckets = self.counts.iter().enumerate().filter(|(_, c)| **c > 0).map(|(i, c)| (i as u16, *c)).collect();
+        Histogram { buckets, total: self.total }
+    }
+}
+
 fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
@@ -340,6 +369,10 @@ mod tests {
             let (mut ha, mut hb, mut all) = (Histogram::new(), Histogram::new(), Histogram::new());
             a.iter().for_each(|&v| { ha.record(v); all.record(v) });
             b.iter().for_each(|&v| { hb.record(v); all.record(v) });
+            let mut sum = HistogramSum::default();
+            sum.add(&ha);
+            sum.add(&hb);
+            prop_assert_eq!(&sum.into_histogram(), &all);
             ha.merge(&hb);
             prop_assert_eq!(&ha, &all);
             prop_assert_eq!(Histogram::decode(&ha.encode()).unwrap(), all);

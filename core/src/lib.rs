@@ -17,7 +17,7 @@ mod usage;
 
 pub use auth::Principal;
 pub use batch::{Payload, QueuedRequest, TelemetryBatch};
-pub use histogram::{Histogram, HistogramError};
+pub use histogram::{Histogram, HistogramError, HistogramSum};
 pub use meter::{Aggregation, JsonPath, MeterConfig};
 pub use secret::Secret;
 pub use signal::{Signal, Transport};

@@ -2,7 +2,7 @@
 //! store merges on conflict and downsamples, and what queries merge per step.
 //! One shape for every kind of series keeps the merge rules in one place.
 
-use crate::{Histogram, TenantId};
+use crate::{Histogram, HistogramSum, TenantId};
 
 /// What a series measures; stored as a small integer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -139,6 +139,25 @@ impl RollupValues {
             (None, Some(b)) => self.hist = Some(b.clone()),
             _ => {}
         }
+    }
+
+    /// Many aggregates merged into one; histograms are summed densely, which
+    /// is what makes merging a day of windows cheap.
+    pub fn merged<'a>(all: impl IntoIterator<Item = &'a RollupValues>) -> RollupValues {
+        let mut out = RollupValues::default();
+        let mut hist: Option<HistogramSum> = None;
+        for v in all {
+            out.merge(&v.clone_scalars());
+            if let Some(h) = &v.hist {
+                hist.get_or_insert_with(HistogramSum::default).add(h);
+            }
+        }
+        out.hist = hist.map(HistogramSum::into_histogram);
+        out
+    }
+
+    fn clone_scalars(&self) -> RollupValues {
+        RollupValues { hist: None, ..*self }
     }
 
     pub fn min_opt(&self) -> Option<f64> {

@@ -59,6 +59,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="every Nth SLO span fails (HTTP 503 + status ERROR); 0 = none")
     p.add_argument("--queue-depths", default="",
                    help="comma-separated values of gauge worker.queue.depth{queue=emails}, one export each")
+    p.add_argument("--histogram-values", default="",
+                   help="comma-separated values recorded into histogram http.server.request.duration (ms), one export")
     p.add_argument("--timeout", type=float, default=10.0, help="per-export timeout in seconds (incl. retries)")
     p.add_argument("--batch-size", type=int, default=512, help="max spans/logs per export call")
     a = p.parse_args(argv)
@@ -193,6 +195,24 @@ def make_queue_depths(resource, values: list[float]):
     return snapshots
 
 
+def make_histogram(resource, values: list[float]):
+    """One snapshot of histogram http.server.request.duration{route=/checkout}
+    holding `values`, with the SDK's default explicit buckets."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    if not values:
+        return []
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(resource=resource, metric_readers=[reader])
+    hist = provider.get_meter("tally.test.client", "1.0.0").create_histogram("http.server.request.duration", unit="ms")
+    for v in values:
+        hist.record(v, {"http.route": "/checkout"})
+    data = reader.get_metrics_data()
+    provider.shutdown()
+    return [data]
+
+
 def make_logs(resource, n: int):
     from opentelemetry._logs import SeverityNumber
     from opentelemetry.sdk._logs import LoggerProvider
@@ -309,6 +329,9 @@ def main(argv: list[str]) -> int:
     depths = [float(v) for v in args.queue_depths.split(",") if v]
     snapshots += make_queue_depths(resource, depths)
     points += len(depths)
+    hist_values = [float(v) for v in args.histogram_values.split(",") if v]
+    snapshots += make_histogram(resource, hist_values)
+    points += 1 if hist_values else 0
 
     span_exp, log_exp, metric_exp = build_exporters(args)
     try:

@@ -240,6 +240,36 @@ async fn cardinality_limit_folds_new_series_into_the_overflow_series() {
 }
 
 #[tokio::test]
+async fn sdk_histogram_metric_gives_count_sum_and_bucket_percentiles() {
+    let s = TestServer::start(Db::Sqlite, "").await;
+    python_send(&s, "hist", &["--histogram-values", "3,7,7,40,60,80,90,200"]).await;
+    let s = s.restart("").await;
+    let (from, to) = (now_ms() - 3_600_000, now_ms() + 60_000);
+    let v = s
+        .get_json(
+            &format!(
+                "/v1/histograms?tenant=hist&name=http.server.request.duration&from={}&to={}&step=1h",
+                rfc3339(from),
+                rfc3339(to)
+            ),
+            None,
+        )
+        .await;
+    let series = v["series"].as_array().unwrap();
+    assert_eq!(series.len(), 1, "{v}");
+    let p = &series[0];
+    assert_eq!(p["attributes"], serde_json::json!({"http.route": "/checkout"}));
+    assert_eq!((p["count"].as_u64(), p["sum"].as_f64()), (Some(8), Some(487.0)));
+    assert_eq!((p["min"].as_f64(), p["max"].as_f64()), (Some(3.0), Some(200.0)));
+    // The SDK's default buckets (…, 25, 50, 75, 100, 250, …): values count at
+    // bucket midpoints, so the median (40) reads 37.5 and the max (200) 175.
+    let p50 = p["p50"].as_f64().unwrap();
+    let p99 = p["p99"].as_f64().unwrap();
+    assert!((37.5..37.9).contains(&p50) && (175.0..176.5).contains(&p99), "{p}");
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn logs_are_counted_by_severity() {
     let s = TestServer::start(Db::Sqlite, "").await;
     python_send(&s, "loggy", &["--logs", "7"]).await;
@@ -423,8 +453,11 @@ async fn bench_slo_query_24h() {
                         rng ^= rng << 13;
                         rng ^= rng >> 7;
                         rng ^= rng << 17;
-                        // Log-uniform 1 ms .. 4 s: a realistic spread of buckets.
-                        let us = (1000.0 * 4000f64.powf((rng % 10_000) as f64 / 10_000.0)) as u64;
+                        // Log-normal like the loadgen's default (p50 40 ms, p99 800 ms),
+                        // the normal deviate from a sum of 12 uniforms.
+                        let z: f64 =
+                            (0..12).map(|k| ((rng.rotate_left(k * 5) & 0xffff) as f64) / 65_536.0).sum::<f64>() - 6.0;
+                        let us = (40_000.0 * (z * (800f64 / 40.0).ln() / 2.326).exp()) as u64;
                         v.add_span(us, rng % 100 == 0);
                     }
                     let key = SeriesKey {
@@ -483,10 +516,13 @@ async fn bench_slo_query_24h() {
         let rows = store.read_rollups(&f).await.unwrap();
         let read_ms = t.elapsed().as_secs_f64() * 1000.0;
         let t = Instant::now();
-        let mut total = RollupValues::default();
-        rows.iter().for_each(|r| total.merge(&r.values));
+        let total = RollupValues::merged(rows.iter().map(|r| &r.values));
+        assert_eq!(total.count, 1440 * 2000);
         let merge_ms = t.elapsed().as_secs_f64() * 1000.0;
-        println!("bench_slo {db:?} read_rollups: {} rows in {read_ms:.1} ms; merging them {merge_ms:.1} ms", rows.len());
+        println!(
+            "bench_slo {db:?} read_rollups: {} rows in {read_ms:.1} ms; merging them {merge_ms:.1} ms",
+            rows.len()
+        );
         if let Store::Postgres(pool) = &store {
             let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM rollup_windows WHERE tenant = 'bench-0' AND kind = 1 \
