@@ -512,16 +512,24 @@ async fn bench_slo_query_24h() {
             from_ms: start,
             to_ms: end,
         };
-        let t = Instant::now();
-        let rows = store.read_rollups(&f).await.unwrap();
-        let read_ms = t.elapsed().as_secs_f64() * 1000.0;
+        // The first read on a connection also plans and loads partition
+        // metadata; the warm figure is what a busy server sees.
+        let mut reads = Vec::new();
+        let mut rows = Vec::new();
+        for _ in 0..6 {
+            let t = Instant::now();
+            rows = store.read_rollups(&f).await.unwrap();
+            reads.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
         let t = Instant::now();
         let total = RollupValues::merged(rows.iter().map(|r| &r.values));
         assert_eq!(total.count, 1440 * 2000);
         let merge_ms = t.elapsed().as_secs_f64() * 1000.0;
         println!(
-            "bench_slo {db:?} read_rollups: {} rows in {read_ms:.1} ms; merging them {merge_ms:.1} ms",
-            rows.len()
+            "bench_slo {db:?} read_rollups: {} rows, first {:.1} ms, warm {:.1} ms; merging them {merge_ms:.1} ms",
+            rows.len(),
+            reads[0],
+            reads[1..].iter().copied().fold(f64::INFINITY, f64::min)
         );
         if let Store::Postgres(pool) = &store {
             let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
@@ -533,16 +541,19 @@ async fn bench_slo_query_24h() {
             .unwrap();
             println!("bench_slo plan:\n{}", plan.join("\n"));
         }
-        for (label, extra) in
+        for (label, extra, step) in
             [("tenant-wide", ""), ("one service", "&service=svc"), ("one operation", "&operation=GET%20/op3")]
+                .into_iter()
+                .map(|(l, e)| (l, e.to_string(), "60s"))
+                .chain([("tenant-wide, one 24h step", String::new(), "24h")])
         {
-            let path = format!("{}{extra}", slo_path("bench-0", start, end, "60s"));
+            let path = format!("{}{extra}", slo_path("bench-0", start, end, step));
             let mut times = Vec::new();
             for _ in 0..30 {
                 let t = Instant::now();
                 let v = s.get_json(&path, None).await;
                 times.push(t.elapsed().as_secs_f64() * 1000.0);
-                assert_eq!(v["series"].as_array().unwrap().len(), 1440);
+                assert_eq!(v["series"].as_array().unwrap().len(), if step == "60s" { 1440 } else { 1 });
             }
             times.sort_by(f64::total_cmp);
             println!(

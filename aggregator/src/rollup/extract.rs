@@ -348,7 +348,7 @@ mod tests {
             let mut all = tally_core::Histogram::new();
             for (i, (at_ms, micros, op, failed)) in spans.iter().enumerate() {
                 while flushes.first().is_some_and(|f| *f <= *at_ms as i64) {
-                    rows.extend(w.take_before(base_ms + flushes.remove(0)));
+                    rows.extend(w.take_before(base_ms + flushes.remove(0), i64::MAX));
                 }
                 let end = (base_ms as u64 + at_ms) * 1_000_000;
                 let span = Span {

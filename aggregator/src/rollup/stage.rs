@@ -17,6 +17,9 @@ use super::{
 };
 use crate::RollupConfig;
 
+/// Longest a window reopened by late data waits before it is written again.
+const LATE_HOLD_MS: i64 = 10_000;
+
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -75,8 +78,11 @@ impl RollupStage {
                 _ = tick.tick() => {
                     let now = now_ms();
                     // A window is written once it has ended and its lateness passed.
-                    let cutoff = now - ms(self.config.allowed_lateness) - self.windows.width_ms() + 1;
-                    let rows = self.windows.take_before(cutoff);
+                    let lateness = ms(self.config.allowed_lateness);
+                    let cutoff = now - lateness - self.windows.width_ms() + 1;
+                    // Windows reopened by late data gather it this long first.
+                    let hold = lateness.min(LATE_HOLD_MS);
+                    let rows = self.windows.take_before(cutoff, now - hold);
                     self.send(&tx, rows, now);
                 }
             }
@@ -102,6 +108,7 @@ impl RollupStage {
 
     fn add(&mut self, batches: &[TelemetryBatch]) {
         let now = now_ms();
+        self.windows.set_clock(now);
         for b in batches {
             let signal = b.signal();
             *self.counts.entry((b.tenant.clone(), signal)).or_default() += b.items;

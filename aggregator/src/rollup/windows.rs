@@ -74,6 +74,8 @@ pub struct Limits {
 
 #[derive(Default)]
 struct Window {
+    /// When the first item arrived (the stage's clock).
+    opened_ms: i64,
     series: HashTable<(SeriesKey, RollupValues)>,
     per_tenant: HashMap<TenantId, u32>,
     per_group: HashMap<(TenantId, RollupKind, Box<str>), u32>,
@@ -88,15 +90,21 @@ pub struct Windows {
     hasher: hashbrown::DefaultHashBuilder,
     open: BTreeMap<i64, Window>,
     series: usize,
+    clock_ms: i64,
 }
 
 impl Windows {
     pub fn new(width_ms: i64, limits: Limits) -> Windows {
-        Windows { width_ms, limits, hasher: Default::default(), open: BTreeMap::new(), series: 0 }
+        Windows { width_ms, limits, hasher: Default::default(), open: BTreeMap::new(), series: 0, clock_ms: 0 }
     }
 
     pub fn width_ms(&self) -> i64 {
         self.width_ms
+    }
+
+    /// The time windows opened from now on record as their opening.
+    pub fn set_clock(&mut self, now_ms: i64) {
+        self.clock_ms = now_ms;
     }
 
     /// Series held across open windows (what memory is proportional to).
@@ -109,7 +117,8 @@ impl Windows {
     /// overflow series instead.
     pub fn update(&mut self, key: SeriesRef<'_>, time_ms: i64, f: impl FnOnce(&mut RollupValues)) {
         let start = time_ms.div_euclid(self.width_ms) * self.width_ms;
-        let window = self.open.entry(start).or_default();
+        let clock = self.clock_ms;
+        let window = self.open.entry(start).or_insert_with(|| Window { opened_ms: clock, ..Window::default() });
         let hasher = &self.hasher;
         let hash = hash_of(hasher, key.tenant.as_str(), key.kind, key.service, key.name, key.detail);
         let rehash = |(k, _): &(SeriesKey, RollupValues)| {
@@ -175,12 +184,20 @@ impl Windows {
         }
     }
 
-    /// Takes out the windows that start before `before_ms`, as rows.
-    pub fn take_before(&mut self, before_ms: i64) -> Vec<RollupRow> {
+    /// Takes out the windows that start before `before_ms` and opened at
+    /// or before `opened_by_ms`, as rows. The second bound makes late data
+    /// (a window reopened after it was written, e.g. by a client whose
+    /// clock is behind) gather for a while rather than cost a database
+    /// merge on every flush.
+    pub fn take_before(&mut self, before_ms: i64, opened_by_ms: i64) -> Vec<RollupRow> {
         let keep = self.open.split_off(&before_ms);
-        let done = std::mem::replace(&mut self.open, keep);
+        let candidates = std::mem::replace(&mut self.open, keep);
         let mut rows = Vec::new();
-        for (start, window) in done {
+        for (start, window) in candidates {
+            if window.opened_ms > opened_by_ms {
+                self.open.insert(start, window);
+                continue;
+            }
             self.series -= window.series.len();
             rows.extend(window.series.into_iter().map(|(key, values)| RollupRow { key, start_ms: start, values }));
         }
@@ -189,7 +206,7 @@ impl Windows {
 
     /// Every open window, as rows (shutdown).
     pub fn take_all(&mut self) -> Vec<RollupRow> {
-        self.take_before(i64::MAX)
+        self.take_before(i64::MAX, i64::MAX)
     }
 }
 
@@ -223,12 +240,22 @@ mod tests {
         span(&mut w, &t, "GET /a", 59_999, 7);
         span(&mut w, &t, "GET /b", 60_000, 9);
         assert_eq!(w.series(), 2);
-        let first = w.take_before(60_000);
+        let first = w.take_before(60_000, i64::MAX);
         assert_eq!(first.len(), 1);
         assert_eq!((first[0].values.count, first[0].values.sum), (2, 12.0));
         let rest = w.take_all();
         assert_eq!((rest.len(), rest[0].start_ms, &*rest[0].key.name), (1, 60_000, "GET /b"));
         assert_eq!(w.series(), 0);
+    }
+
+    #[test]
+    fn reopened_windows_wait_until_they_are_old_enough() {
+        let t = TenantId::parse("acme").unwrap();
+        let mut w = Windows::new(60_000, Limits { per_tenant: 100, per_metric: 100 });
+        w.set_clock(1_000_000);
+        span(&mut w, &t, "GET /a", 0, 5); // a long-closed window, opened now
+        assert!(w.take_before(500_000, 1_000_000 - 10_000).is_empty());
+        assert_eq!(w.take_before(500_000, 1_000_000).len(), 1);
     }
 
     #[test]
