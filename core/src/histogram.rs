@@ -21,6 +21,10 @@ pub const SIGNIFICANT_DIGITS: u32 = 2;
 /// values by 1,000 and use the rest of the range.
 pub const MAX_VALUE: u64 = (1 << 40) - 1;
 
+/// Largest count held in a bucket (or in total); larger sums saturate here,
+/// so a hostile sender's counts cannot overflow or break the encoding.
+pub const MAX_COUNT: u64 = 1 << 62;
+
 const HALF_BITS: u32 = 7; // 128 sub-buckets per power of two above the first 256 values
 const HALF: u64 = 1 << HALF_BITS;
 const FIRST: u64 = 2 * HALF;
@@ -83,11 +87,12 @@ impl Histogram {
     }
 
     fn add_at(&mut self, index: u16, count: u64) {
-        self.total += count;
+        let count = count.min(MAX_COUNT);
+        self.total = add(self.total, count);
         // Recent values are usually near the last bucket touched; a binary
         // search over a few dozen entries is cheap either way.
         match self.buckets.binary_search_by_key(&index, |&(i, _)| i) {
-            Ok(at) => self.buckets[at].1 += count,
+            Ok(at) => self.buckets[at].1 = add(self.buckets[at].1, count),
             Err(at) => self.buckets.insert(at, (index, count)),
         }
     }
@@ -115,9 +120,9 @@ impl Histogram {
                 while self.buckets[at].0 < index {
                     at += 1;
                 }
-                self.buckets[at].1 += count;
+                self.buckets[at].1 = add(self.buckets[at].1, count);
             }
-            self.total += other.total;
+            self.total = add(self.total, other.total);
             return;
         }
         let mut merged = Vec::with_capacity(self.buckets.len() + other.buckets.len());
@@ -126,7 +131,7 @@ impl Histogram {
             match (a.peek(), b.peek()) {
                 (Some(&&(ia, ca)), Some(&&(ib, cb))) => {
                     if ia == ib {
-                        merged.push((ia, ca + cb));
+                        merged.push((ia, add(ca, cb)));
                         a.next();
                         b.next();
                     } else if ia < ib {
@@ -149,7 +154,7 @@ impl Histogram {
             }
         }
         self.buckets = merged;
-        self.total += other.total;
+        self.total = add(self.total, other.total);
     }
 
     pub fn count(&self) -> u64 {
@@ -240,11 +245,12 @@ impl Histogram {
                 continue;
             }
             if v > 0 {
+                let v = (v as u64).min(MAX_COUNT) as i64;
                 if index > max_index {
                     return Err(HistogramError::OutOfRange);
                 }
                 h.buckets.push((index as u16, v as u64));
-                h.total += v as u64;
+                h.total = add(h.total, v as u64);
             }
             index += 1;
         }
@@ -270,15 +276,20 @@ impl Default for HistogramSum {
 impl HistogramSum {
     pub fn add(&mut self, h: &Histogram) {
         for &(index, count) in &h.buckets {
-            self.counts[usize::from(index)] += count;
+            let c = &mut self.counts[usize::from(index)];
+            *c = add(*c, count);
         }
-        self.total += h.total;
+        self.total = add(self.total, h.total);
     }
 
     pub fn into_histogram(self) -> Histogram {
         let buckets = self.counts.iter().enumerate().filter(|(_, c)| **c > 0).map(|(i, c)| (i as u16, *c)).collect();
         Histogram { buckets, total: self.total }
     }
+}
+
+fn add(a: u64, b: u64) -> u64 {
+    a.saturating_add(b).min(MAX_COUNT)
 }
 
 fn zigzag(v: i64) -> u64 {
@@ -350,6 +361,18 @@ mod tests {
         for q in [0.5, 0.9, 0.99, 1.0] {
             assert_eq!(ours.value_at_quantile(q), Some(theirs.value_at_quantile(q)), "q={q}");
         }
+    }
+
+    #[test]
+    fn huge_counts_saturate_and_still_encode() {
+        let mut h = Histogram::new();
+        h.record_n(10, u64::MAX);
+        h.record_n(10, 1 << 63);
+        h.record_n(20, 1);
+        let mut twice = h.clone();
+        twice.merge(&h);
+        assert_eq!(twice.count(), MAX_COUNT);
+        assert_eq!(Histogram::decode(&twice.encode()).unwrap().buckets(), 2);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 pub mod attributes;
 mod auth;
 mod batch;
-mod histogram;
+pub mod histogram;
 pub mod lenient;
 pub mod meter;
 pub mod metric_names;

@@ -86,6 +86,11 @@ const PAGE: i64 = 5000;
 /// Advisory lock key of the maintenance leader ("tally.rollups").
 const MAINTENANCE_LOCK: i64 = 0x7461_6c6c_7972_6f6c;
 
+/// Counts are BIGINT: a hostile sender's u64 counts saturate rather than wrap.
+fn db_count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 fn sort_key(r: &RollupRow) -> (&SeriesKey, i64) {
     (&r.key, r.start_ms)
 }
@@ -117,10 +122,13 @@ where
     let tenant: String = row.try_get("tenant")?;
     let kind: i16 = row.try_get("kind")?;
     let hist: Option<Vec<u8>> = row.try_get("hist")?;
-    let hist = hist
-        .map(|b| Histogram::decode(&b))
-        .transpose()
-        .map_err(|e| corrupt(format!("rollup histogram of tenant {tenant}: {e}")))?;
+    // A histogram that does not decode (not written by tally) loses its
+    // percentiles, not the row or the whole query.
+    let hist = hist.and_then(|b| {
+        Histogram::decode(&b)
+            .inspect_err(|e| tracing::warn!(tenant, error = %e, "stored rollup histogram ignored"))
+            .ok()
+    });
     Ok(RollupRow {
         key: SeriesKey {
             kind: RollupKind::from_i16(kind).ok_or_else(|| corrupt(format!("rollup kind {kind}")))?,
@@ -321,6 +329,14 @@ impl Store {
                 if !exists {
                     return Ok(Some(0));
                 }
+                // Writers insert with ROW EXCLUSIVE: this waits for those in
+                // flight and holds off new ones until the partition is gone, so
+                // no row lands after it was read. (A writer held off finds no
+                // partition, fails, and recreates it on retry; the next pass
+                // moves that row on.)
+                sqlx::query(AssertSqlSafe(format!("LOCK TABLE {partition} IN SHARE ROW EXCLUSIVE MODE")))
+                    .execute(&mut *tx)
+                    .await?;
                 let read = downsample!(pg, &mut tx, partition);
                 sqlx::query(AssertSqlSafe(format!("DROP TABLE {partition}"))).execute(&mut *tx).await?;
                 tx.commit().await?;
@@ -475,8 +491,8 @@ mod pg {
             .bind(rows.clone().map(|r| r.key.name.to_string()).collect::<Vec<_>>())
             .bind(rows.clone().map(|r| r.key.detail.to_string()).collect::<Vec<_>>())
             .bind(rows.clone().map(|r| r.start_ms).collect::<Vec<_>>())
-            .bind(rows.clone().map(|r| r.values.count as i64).collect::<Vec<_>>())
-            .bind(rows.clone().map(|r| r.values.errors as i64).collect::<Vec<_>>())
+            .bind(rows.clone().map(|r| db_count(r.values.count)).collect::<Vec<_>>())
+            .bind(rows.clone().map(|r| db_count(r.values.errors)).collect::<Vec<_>>())
             .bind(rows.clone().map(|r| r.values.sum).collect::<Vec<_>>())
             .bind(v(RollupValues::min_opt))
             .bind(v(RollupValues::max_opt))
@@ -581,8 +597,8 @@ mod lite {
             .bind(&*r.key.name)
             .bind(&*r.key.detail)
             .bind(r.start_ms)
-            .bind(v.count as i64)
-            .bind(v.errors as i64)
+            .bind(db_count(v.count))
+            .bind(db_count(v.errors))
             .bind(v.sum)
             .bind(v.min_opt())
             .bind(v.max_opt())

@@ -228,14 +228,19 @@ async fn cardinality_limit_folds_new_series_into_the_overflow_series() {
         rfc3339(t - 60_000),
         rfc3339(t + 60_000)
     );
-    let v = wait_json(&s, &path, |v| v["operations"].as_array().is_some_and(|o| o.len() == 5)).await;
+    let v = wait_json(&s, &path, |v| v["operations"].as_array().is_some_and(|o| o.len() == 4)).await;
     let ops = v["operations"].as_array().unwrap();
-    assert_eq!(ops.len(), 5, "4 series and the overflow series: {v}");
+    // Four series: three operations and the service's aggregate; the
+    // tenant's own aggregate is exempt.
+    assert_eq!(ops.len(), 4, "3 operations and the overflow series: {v}");
     assert_eq!(ops[0]["operation"], OVERFLOW);
-    assert_eq!(ops[0]["requests"], 12);
+    assert_eq!(ops[0]["requests"], 14);
     assert_eq!(ops.iter().map(|o| o["requests"].as_u64().unwrap()).sum::<u64>(), 20);
     let folded = r#"tally_rollup_overflow_items_total{kind="span",limit="tenant"}"#;
-    assert_eq!(metric_value(&s.metrics().await, folded) - metric_value(&before, folded), 12.0);
+    assert_eq!(metric_value(&s.metrics().await, folded) - metric_value(&before, folded), 14.0);
+    // The tenant's SLO still counts every request.
+    let slo = s.get_json(&slo_path("busy", t - 60_000, t + 60_000, "1h"), None).await;
+    assert_eq!(slo["total"]["requests"], 20, "{slo}");
     s.stop().await;
 }
 
@@ -266,6 +271,31 @@ async fn sdk_histogram_metric_gives_count_sum_and_bucket_percentiles() {
     let p50 = p["p50"].as_f64().unwrap();
     let p99 = p["p99"].as_f64().unwrap();
     assert!((37.5..37.9).contains(&p50) && (175.0..176.5).contains(&p99), "{p}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_names_and_missing_start_times_do_not_stop_the_rollups() {
+    let s = TestServer::start(Db::Postgres, "").await;
+    let mut req = spans_at("hostile", "GET /ok", 1, now_ms(), 5, false);
+    let mut odd = spans_at("hostile", &"x".repeat(5000), 1, now_ms(), 5, false).resource_spans.remove(0);
+    // PostgreSQL text refuses NUL; a 5,000-byte name exceeds an index row.
+    odd.resource.as_mut().unwrap().attributes[1] = kv("service.name", "bad\0service");
+    odd.scope_spans[0].spans[0].start_time_unix_nano = 0;
+    req.resource_spans.push(odd);
+    send(&s, &req).await;
+    let s = s.restart("").await;
+    let (from, to) = (now_ms() - 3_600_000, now_ms() + 60_000);
+    let v = s.get_json(&slo_path("hostile", from, to, "1h"), None).await;
+    assert_eq!(v["total"]["requests"], 2, "{v}");
+    // The span without a start time counts as a request of unknown (zero) duration.
+    assert_eq!(v["total"]["max_ms"], 5.0, "{v}");
+    let top = s
+        .get_json(&format!("/v1/slo/top?tenant=hostile&from={}&to={}&by=requests", rfc3339(from), rfc3339(to)), None)
+        .await;
+    let names: Vec<&str> =
+        top["operations"].as_array().unwrap().iter().map(|o| o["operation"].as_str().unwrap()).collect();
+    assert!(names.contains(&"GET /ok") && names.iter().any(|n| n.len() == 256), "{top}");
     s.stop().await;
 }
 

@@ -2,7 +2,11 @@
 //! series, log records to severity counts, metric points to gauge and
 //! histogram series. Reads only the fields a rollup needs.
 
-use std::collections::BTreeMap;
+use std::{
+    borrow::Cow,
+    collections::BTreeMap,
+    hash::{Hash, Hasher},
+};
 
 use tally_core::{
     TenantId, attributes,
@@ -86,9 +90,33 @@ impl Observed {
 }
 
 const UNKNOWN_SERVICE: &str = "unknown_service";
+/// Longest service, operation or metric name kept; longer ones are cut (a
+/// database key has a size limit, and such names are never meant).
+const MAX_NAME_BYTES: usize = 256;
+/// Longest attribute set kept as is; longer ones are replaced by a hash.
+const MAX_DETAIL_BYTES: usize = 1024;
 
-fn service(resource: Option<&tally_core::otlp::resource::v1::Resource>) -> &str {
-    resource.and_then(|r| attributes::str(&r.attributes, "service.name")).unwrap_or(UNKNOWN_SERVICE)
+/// A name safe as a database key: NUL (refused by PostgreSQL text) replaced,
+/// cut to [`MAX_NAME_BYTES`] on a character boundary. Borrowed when clean.
+fn clean(name: &str) -> Cow<'_, str> {
+    if name.len() <= MAX_NAME_BYTES && !name.contains('\0') {
+        return Cow::Borrowed(name);
+    }
+    let mut end = name.len().min(MAX_NAME_BYTES);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(name[..end].replace('\0', "\u{fffd}"))
+}
+
+/// The resource's service; a literal `*` is renamed, as `*` marks the
+/// pre-aggregated series.
+fn service(resource: Option<&tally_core::otlp::resource::v1::Resource>) -> Cow<'_, str> {
+    match resource.and_then(|r| attributes::str(&r.attributes, "service.name")) {
+        Some(ALL) => Cow::Borrowed("(*)"),
+        Some(s) => clean(s),
+        None => Cow::Borrowed(UNKNOWN_SERVICE),
+    }
 }
 
 fn span_kind(kind: i32) -> &'static str {
@@ -119,11 +147,19 @@ pub fn spans(w: &mut Windows, tenant: &TenantId, range: &TimeRange, data: &[Reso
     let mut seen = Observed::default();
     for rs in data {
         let service = service(rs.resource.as_ref());
+        let service = service.as_ref();
         for span in rs.scope_spans.iter().flat_map(|s| &s.spans) {
             let Some(t) = seen.note(range.check(span.end_time_unix_nano)) else { continue };
-            let name = attributes::str(&span.attributes, "http.route").unwrap_or(&span.name);
+            let name = clean(attributes::str(&span.attributes, "http.route").unwrap_or(&span.name));
+            let name = name.as_ref();
             let key = SeriesRef { tenant, kind: RollupKind::Span, service, name, detail: span_kind(span.kind) };
-            let micros = span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano).div_ceil(1000);
+            // An unset start time would make a decades-long span.
+            let micros = match span.start_time_unix_nano {
+                0 => 0,
+                start => {
+                    span.end_time_unix_nano.saturating_sub(start).div_ceil(1000).min(tally_core::histogram::MAX_VALUE)
+                }
+            };
             let error = is_error(span);
             w.update(key, t, |v| v.add_span(micros, error));
             if span.kind == SpanKind::Server as i32 || span.kind == SpanKind::Consumer as i32 {
@@ -157,6 +193,7 @@ pub fn logs(w: &mut Windows, tenant: &TenantId, range: &TimeRange, data: &[Resou
     let mut seen = Observed::default();
     for rl in data {
         let service = service(rl.resource.as_ref());
+        let service = service.as_ref();
         for rec in rl.scope_logs.iter().flat_map(|s| &s.log_records) {
             let time = if rec.time_unix_nano != 0 { rec.time_unix_nano } else { rec.observed_time_unix_nano };
             let Some(t) = seen.note(range.check(time)) else { continue };
@@ -187,7 +224,14 @@ impl AttributeFilter {
             .filter(|kv| self.0.is_empty() || self.0.iter().any(|k| *k == kv.key))
             .filter_map(|kv| Some((kv.key.as_str(), attributes::text(kv.value.as_ref()?.value.as_ref()?)?)))
             .collect();
-        serde_json::to_string(&kept).unwrap_or_else(|_| "{}".into())
+        let json = serde_json::to_string(&kept).unwrap_or_else(|_| "{}".into());
+        if json.len() <= MAX_DETAIL_BYTES {
+            return json;
+        }
+        // Too long for a database key: distinct sets stay distinct by hash.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        json.hash(&mut h);
+        format!(r#"{{"otel.attributes.hash":"{:016x}"}}"#, h.finish())
     }
 }
 
@@ -201,8 +245,10 @@ pub fn metrics(
     let mut seen = Observed::default();
     for rm in data {
         let service = service(rm.resource.as_ref());
+        let service = service.as_ref();
         for metric in rm.scope_metrics.iter().flat_map(|s| &s.metrics) {
-            let name = metric.name.as_str();
+            let name = clean(&metric.name);
+            let name = name.as_ref();
             let mut series =
                 |kind: RollupKind, attrs: &[KeyValue], time: u64, f: &mut dyn FnMut(&mut RollupValues, i64)| {
                     let Some(t) = seen.note(range.check(time)) else { return };
@@ -248,7 +294,10 @@ fn number_point(v: &mut RollupValues, p: &NumberDataPoint, t: i64) {
         Some(number_data_point::Value::AsInt(i)) => i as f64,
         None => return,
     };
-    v.add_point(value, t);
+    // NaN marks a stale series in Prometheus-style exporters: not a value.
+    if value.is_finite() {
+        v.add_point(value, t);
+    }
 }
 
 fn record_scaled(v: &mut RollupValues, value: f64, count: u64) {
@@ -257,12 +306,13 @@ fn record_scaled(v: &mut RollupValues, value: f64, count: u64) {
 }
 
 fn histogram_totals(v: &mut RollupValues, count: u64, sum: Option<f64>, min: Option<f64>, max: Option<f64>) {
-    v.count += count;
-    v.sum += sum.unwrap_or(0.0);
-    if let Some(m) = min {
+    let finite = |x: Option<f64>| x.filter(|x| x.is_finite());
+    v.count = v.count.saturating_add(count).min(tally_core::histogram::MAX_COUNT);
+    v.sum += finite(sum).unwrap_or(0.0);
+    if let Some(m) = finite(min) {
         v.min = v.min.min(m);
     }
-    if let Some(m) = max {
+    if let Some(m) = finite(max) {
         v.max = v.max.max(m);
     }
 }
@@ -293,10 +343,11 @@ fn exponential_histogram(v: &mut RollupValues, p: &ExponentialHistogramDataPoint
     histogram_totals(v, p.count, p.sum, p.min, p.max);
     record_scaled(v, 0.0, p.zero_count);
     if let Some(pos) = &p.positive {
-        let base = 2f64.powf(2f64.powi(-p.scale));
+        // The spec's scales are -10..=20; others would overflow the arithmetic.
+        let base = 2f64.powf(2f64.powi(-p.scale.clamp(-10, 20)));
         for (i, &count) in pos.bucket_counts.iter().enumerate() {
             if count > 0 {
-                let lower = base.powi(pos.offset + i as i32);
+                let lower = base.powi(pos.offset.saturating_add(i32::try_from(i).unwrap_or(i32::MAX)));
                 record_scaled(v, lower * base.sqrt(), count);
             }
         }

@@ -25,6 +25,8 @@ pub struct MaintenanceReport {
     pub rows: u64,
     /// Chunks left alone because another replica holds the lock.
     pub skipped: u64,
+    /// Chunks that failed (logged; tried again next pass).
+    pub failed: u64,
 }
 
 /// One pass as of `now_ms`.
@@ -38,8 +40,14 @@ pub async fn maintain(store: &Store, config: &RollupConfig, now_ms: i64) -> tall
     let mut report = MaintenanceReport::default();
     for (from, into, retention) in steps {
         for chunk in store.expired_rollup_chunks(from, now_ms - retention).await? {
-            match store.downsample_rollup_chunk(from, chunk, into).await? {
-                Some(rows) => {
+            match store.downsample_rollup_chunk(from, chunk, into).await {
+                // One chunk that fails (e.g. a row that will not write) must not
+                // stop the others; it is tried again next pass.
+                Err(e) => {
+                    report.failed += 1;
+                    tracing::error!(table = from.name(), chunk_start_ms = chunk, error = %e, "rollup chunk not downsampled");
+                }
+                Ok(Some(rows)) => {
                     report.chunks += 1;
                     report.rows += rows;
                     metrics::counter!(metric_names::ROLLUP_DOWNSAMPLED_ROWS, "table" => from.name()).increment(rows);
@@ -50,7 +58,7 @@ pub async fn maintain(store: &Store, config: &RollupConfig, now_ms: i64) -> tall
                         "rollup chunk downsampled/expired"
                     );
                 }
-                None => report.skipped += 1,
+                Ok(None) => report.skipped += 1,
             }
         }
     }

@@ -170,6 +170,15 @@ async fn write_loop(store: Store, mut rx: mpsc::UnboundedReceiver<Flush>, max_pe
                 pending.pop_front();
                 backoff = Duration::ZERO;
             }
+            Err(e) if !e.is_retriable() => {
+                // Something in this flush the database refuses (it would be
+                // refused forever): write it row by row and drop only what fails.
+                metrics::counter!(metric_names::FLUSH_ERRORS).increment(1);
+                tracing::error!(error = %e, "rollup flush refused by the database; isolating the bad rows");
+                if let Some(mut f) = pending.pop_front() {
+                    write_isolated(&store, &mut f).await;
+                }
+            }
             Err(e) => {
                 metrics::counter!(metric_names::FLUSH_ERRORS).increment(1);
                 tracing::warn!(error = %e, pending = pending.len(), "writing rollups failed; will retry");
@@ -199,6 +208,25 @@ async fn write_loop(store: Store, mut rx: mpsc::UnboundedReceiver<Flush>, max_pe
                     wait.await;
                 }
             }
+        }
+    }
+}
+
+/// Writes a flush one row at a time, dropping (and counting) the rows the
+/// database refuses; a row failing for a passing reason is dropped too
+/// rather than stalling everyone behind it.
+async fn write_isolated(store: &Store, f: &mut Flush) {
+    if !f.counts.is_empty() {
+        if let Err(e) = store.add_ingest_counts(&f.counts, f.at_ms).await {
+            tracing::error!(error = %e, "ingest counts dropped");
+        }
+    }
+    for row in std::mem::take(&mut f.rows) {
+        if let Err(e) = store.write_rollups(RollupTable::Windows, std::slice::from_ref(&row)).await {
+            metrics::counter!(metric_names::ROLLUP_DROPPED_ROWS).increment(1);
+            tracing::error!(error = %e, series = ?row.key, start_ms = row.start_ms, "rollup row dropped");
+        } else {
+            metrics::counter!(metric_names::ROLLUP_ROWS_WRITTEN).increment(1);
         }
     }
 }

@@ -126,8 +126,8 @@ impl Windows {
         };
         match window.series.entry(hash, |(k, _)| key.matches(k), rehash) {
             Entry::Occupied(mut o) => f(&mut o.get_mut().1),
-            // Per-service and per-tenant aggregates are few and never folded.
-            Entry::Vacant(v) if key.detail == ALL => {
+            // The tenant's own aggregate is never folded (one per tenant).
+            Entry::Vacant(v) if key.service == ALL && key.detail == ALL => {
                 f(&mut v.insert((key.to_owned(), RollupValues::default())).get_mut().1);
                 self.series += 1;
             }
@@ -213,6 +213,17 @@ impl Windows {
 /// The series that takes what a limit keeps out: per metric, the metric's
 /// overflow series; per tenant, one series per kind.
 fn overflow_of(key: &SeriesRef<'_>, limit: &str) -> SeriesKey {
+    if key.detail == ALL {
+        // A service's aggregate: folds into an aggregate of its own, so the
+        // operations' overflow series does not count the same spans twice.
+        return SeriesKey {
+            tenant: key.tenant.clone(),
+            kind: key.kind,
+            service: OVERFLOW.into(),
+            name: ALL.into(),
+            detail: ALL.into(),
+        };
+    }
     let metric = matches!(key.kind, RollupKind::Gauge | RollupKind::Histogram);
     SeriesKey {
         tenant: key.tenant.clone(),
