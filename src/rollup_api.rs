@@ -37,14 +37,25 @@ const MAX_STEPS: i64 = 11_000;
 /// Histogram values of metric histograms are stored × this.
 const HISTOGRAM_SCALE: f64 = 1000.0;
 
-pub fn router(store: Store) -> Router {
+/// The query API's view of the rollups: the store, and from when on rows
+/// are hourly or daily (so a step never splits a stored row).
+#[derive(Clone)]
+pub struct RollupState {
+    pub store: Store,
+    /// `rollups.window_retention`: older data is in hour rows.
+    pub hourly_after_ms: i64,
+    /// `rollups.hour_retention`: older data is in day rows.
+    pub daily_after_ms: i64,
+}
+
+pub fn router(state: RollupState) -> Router {
     Router::new()
         .route("/v1/slo", get(slo))
         .route("/v1/slo/top", get(top))
         .route("/v1/gauges", get(gauges))
         .route("/v1/histograms", get(histograms))
         .route("/v1/logs/counts", get(log_counts))
-        .with_state(store)
+        .with_state(state)
 }
 
 #[derive(Deserialize)]
@@ -70,7 +81,7 @@ struct Range {
 }
 
 impl Range {
-    fn parse(q: &RangeQuery, caller: &Caller) -> Result<Range, ApiError> {
+    fn parse(q: &RangeQuery, caller: &Caller, st: &RollupState) -> Result<Range, ApiError> {
         let tenant = parse_tenant(&q.tenant)?;
         check_read(caller, &tenant)?;
         let to_ms = match &q.to {
@@ -95,6 +106,17 @@ impl Range {
         if step_ms < 1000 {
             return Err(ApiError::bad_request("step: must be at least 1s"));
         }
+        // Older data is stored per hour or day: a finer step would put each
+        // hour's total in one step and nothing in the others.
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let step_ms = if from_ms < now - st.daily_after_ms {
+            step_ms.max(86_400_000)
+        } else if from_ms < now - st.hourly_after_ms {
+            step_ms.max(3_600_000)
+        } else {
+            step_ms
+        };
         if (to_ms - from_ms) / step_ms > MAX_STEPS {
             return Err(ApiError::bad_request(format!("step: the range holds more than {MAX_STEPS} steps")));
         }
@@ -175,19 +197,19 @@ fn slo_point(v: &RollupValues, seconds: f64) -> Map<String, Value> {
 }
 
 async fn slo(
-    State(store): State<Store>,
+    State(st): State<RollupState>,
     Extension(caller): Extension<Caller>,
     Query(q): Query<RangeQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let r = Range::parse(&q, &caller)?;
+    let r = Range::parse(&q, &caller, &st)?;
     // A tenant's or service's SLO reads its pre-aggregated entry-span series;
     // an operation's, that operation's series of every span kind.
     let rows = match q.operation.as_deref() {
         None => {
-            r.read(&store, RollupKind::Span, Some(q.service.as_deref().unwrap_or(ALL)), Some(ALL), Some(ALL)).await?
+            r.read(&st.store, RollupKind::Span, Some(q.service.as_deref().unwrap_or(ALL)), Some(ALL), Some(ALL)).await?
         }
         Some(op) => {
-            let mut rows = r.read(&store, RollupKind::Span, q.service.as_deref(), Some(op), None).await?;
+            let mut rows = r.read(&st.store, RollupKind::Span, q.service.as_deref(), Some(op), None).await?;
             rows.retain(|row| &*row.key.detail != ALL);
             rows
         }
@@ -213,11 +235,11 @@ async fn slo(
 
 /// `by` = `p95` (default), `p99`, `error_rate` or `requests`; `limit` (10).
 async fn top(
-    State(store): State<Store>,
+    State(st): State<RollupState>,
     Extension(caller): Extension<Caller>,
     Query(q): Query<RangeQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let r = Range::parse(&q, &caller)?;
+    let r = Range::parse(&q, &caller, &st)?;
     let by = q.by.as_deref().unwrap_or("p95");
     let rank: fn(&RollupValues) -> f64 = match by {
         "p95" => |v| v.hist.as_ref().and_then(|h| h.value_at_quantile(0.95)).unwrap_or(0) as f64,
@@ -228,7 +250,7 @@ async fn top(
             return Err(ApiError::bad_request(format!("by: {other:?} is not one of p95, p99, error_rate, requests")));
         }
     };
-    let mut rows = r.read(&store, RollupKind::Span, q.service.as_deref(), None, None).await?;
+    let mut rows = r.read(&st.store, RollupKind::Span, q.service.as_deref(), None, None).await?;
     rows.retain(|row| &*row.key.detail != ALL);
     let mut ops: BTreeMap<(Box<str>, Box<str>, Box<str>), Vec<RollupValues>> = BTreeMap::new();
     for row in rows {
@@ -265,15 +287,15 @@ fn name_param(q: &RangeQuery) -> Result<&str, ApiError> {
 /// Series of metric rows per step, service and attribute set, each point
 /// built by `point` from the merged values.
 async fn metric_series(
-    store: &Store,
+    st: &RollupState,
     q: &RangeQuery,
     caller: &Caller,
     kind: RollupKind,
     point: fn(&RollupValues) -> Map<String, Value>,
 ) -> Result<Json<Value>, ApiError> {
-    let r = Range::parse(q, caller)?;
+    let r = Range::parse(q, caller, st)?;
     let name = name_param(q)?;
-    let rows = r.read(store, kind, q.service.as_deref(), Some(name), None).await?;
+    let rows = r.read(&st.store, kind, q.service.as_deref(), Some(name), None).await?;
     let series: Vec<Value> = r
         .merge_by(rows, |row| (row.key.service.clone(), row.key.detail.clone()))
         .into_iter()
@@ -292,11 +314,11 @@ async fn metric_series(
 }
 
 async fn gauges(
-    State(store): State<Store>,
+    State(st): State<RollupState>,
     Extension(caller): Extension<Caller>,
     Query(q): Query<RangeQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    metric_series(&store, &q, &caller, RollupKind::Gauge, |v| {
+    metric_series(&st, &q, &caller, RollupKind::Gauge, |v| {
         let mut m = Map::new();
         m.insert("last".into(), json!(v.last_opt()));
         m.insert("min".into(), json!(v.min_opt()));
@@ -309,11 +331,11 @@ async fn gauges(
 }
 
 async fn histograms(
-    State(store): State<Store>,
+    State(st): State<RollupState>,
     Extension(caller): Extension<Caller>,
     Query(q): Query<RangeQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    metric_series(&store, &q, &caller, RollupKind::Histogram, |v| {
+    metric_series(&st, &q, &caller, RollupKind::Histogram, |v| {
         let mut m = Map::new();
         m.insert("count".into(), v.count.into());
         m.insert("sum".into(), json!(v.sum));
@@ -326,12 +348,12 @@ async fn histograms(
 }
 
 async fn log_counts(
-    State(store): State<Store>,
+    State(st): State<RollupState>,
     Extension(caller): Extension<Caller>,
     Query(q): Query<RangeQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let r = Range::parse(&q, &caller)?;
-    let rows = r.read(&store, RollupKind::Log, q.service.as_deref(), None, None).await?;
+    let r = Range::parse(&q, &caller, &st)?;
+    let rows = r.read(&st.store, RollupKind::Log, q.service.as_deref(), None, None).await?;
     let mut total: BTreeMap<Box<str>, u64> = BTreeMap::new();
     let mut steps: BTreeMap<i64, BTreeMap<Box<str>, u64>> = BTreeMap::new();
     for row in rows {

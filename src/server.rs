@@ -93,7 +93,11 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             config: config.events.clone(),
         }))
         .merge(usage_api::router(usage_api::UsageState { store: store.clone(), meters }))
-        .merge(rollup_api::router(store.clone()))
+        .merge(rollup_api::router(rollup_api::RollupState {
+            store: store.clone(),
+            hourly_after_ms: config.rollups.window_retention.as_millis() as i64,
+            daily_after_ms: config.rollups.hour_retention.as_millis() as i64,
+        }))
         .layer(axum::middleware::from_fn_with_state(auth, tally_collector::auth::require_caller));
     let api_router = api::public_router(api_state).merge(v1);
     let api = axum::serve(nodelay(api_listener), api_router).with_graceful_shutdown(shutdown.clone().cancelled_owned());

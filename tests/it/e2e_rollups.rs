@@ -315,10 +315,11 @@ async fn logs_are_counted_by_severity() {
 #[tokio::test]
 async fn queries_name_the_bad_parameter() {
     let s = TestServer::start(Db::Sqlite, "").await;
+    let many_steps = slo_path("a", now_ms() - 86_400_000, now_ms(), "1s");
     for (query, field) in [
         ("/v1/slo?tenant=a&from=yesterday", "from"),
         ("/v1/slo?tenant=a&step=1ms", "step"),
-        ("/v1/slo?tenant=a&from=2026-01-01T00:00:00Z&to=2026-12-01T00:00:00Z&step=1s", "step"),
+        (many_steps.as_str(), "step"),
         ("/v1/slo?tenant=a b", "tenant"),
         ("/v1/gauges?tenant=a", "name"),
         ("/v1/slo/top?tenant=a&by=median", "by"),
@@ -327,6 +328,12 @@ async fn queries_name_the_bad_parameter() {
         assert_eq!(r.status(), 400, "{query}");
         let body: Value = r.json().await.unwrap();
         assert!(body["error"].as_str().unwrap().starts_with(field), "{query}: {body}");
+    }
+    // A range reaching back into hour rows is answered in whole hours.
+    let day = 86_400_000;
+    for (back, step) in [(day, 60), (10 * day, 3600), (100 * day, 86_400)] {
+        let v = s.get_json(&slo_path("a", now_ms() - back, now_ms(), "60s"), None).await;
+        assert_eq!(v["step_seconds"], step, "{back}");
     }
     s.stop().await;
 }
