@@ -370,6 +370,33 @@ fn page_sql(source: &str, after: bool) -> String {
     )
 }
 
+/// `page(tx, source, start, end, after)`: one page of [`page_sql`] on a
+/// backend's connection type (the same code for both; only the type differs).
+macro_rules! page_fn {
+    ($conn:ty) => {
+        pub async fn page(
+            tx: &mut $conn,
+            source: &str,
+            start: i64,
+            end: i64,
+            after: Option<&RollupRow>,
+        ) -> Result<Vec<RollupRow>> {
+            let mut q = sqlx::query(AssertSqlSafe(page_sql(source, after.is_some()))).bind(start).bind(end);
+            if let Some(a) = after {
+                let k = &a.key;
+                q = q
+                    .bind(k.tenant.as_str().to_owned())
+                    .bind(k.kind as i16)
+                    .bind(k.service.to_string())
+                    .bind(k.name.to_string())
+                    .bind(k.detail.to_string())
+                    .bind(a.start_ms);
+            }
+            q.fetch_all(&mut *tx).await?.iter().map(decode_row).collect()
+        }
+    };
+}
+
 /// PostgreSQL: whole columns bound as arrays, one statement per step.
 mod pg {
     use sqlx::PgPool;
@@ -401,27 +428,7 @@ mod pg {
         Ok(())
     }
 
-    pub async fn page(
-        tx: &mut PgConnection,
-        source: &str,
-        start: i64,
-        end: i64,
-        after: Option<&RollupRow>,
-    ) -> Result<Vec<RollupRow>> {
-        let sql = page_sql(source, after.is_some());
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(start).bind(end);
-        if let Some(a) = after {
-            let k = &a.key;
-            q = q
-                .bind(k.tenant.as_str().to_owned())
-                .bind(k.kind as i16)
-                .bind(k.service.to_string())
-                .bind(k.name.to_string())
-                .bind(k.detail.to_string())
-                .bind(a.start_ms);
-        }
-        q.fetch_all(&mut *tx).await?.iter().map(decode_row).collect()
-    }
+    page_fn!(PgConnection);
 
     /// Inserts `rows` (sorted by key) into `table`, merging those whose
     /// series and start already have a row.
@@ -528,27 +535,7 @@ fn merge_stored(stored: impl Iterator<Item = Result<RollupRow>>, conflicts: &[&R
 mod lite {
     use super::*;
 
-    pub async fn page(
-        tx: &mut SqliteConnection,
-        source: &str,
-        start: i64,
-        end: i64,
-        after: Option<&RollupRow>,
-    ) -> Result<Vec<RollupRow>> {
-        let sql = page_sql(source, after.is_some());
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(start).bind(end);
-        if let Some(a) = after {
-            let k = &a.key;
-            q = q
-                .bind(k.tenant.as_str().to_owned())
-                .bind(k.kind as i16)
-                .bind(k.service.to_string())
-                .bind(k.name.to_string())
-                .bind(k.detail.to_string())
-                .bind(a.start_ms);
-        }
-        q.fetch_all(&mut *tx).await?.iter().map(decode_row).collect()
-    }
+    page_fn!(SqliteConnection);
 
     pub async fn merge_rows(tx: &mut SqliteConnection, table: RollupTable, rows: &[&RollupRow]) -> Result<()> {
         let t = table.name();

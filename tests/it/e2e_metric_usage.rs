@@ -3,8 +3,6 @@
 //! restarts included), delta Sums and gauges count as sent; and a real
 //! Python SDK counter, restarted mid-way, is billed the sum of its increments.
 
-use std::process::Stdio;
-
 use serde_json::Value;
 use tally_core::otlp::{
     collector::metrics::v1::ExportMetricsServiceRequest,
@@ -159,28 +157,27 @@ async fn python_counter_restarted_bills_the_sum_of_increments(db: Db) {
     // before each export: 2 × 15 per process.
     for protocol in ["grpc", "http/protobuf"] {
         let endpoint = if protocol == "grpc" { s.grpc_url() } else { s.http_url("") };
-        let out = tokio::process::Command::new(client_python())
-            .arg(clients_dir().join("otel_send.py"))
-            .args(["--endpoint", &endpoint, "--protocol", protocol, "--tenant", "sdk-app", "--service", "worker"])
-            .args([
-                "--spans",
-                "0",
-                "--logs",
-                "0",
-                "--metric-series",
-                "2",
-                "--metric-exports",
-                "3",
-                "--metric-increment",
-                "5",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .await
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let sent: Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+        let sent = otel_send(&[
+            "--endpoint",
+            &endpoint,
+            "--protocol",
+            protocol,
+            "--tenant",
+            "sdk-app",
+            "--service",
+            "worker",
+            "--spans",
+            "0",
+            "--logs",
+            "0",
+            "--metric-series",
+            "2",
+            "--metric-exports",
+            "3",
+            "--metric-increment",
+            "5",
+        ])
+        .await;
         assert_eq!(sent["metric_points"], 6);
     }
     assert_eq!(s.usage_total("sdk-app", "requests").await, 2.0 * 2.0 * 15.0);

@@ -4,10 +4,7 @@
 //! shutdown writes open windows; the cardinality limit folds series; and
 //! downsampling keeps totals and percentiles exact.
 
-use std::{
-    process::Stdio,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
-};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use tally_core::{
@@ -82,16 +79,10 @@ fn slo_path(tenant: &str, from_ms: i64, to_ms: i64, step: &str) -> String {
 }
 
 async fn python_send(s: &TestServer, tenant: &str, args: &[&str]) {
-    let out = tokio::process::Command::new(client_python())
-        .arg(clients_dir().join("otel_send.py"))
-        .args(["--endpoint", &s.grpc_url(), "--protocol", "grpc", "--tenant", tenant, "--service", "checkout"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let endpoint = s.grpc_url();
+    let mut all = vec!["--endpoint", &endpoint, "--protocol", "grpc", "--tenant", tenant, "--service", "checkout"];
+    all.extend_from_slice(args);
+    otel_send(&all).await;
 }
 
 #[tokio::test]

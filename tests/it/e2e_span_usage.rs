@@ -2,8 +2,6 @@
 //! across resends and transports, sampled traces not billed unless scaled,
 //! and a real Python SDK client billed for its token attributes.
 
-use std::process::Stdio;
-
 use serde_json::Value;
 use tally_core::otlp::{collector::trace::v1::ExportTraceServiceRequest, common::v1::KeyValue};
 
@@ -128,17 +126,27 @@ async fn python_sdk_spans_are_billed_for_their_tokens() {
     let s = TestServer::start(Db::Sqlite, METERS).await;
     for protocol in ["grpc", "http/protobuf"] {
         let endpoint = if protocol == "grpc" { s.grpc_url() } else { s.http_url("") };
-        let out = tokio::process::Command::new(client_python())
-            .arg(clients_dir().join("otel_send.py"))
-            .args(["--endpoint", &endpoint, "--protocol", protocol, "--tenant", "llm-app", "--service", "chat-api"])
-            .args(["--spans", "9", "--logs", "0", "--metric-series", "0"])
-            .args(["--span-attr", "gen_ai.usage.input_tokens=7", "--span-attr", "gen_ai.request.model=small"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .await
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        otel_send(&[
+            "--endpoint",
+            &endpoint,
+            "--protocol",
+            protocol,
+            "--tenant",
+            "llm-app",
+            "--service",
+            "chat-api",
+            "--spans",
+            "9",
+            "--logs",
+            "0",
+            "--metric-series",
+            "0",
+            "--span-attr",
+            "gen_ai.usage.input_tokens=7",
+            "--span-attr",
+            "gen_ai.request.model=small",
+        ])
+        .await;
     }
     // Two runs of 9 spans (new span ids each run), 7 tokens each.
     assert_eq!(s.usage_total("llm-app", "input_tokens").await, 2.0 * 9.0 * 7.0);

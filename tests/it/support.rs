@@ -260,6 +260,21 @@ pub fn client_python() -> PathBuf {
     p
 }
 
+/// Runs the Python SDK client `tests/clients/otel_send.py` with `args`;
+/// panics with its stderr if it fails, returns its JSON summary.
+pub async fn otel_send(args: &[&str]) -> serde_json::Value {
+    let out = tokio::process::Command::new(client_python())
+        .arg(clients_dir().join("otel_send.py"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(out.stdout.trim_ascii()).unwrap()
+}
+
 pub fn clients_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
 }
