@@ -232,10 +232,11 @@ impl Histogram {
         if digits != SIGNIFICANT_DIGITS || lowest != 1u64.to_be_bytes() || word(8)? != 0 {
             return Err(HistogramError::Layout(digits));
         }
-        let mut payload =
-            bytes.get(V2_HEADER_LEN..V2_HEADER_LEN + len).ok_or(HistogramError::Truncated)?.iter().copied();
-        // Most encoded buckets take two or three bytes.
-        let mut h = Histogram { buckets: Vec::with_capacity(len / 2), total: 0 };
+        let payload = bytes.get(V2_HEADER_LEN..V2_HEADER_LEN + len).ok_or(HistogramError::Truncated)?;
+        // One entry per varint at most (each ends with a byte below 0x80).
+        let varints = payload.iter().filter(|b| **b < 0x80).count();
+        let mut h = Histogram { buckets: Vec::with_capacity(varints), total: 0 };
+        let mut payload = payload.iter().copied();
         let mut index: u64 = 0;
         let max_index = u64::from(index_of(MAX_VALUE));
         while let Some(v) = get_varint(&mut payload)? {

@@ -80,6 +80,8 @@ pub struct RollupFilter<'a> {
 
 const COLUMNS: &str =
     "tenant, kind, service, name, detail, start_ms, count, errors, sum, min, max, last, last_ms, hist";
+/// [`COLUMNS`] of table alias `r`.
+const COLUMNS_R: &str = "r.tenant, r.kind, r.service, r.name, r.detail, r.start_ms, r.count, r.errors, r.sum, r.min, r.max, r.last, r.last_ms, r.hist";
 const KEY_ORDER: &str = "tenant, kind, service, name, detail, start_ms";
 /// Rows per page when downsampling, and per write when merging them on.
 const PAGE: i64 = 5000;
@@ -109,43 +111,44 @@ fn owned_key(r: &RollupRow) -> OwnedKey {
     )
 }
 
+/// A row of [`COLUMNS`] (by position: no name lookups on this hot path of
+/// queries; the histogram is decoded from the row's buffer, not a copy).
 fn decode_row<R: Row>(row: &R) -> Result<RollupRow>
 where
-    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    usize: sqlx::ColumnIndex<R>,
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> &'r str: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> &'r [u8]: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> i16: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> f64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     let corrupt = |what: String| StoreError::Corrupt(what);
-    let tenant: String = row.try_get("tenant")?;
-    let kind: i16 = row.try_get("kind")?;
-    let hist: Option<Vec<u8>> = row.try_get("hist")?;
+    let tenant: &str = row.try_get(0)?;
+    let kind: i16 = row.try_get(1)?;
+    let hist: Option<&[u8]> = row.try_get(13)?;
     // A histogram that does not decode (not written by tally) loses its
     // percentiles, not the row or the whole query.
     let hist = hist.and_then(|b| {
-        Histogram::decode(&b)
-            .inspect_err(|e| tracing::warn!(tenant, error = %e, "stored rollup histogram ignored"))
-            .ok()
+        Histogram::decode(b).inspect_err(|e| tracing::warn!(tenant, error = %e, "stored rollup histogram ignored")).ok()
     });
     Ok(RollupRow {
         key: SeriesKey {
             kind: RollupKind::from_i16(kind).ok_or_else(|| corrupt(format!("rollup kind {kind}")))?,
-            tenant: TenantId::parse(&tenant).map_err(|e| corrupt(format!("rollup tenant {tenant:?}: {e}")))?,
-            service: row.try_get::<String, _>("service")?.into(),
-            name: row.try_get::<String, _>("name")?.into(),
-            detail: row.try_get::<String, _>("detail")?.into(),
+            tenant: TenantId::parse(tenant).map_err(|e| corrupt(format!("rollup tenant {tenant:?}: {e}")))?,
+            service: row.try_get::<&str, _>(2)?.into(),
+            name: row.try_get::<&str, _>(3)?.into(),
+            detail: row.try_get::<&str, _>(4)?.into(),
         },
-        start_ms: row.try_get("start_ms")?,
+        start_ms: row.try_get(5)?,
         values: RollupValues {
-            count: row.try_get::<i64, _>("count")? as u64,
-            errors: row.try_get::<i64, _>("errors")? as u64,
-            sum: row.try_get("sum")?,
-            min: row.try_get::<Option<f64>, _>("min")?.unwrap_or(f64::INFINITY),
-            max: row.try_get::<Option<f64>, _>("max")?.unwrap_or(f64::NEG_INFINITY),
-            last: row.try_get::<Option<f64>, _>("last")?.unwrap_or(0.0),
-            last_ms: row.try_get::<Option<i64>, _>("last_ms")?.unwrap_or(i64::MIN),
+            count: row.try_get::<i64, _>(6)? as u64,
+            errors: row.try_get::<i64, _>(7)? as u64,
+            sum: row.try_get(8)?,
+            min: row.try_get::<Option<f64>, _>(9)?.unwrap_or(f64::INFINITY),
+            max: row.try_get::<Option<f64>, _>(10)?.unwrap_or(f64::NEG_INFINITY),
+            last: row.try_get::<Option<f64>, _>(11)?.unwrap_or(0.0),
+            last_ms: row.try_get::<Option<i64>, _>(12)?.unwrap_or(i64::MIN),
             hist,
         },
     })
@@ -457,7 +460,7 @@ mod pg {
             .collect::<Result<_, sqlx::Error>>()?;
         let conflicts: Vec<&RollupRow> = rows.iter().copied().filter(|r| !inserted.contains(&owned_key(r))).collect();
         let stored = sqlx::query(AssertSqlSafe(format!(
-            "SELECT r.* FROM {t} r JOIN UNNEST($1::text[], $2::int2[], $3::text[], $4::text[], $5::text[], $6::int8[]) \
+            "SELECT {COLUMNS_R} FROM {t} r JOIN UNNEST($1::text[], $2::int2[], $3::text[], $4::text[], $5::text[], $6::int8[]) \
              AS k(tenant, kind, service, name, detail, start_ms) USING ({KEY_ORDER}) \
              ORDER BY {KEY_ORDER} FOR UPDATE OF r"
         )))
