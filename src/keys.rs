@@ -1,11 +1,9 @@
 //! `tally keys create|list|revoke`: API keys, shown once, stored hashed.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use clap::{Args, Subcommand};
 use rand::{Rng, SeedableRng, distr::Alphanumeric, rngs::StdRng};
 use tally_collector::auth::{KEY_PREFIX, hash_key};
-use tally_core::TenantId;
+use tally_core::{TenantId, now_ms};
 use tally_store::{ApiKeyRow, Store};
 
 #[derive(Debug, Subcommand)]
@@ -30,10 +28,6 @@ pub struct CreateArgs {
     /// An admin key: reads all tenants.
     #[arg(long)]
     admin: bool,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn random(rng: &mut StdRng, n: usize) -> String {

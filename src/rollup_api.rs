@@ -26,7 +26,7 @@ use serde_json::{Map, Value, json};
 use tally_collector::Caller;
 use tally_core::{
     TenantId,
-    rollup::{ALL, RollupKind, RollupRow, RollupValues},
+    rollup::{ALL, HISTOGRAM_SCALE, RollupKind, RollupRow, RollupValues},
 };
 use tally_store::{RollupFilter, Store};
 
@@ -34,8 +34,6 @@ use crate::api::{ApiError, check_read, parse_tenant, parse_time, rfc3339};
 
 /// Most steps one query may ask for.
 const MAX_STEPS: i64 = 11_000;
-/// Histogram values of metric histograms are stored × this.
-const HISTOGRAM_SCALE: f64 = 1000.0;
 
 /// The query API's view of the rollups: the store, and from when on rows
 /// are hourly or daily (so a step never splits a stored row).
@@ -86,9 +84,7 @@ impl Range {
         check_read(caller, &tenant)?;
         let to_ms = match &q.to {
             Some(t) => parse_time("to", t)?,
-            None => {
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-            }
+            None => tally_core::now_ms(),
         };
         let from_ms = match &q.from {
             Some(t) => parse_time("from", t)?,
@@ -108,8 +104,7 @@ impl Range {
         }
         // Older data is stored per hour or day: a finer step would put each
         // hour's total in one step and nothing in the others.
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let now = tally_core::now_ms();
         let step_ms = if from_ms < now - st.daily_after_ms {
             step_ms.max(86_400_000)
         } else if from_ms < now - st.hourly_after_ms {
@@ -173,7 +168,7 @@ impl Range {
     }
 }
 
-/// Percentiles of a histogram of values stored × `scale_to_unit`⁻¹.
+/// p50…p99 of `v`'s histogram, stored values divided by `scale`, as `p50{unit}`…
 fn percentiles(v: &RollupValues, scale: f64, out: &mut Map<String, Value>, unit: &str) {
     for (label, q) in [("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99)] {
         let p = v.hist.as_ref().and_then(|h| h.value_at_quantile(q)).map(|x| x as f64 / scale);

@@ -195,8 +195,7 @@ async fn summary(
         Some(p) => NaiveDate::parse_from_str(&format!("{p}-01"), "%Y-%m-%d")
             .map_err(|_| ApiError::bad_request(format!("period: {p:?} is not YYYY-MM")))?,
         None => {
-            let now_ms =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            let now_ms = tally_core::now_ms();
             let now = Utc.timestamp_millis_opt(now_ms).single().unwrap_or_default();
             NaiveDate::from_ymd_opt(now.year(), now.month(), 1).unwrap_or_default()
         }

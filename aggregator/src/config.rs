@@ -58,7 +58,7 @@ pub struct RollupConfig {
 impl RollupConfig {
     pub fn validate(&self) -> Result<(), String> {
         let w = self.window.as_millis();
-        if w < 1000 || w % 1000 != 0 || 3_600_000 % w != 0 {
+        if w < 1000 || !w.is_multiple_of(1000) || !3_600_000u128.is_multiple_of(w) {
             return Err(format!("rollups.window: {w} ms must be whole seconds dividing an hour (e.g. 10s, 1m, 5m)"));
         }
         const DAY: u128 = 86_400_000;

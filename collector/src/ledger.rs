@@ -6,7 +6,7 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use tally_core::{CumulativePoint, UsageOutcome, UsageRecord, metric_names};
@@ -114,7 +114,7 @@ async fn commit(store: &Store, jobs: Vec<Job>) {
         all.extend(job.records);
         cumulative.extend(job.cumulative);
     }
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let now_ms = tally_core::now_ms();
     let start = Instant::now();
     // A retriable failure (busy, connection lost) is retried briefly here;
     // otherwise the requests get an error and their senders retry, which is

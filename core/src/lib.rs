@@ -22,7 +22,7 @@ pub use meter::{Aggregation, JsonPath, MeterConfig};
 pub use secret::Secret;
 pub use signal::{Signal, Transport};
 pub use tenant::{TenantError, TenantId};
-pub use usage::{CumulativePoint, HOUR_MS, UsageOutcome, UsageRecord, hour_start};
+pub use usage::{CumulativePoint, DAY_MS, HOUR_MS, UsageOutcome, UsageRecord, hour_start, now_ms};
 
 /// The OTLP protobuf types tally works with, re-exported so downstream crates
 /// agree on one version.

@@ -45,6 +45,10 @@ impl RollupKind {
 /// number of operations. `detail` is never `ALL` on other span series.
 pub const ALL: &str = "*";
 
+/// Metric histogram values are held × this in HDR histograms (which hold
+/// integers), so e.g. seconds keep millisecond resolution.
+pub const HISTOGRAM_SCALE: f64 = 1000.0;
+
 /// Service, operation or metric name, and detail of the series that take
 /// what a cardinality limit keeps out.
 pub const OVERFLOW: &str = "_overflow";

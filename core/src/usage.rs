@@ -59,6 +59,12 @@ impl UsageOutcome {
 }
 
 pub const HOUR_MS: i64 = 3_600_000;
+pub const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// The wall clock as Unix milliseconds (0 if it is before 1970).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
 
 /// Start of the UTC hour holding `ms`.
 pub fn hour_start(ms: i64) -> i64 {

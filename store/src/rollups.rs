@@ -18,13 +18,11 @@ use std::collections::{BTreeSet, HashSet};
 
 use sqlx::{AssertSqlSafe, PgConnection, Row, SqliteConnection};
 use tally_core::{
-    Histogram, TenantId,
+    DAY_MS, Histogram, TenantId,
     rollup::{RollupKind, RollupRow, RollupValues, SeriesKey},
 };
 
 use crate::{Result, Store, StoreError};
-
-const DAY_MS: i64 = 86_400_000;
 
 /// The three rollup resolutions, finest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -19,14 +19,10 @@ use tally_core::{
         },
         trace::v1::{ResourceSpans, Span, span::SpanKind, status::StatusCode},
     },
-    rollup::{ALL, RollupKind, RollupValues},
+    rollup::{ALL, HISTOGRAM_SCALE, RollupKind, RollupValues},
 };
 
 use super::windows::{SeriesRef, Windows};
-
-/// Metric histogram values are held × this in the HDR histogram (which
-/// holds integers), so e.g. seconds keep millisecond resolution.
-pub const HISTOGRAM_SCALE: f64 = 1000.0;
 
 /// Why an item was left out of the rollups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,7 +217,7 @@ impl AttributeFilter {
         }
         let kept: BTreeMap<&str, std::borrow::Cow<'_, str>> = attrs
             .iter()
-            .filter(|kv| self.0.is_empty() || self.0.iter().any(|k| *k == kv.key))
+            .filter(|kv| self.0.is_empty() || self.0.contains(&kv.key))
             .filter_map(|kv| Some((kv.key.as_str(), attributes::text(kv.value.as_ref()?.value.as_ref()?)?)))
             .collect();
         let json = serde_json::to_string(&kept).unwrap_or_else(|_| "{}".into());

@@ -5,16 +5,13 @@
 //! one transaction, so the work is idempotent and a crash counts nothing
 //! twice; on PostgreSQL an advisory lock makes one replica do it.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use tally_core::metric_names;
+use tally_core::{DAY_MS, HOUR_MS, metric_names, now_ms};
 use tally_store::{RollupTable, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::RollupConfig;
-
-const HOUR_MS: i64 = 3_600_000;
-const DAY_MS: i64 = 24 * HOUR_MS;
 
 /// What one maintenance pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -73,8 +70,7 @@ pub async fn run_maintenance(store: Store, config: RollupConfig, stop: Cancellat
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
-                let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-                if let Err(e) = maintain(&store, &config, now).await {
+                if let Err(e) = maintain(&store, &config, now_ms()).await {
                     tracing::warn!(error = %e, "rollup maintenance failed; will retry next interval");
                 }
             }

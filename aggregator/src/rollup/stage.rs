@@ -4,10 +4,10 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, UNIX_EPOCH},
 };
 
-use tally_core::{Payload, QueuedRequest, Signal, TelemetryBatch, TenantId, metric_names, rollup::RollupRow};
+use tally_core::{Payload, QueuedRequest, Signal, TelemetryBatch, TenantId, metric_names, now_ms, rollup::RollupRow};
 use tally_store::{IngestCount, RollupTable, Store};
 use tokio::sync::mpsc;
 
@@ -19,10 +19,6 @@ use crate::RollupConfig;
 
 /// Longest a window reopened by late data waits before it is written again.
 const LATE_HOLD_MS: i64 = 10_000;
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
 
 fn ms(d: Duration) -> i64 {
     d.as_millis().min(i64::MAX as u128) as i64
@@ -216,10 +212,10 @@ async fn write_loop(store: Store, mut rx: mpsc::UnboundedReceiver<Flush>, max_pe
 /// database refuses; a row failing for a passing reason is dropped too
 /// rather than stalling everyone behind it.
 async fn write_isolated(store: &Store, f: &mut Flush) {
-    if !f.counts.is_empty() {
-        if let Err(e) = store.add_ingest_counts(&f.counts, f.at_ms).await {
-            tracing::error!(error = %e, "ingest counts dropped");
-        }
+    if !f.counts.is_empty()
+        && let Err(e) = store.add_ingest_counts(&f.counts, f.at_ms).await
+    {
+        tracing::error!(error = %e, "ingest counts dropped");
     }
     for row in std::mem::take(&mut f.rows) {
         if let Err(e) = store.write_rollups(RollupTable::Windows, std::slice::from_ref(&row)).await {

@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    hash::{BuildHasher, Hash, Hasher},
+    hash::BuildHasher,
 };
 
 use hashbrown::{HashTable, hash_table::Entry};
@@ -60,9 +60,7 @@ fn hash_of(
     name: &str,
     detail: &str,
 ) -> u64 {
-    let mut h = state.build_hasher();
-    (tenant, kind as u8, service, name, detail).hash(&mut h);
-    h.finish()
+    state.hash_one((tenant, kind as u8, service, name, detail))
 }
 
 /// Cardinality limits, per window.
@@ -151,7 +149,6 @@ impl Windows {
                         self.series += 1;
                     }
                     Some(limit) => {
-                        drop(v);
                         metrics::counter!(metric_names::ROLLUP_OVERFLOW, "kind" => key.kind.as_str(), "limit" => limit)
                             .increment(1);
                         if window.warned.insert(key.tenant.clone()) {

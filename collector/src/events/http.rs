@@ -1,7 +1,4 @@
-use std::{
-    sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::sync::Arc;
 
 use axum::{
     Json, Router,
@@ -99,7 +96,7 @@ async fn post_events(
     // mode) take the tenant from `subject`.
     let principal = caller.and_then(|axum::Extension(Caller(p))| p);
     let pinned: Option<&TenantId> = principal.as_ref().and_then(|p| p.pinned_tenant());
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let now_ms = tally_core::now_ms();
     let max_future_ms = st.config.max_future.as_millis() as i64;
     let checked: Vec<EventOutcome> =
         events.iter().map(|e| check_event(e, &st.meters, pinned, now_ms, max_future_ms)).collect();
