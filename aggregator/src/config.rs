@@ -28,6 +28,11 @@ pub struct RollupConfig {
     /// stored row.
     #[serde(with = "humantime_serde")]
     pub allowed_lateness: Duration,
+    /// How often the open windows' data so far is written (merged into the
+    /// stored rows), so queries and alerts see the current window; zero
+    /// writes a window only once it has closed.
+    #[serde(with = "humantime_serde")]
+    pub partial_flush_interval: Duration,
     /// Data timestamped further ahead than this is refused (`too_new`).
     #[serde(with = "humantime_serde")]
     pub max_future: Duration,

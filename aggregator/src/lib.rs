@@ -4,8 +4,11 @@
 //! windows (requests, errors, HDR latency histograms, log severities,
 //! gauges, metric histograms), writes them to the store when they close, and
 //! counts accepted items per tenant; [`maintain`] downsamples and expires
-//! the stored rollups. Alert evaluation and Parquet batching come later.
+//! the stored rollups; [`alert::AlertEngine`] evaluates alert rules over
+//! them and writes state changes and notifications. Parquet batching comes
+//! later.
 
+pub mod alert;
 mod config;
 pub mod rollup;
 

@@ -2,6 +2,7 @@
 //! batches that travel from the collector to downstream stages, the names of
 //! tally's own metrics, and a `Secret` wrapper for config values. No I/O here.
 
+pub mod alert;
 pub mod attributes;
 mod auth;
 mod batch;

@@ -74,3 +74,18 @@ pub mod reason {
     pub const TOO_OLD: &str = "too_old";
     pub const TOO_NEW: &str = "too_new";
 }
+
+/// Alert instances by state (`pending`, `firing`, `resolved`), after each
+/// evaluation round. Labels: `state`.
+pub const ALERTS: &str = "tally_alerts";
+/// Evaluation rounds run by this replica, and their duration in seconds.
+pub const ALERT_EVAL_DURATION: &str = "tally_alert_eval_seconds";
+/// Rules whose evaluation failed (e.g. the database was unreachable). Labels: `rule`.
+pub const ALERT_EVAL_ERRORS: &str = "tally_alert_eval_errors_total";
+/// Notifications by outcome: `delivered`, `retry` (an attempt failed and
+/// will be retried), `failed` (given up). Labels: `receiver`, `outcome`.
+pub const ALERT_NOTIFICATIONS: &str = "tally_alert_notifications_total";
+/// Notifications waiting in the outbox (all receivers).
+pub const ALERT_NOTIFICATIONS_PENDING: &str = "tally_alert_notifications_pending";
+/// Seconds from a notification's state change to its delivery. Labels: `receiver`.
+pub const ALERT_DELIVERY_SECONDS: &str = "tally_alert_delivery_seconds";

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sqlx::{PgConnection, Row, SqliteConnection};
-use tally_core::{CumulativePoint, TenantId, UsageOutcome, UsageRecord, hour_start};
+use tally_core::{Aggregation, CumulativePoint, TenantId, UsageOutcome, UsageRecord, hour_start};
 
 use crate::{Result, Store};
 
@@ -550,6 +550,67 @@ impl Store {
                 .collect::<Result<Vec<_>, sqlx::Error>>()
         })?;
         Ok(rows)
+    }
+}
+
+impl Store {
+    /// Every tenant's value of a meter over `[from_ms, to_ms)` (hourly rows
+    /// whose hour starts in range; `unique_count` reads the ledger), as the
+    /// meter's aggregation defines it: what usage-quota alerts compare.
+    pub async fn usage_totals(
+        &self,
+        meter: &str,
+        aggregation: Aggregation,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(String, f64)>> {
+        const TOTALS: &str = "SELECT tenant, SUM(sum), CAST(SUM(count) AS BIGINT), MIN(min), MAX(max) \
+             FROM usage_hourly WHERE meter = $1 AND hour_ms >= $2 AND hour_ms < $3 GROUP BY tenant ORDER BY tenant";
+        const LAST: &str = "SELECT tenant, last_value FROM usage_hourly \
+             WHERE meter = $1 AND hour_ms >= $2 AND hour_ms < $3 ORDER BY tenant, last_time_ms";
+        const DISTINCT: &str = "SELECT tenant, COUNT(DISTINCT distinct_key) FROM usage_events \
+             WHERE meter = $1 AND event_time_ms >= $2 AND event_time_ms < $3 AND distinct_key IS NOT NULL \
+             GROUP BY tenant ORDER BY tenant";
+        let sql = match aggregation {
+            Aggregation::Last => LAST,
+            Aggregation::UniqueCount => DISTINCT,
+            _ => TOTALS,
+        };
+        let rows = crate::on_pool!(self, |pool| {
+            sqlx::query(sql)
+                .bind(meter)
+                .bind(from_ms)
+                .bind(to_ms)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| {
+                    let tenant: String = r.try_get(0)?;
+                    let value = match aggregation {
+                        Aggregation::Last => r.try_get::<f64, _>(1)?,
+                        Aggregation::UniqueCount => r.try_get::<i64, _>(1)? as f64,
+                        Aggregation::Sum => r.try_get::<f64, _>(1)?,
+                        Aggregation::Count => r.try_get::<i64, _>(2)? as f64,
+                        Aggregation::Min => r.try_get::<f64, _>(3)?,
+                        Aggregation::Max => r.try_get::<f64, _>(4)?,
+                        Aggregation::Avg => {
+                            let n = r.try_get::<i64, _>(2)?;
+                            if n > 0 { r.try_get::<f64, _>(1)? / n as f64 } else { 0.0 }
+                        }
+                    };
+                    Ok((tenant, value))
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+        })?;
+        // Rows of `Last` come oldest first: the last row of a tenant wins.
+        let mut out: Vec<(String, f64)> = Vec::new();
+        for (tenant, value) in rows {
+            match out.last_mut() {
+                Some(last) if last.0 == tenant => last.1 = value,
+                _ => out.push((tenant, value)),
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -7,6 +7,7 @@
 //! [`on_pool!`]; where the dialects differ, the difference is spelled out
 //! next to the query.
 
+mod alerts;
 mod error;
 mod ingest;
 mod keys;
@@ -14,11 +15,12 @@ mod ledger;
 mod rollups;
 mod store;
 
+pub use alerts::{Attempt, NewNotification, OutboxRow};
 pub use error::StoreError;
 pub use ingest::IngestCount;
 pub use keys::ApiKeyRow;
 pub use ledger::{HourlyUsage, TenantRow};
-pub use rollups::{RollupFilter, RollupTable};
+pub use rollups::{KeyMatch, RecentFilter, RollupFilter, RollupTable};
 pub use store::{Backend, Store};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -76,6 +76,26 @@ pub struct RollupFilter<'a> {
     pub to_ms: i64,
 }
 
+/// A condition on one key column, for [`Store::recent_rollups`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyMatch<'a> {
+    Any,
+    Is(&'a str),
+    IsNot(&'a str),
+}
+
+/// What alert rules read: recent window rows of one kind.
+#[derive(Debug, Clone, Copy)]
+pub struct RecentFilter<'a> {
+    pub kind: RollupKind,
+    pub tenant: Option<&'a TenantId>,
+    pub service: KeyMatch<'a>,
+    pub name: KeyMatch<'a>,
+    pub detail: KeyMatch<'a>,
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
 const COLUMNS: &str =
     "tenant, kind, service, name, detail, start_ms, count, errors, sum, min, max, last, last_ms, hist";
 /// [`COLUMNS`] of table alias `r`.
@@ -223,6 +243,35 @@ impl Store {
                 .bind(f.from_ms)
                 .bind(f.to_ms);
             for value in optional.iter().filter_map(|(_, v)| *v) {
+                q = q.bind(value);
+            }
+            let rows = q.fetch_all(pool).await?;
+            rows.iter().map(decode_row).collect()
+        })
+    }
+
+    /// Window rows of one kind in `[from_ms, to_ms)` across tenants (or of
+    /// one), matching each key condition: what alert rules read every round.
+    pub async fn recent_rollups(&self, f: &RecentFilter<'_>) -> Result<Vec<RollupRow>> {
+        let mut sql = format!(
+            "SELECT {COLUMNS} FROM {} WHERE start_ms >= $1 AND start_ms < $2 AND kind = $3",
+            RollupTable::Windows.name()
+        );
+        let mut binds: Vec<&str> = Vec::new();
+        let conditions =
+            [("tenant", f.tenant.map_or(KeyMatch::Any, |t| KeyMatch::Is(t.as_str()))), ("service", f.service), ("name", f.name), ("detail", f.detail)];
+        for (column, m) in conditions {
+            let (op, value) = match m {
+                KeyMatch::Any => continue,
+                KeyMatch::Is(v) => ("=", v),
+                KeyMatch::IsNot(v) => ("<>", v),
+            };
+            binds.push(value);
+            sql.push_str(&format!(" AND {column} {op} ${}", binds.len() + 3));
+        }
+        crate::on_pool!(self, |pool| {
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(f.from_ms).bind(f.to_ms).bind(f.kind as i16);
+            for value in binds {
                 q = q.bind(value);
             }
             let rows = q.fetch_all(pool).await?;

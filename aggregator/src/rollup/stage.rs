@@ -62,6 +62,9 @@ impl RollupStage {
         let writer = tokio::spawn(write_loop(self.store.clone(), writes, self.config.max_pending_rows));
         let mut tick = tokio::time::interval(self.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let partial_every = self.config.partial_flush_interval;
+        let mut partial = tokio::time::interval(partial_every.max(Duration::from_millis(100)));
+        partial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 request = rx.recv() => match request {
@@ -80,6 +83,10 @@ impl RollupStage {
                     let hold = lateness.min(LATE_HOLD_MS);
                     let rows = self.windows.take_before(cutoff, now - hold);
                     self.send(&tx, rows, now);
+                }
+                _ = partial.tick(), if !partial_every.is_zero() => {
+                    let rows = self.windows.take_partial();
+                    self.send(&tx, rows, now_ms());
                 }
             }
         }

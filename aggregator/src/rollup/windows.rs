@@ -201,6 +201,22 @@ impl Windows {
         rows
     }
 
+    /// What every open window gathered since it was last taken, as rows,
+    /// leaving the windows open (their series still count against the
+    /// limits): written and merged into the stored rows, this is how queries
+    /// and alerts see the current window before it closes.
+    pub fn take_partial(&mut self) -> Vec<RollupRow> {
+        let mut rows = Vec::new();
+        for (&start, window) in &mut self.open {
+            for (key, values) in window.series.iter_mut() {
+                if values.count > 0 || values.hist.is_some() || values.last_ms != i64::MIN {
+                    rows.push(RollupRow { key: key.clone(), start_ms: start, values: std::mem::take(values) });
+                }
+            }
+        }
+        rows
+    }
+
     /// Every open window, as rows (shutdown).
     pub fn take_all(&mut self) -> Vec<RollupRow> {
         self.take_before(i64::MAX, i64::MAX)
@@ -254,6 +270,22 @@ mod tests {
         let rest = w.take_all();
         assert_eq!((rest.len(), rest[0].start_ms, &*rest[0].key.name), (1, 60_000, "GET /b"));
         assert_eq!(w.series(), 0);
+    }
+
+    #[test]
+    fn partial_takes_add_up_to_the_whole_window() {
+        let t = TenantId::parse("acme").unwrap();
+        let mut w = Windows::new(60_000, Limits { per_tenant: 1, per_metric: 100 });
+        span(&mut w, &t, "GET /a", 1_000, 5);
+        let first = w.take_partial();
+        assert_eq!((first.len(), first[0].values.count), (1, 1));
+        assert!(w.take_partial().is_empty(), "nothing new, nothing written");
+        span(&mut w, &t, "GET /a", 2_000, 7);
+        span(&mut w, &t, "GET /b", 3_000, 9); // over the limit: overflow, as before the partial take
+        let rest = w.take_all();
+        let count = |name: &str| rest.iter().find(|r| &*r.key.name == name).map(|r| r.values.count);
+        assert_eq!((count("GET /a"), count(OVERFLOW)), (Some(1), Some(1)));
+        assert_eq!(first[0].values.sum + rest.iter().map(|r| r.values.sum).sum::<f64>(), 21.0);
     }
 
     #[test]
