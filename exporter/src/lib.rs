@@ -1,6 +1,7 @@
-//! tally's outbound side: Stripe meter events, Application Insights
-//! envelopes, signed alert webhooks and object-store upload.
-//!
-//! Empty for now: the foundation has nothing to send out yet. Each sink will
-//! get a folder of its own (`stripe/`, `appinsights/`, `webhook/`), depending
-//! on `tally-core` and `tally-store` only.
+//! tally's outbound side. For now: alert notifications — the outbox
+//! written by the alert evaluator, delivered to webhooks (Alertmanager
+//! body, Standard Webhooks signature) and PagerDuty (Events API v2) with a
+//! retry schedule, in order per receiver. Stripe, Application Insights and
+//! object-store upload will get folders of their own.
+
+pub mod alerts;
