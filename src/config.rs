@@ -13,14 +13,21 @@ use figment::{
     providers::{Env, Format, Toml},
 };
 use serde::Deserialize;
-use tally_aggregator::{PipelineConfig, RollupConfig};
+use tally_aggregator::{
+    PipelineConfig, RollupConfig,
+    alert::{AlertRuleConfig, AlertingConfig, Rule, RuleContext, compile_rules},
+};
 use tally_collector::{OtlpConfig, TenancyConfig, TenantResolver, events::EventsConfig};
 use tally_core::{MeterConfig, Secret, meter::validate_meters};
+use tally_exporter::alerts::{Receiver, ReceiverConfig, check_receivers};
 
 pub const DEFAULTS: &str = include_str!("../tally.default.toml");
 
 /// Config sections; `TALLY_<SECTION>_<KEY>` maps to `<section>.<key>`.
-const SECTIONS: [&str; 7] = ["api", "otlp", "tenancy", "pipeline", "rollups", "events", "auth"];
+const SECTIONS: [&str; 8] = ["api", "otlp", "tenancy", "pipeline", "rollups", "events", "auth", "alerting"];
+
+/// Reads an environment variable (secrets named by `*_env` keys).
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,6 +51,13 @@ pub struct Config {
     /// `[[meters]]`: what usage is counted (see the defaults file).
     #[serde(default)]
     pub meters: Vec<MeterConfig>,
+    pub alerting: AlertingConfig,
+    /// `[[alerts]]`: alert rules (see the defaults file).
+    #[serde(default)]
+    pub alerts: Vec<AlertRuleConfig>,
+    /// `[[receivers]]`: where alert notifications go.
+    #[serde(default)]
+    pub receivers: Vec<ReceiverConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -123,6 +137,17 @@ impl Config {
         TenantResolver::new(&self.tenancy)?;
         self.rollups.validate().map_err(anyhow::Error::msg)?;
         validate_meters(&self.meters).map_err(anyhow::Error::msg)?;
+        self.alert_rules()?;
+        self.alert_receivers(None)?;
+        let a = &self.alerting;
+        anyhow::ensure!(!a.eval_interval.is_zero(), "alerting.eval_interval must be greater than 0");
+        anyhow::ensure!(!a.send_timeout.is_zero(), "alerting.send_timeout must be greater than 0");
+        anyhow::ensure!(
+            a.external_url.is_empty()
+                || a.external_url.starts_with("http://")
+                || a.external_url.starts_with("https://"),
+            "alerting.external_url: expected http://… or https://…"
+        );
         let e = &self.events;
         anyhow::ensure!(
             e.max_body_bytes > 0 && e.max_batch > 0 && e.max_commit_records > 0 && e.ledger_writers > 0,
@@ -136,6 +161,33 @@ impl Config {
             "database_url: expected postgres://…, sqlite:… or empty for the embedded database"
         );
         Ok(())
+    }
+
+    /// The alert rules, checked against the rollup window, meters and receivers.
+    pub fn alert_rules(&self) -> anyhow::Result<Vec<Rule>> {
+        let receivers: Vec<&str> = self.receivers.iter().map(|r| r.name.as_str()).collect();
+        let ctx = RuleContext {
+            rollup_window: self.rollups.window,
+            meters: &self.meters,
+            receivers: &receivers,
+            default_repeat: self.alerting.repeat_interval,
+        };
+        compile_rules(&self.alerts, &ctx).map_err(anyhow::Error::msg)
+    }
+
+    /// The receivers, with their secrets read through `env` (`None`: all
+    /// but the secrets checked).
+    pub fn alert_receivers(&self, env: Option<EnvLookup<'_>>) -> anyhow::Result<Vec<Receiver>> {
+        check_receivers(&self.receivers, env).map_err(anyhow::Error::msg)
+    }
+
+    /// Where on-call reaches tally: `alerting.external_url`, or the API address.
+    pub fn external_url(&self, api_addr: SocketAddr) -> String {
+        if self.alerting.external_url.is_empty() {
+            format!("http://{api_addr}")
+        } else {
+            self.alerting.external_url.trim_end_matches('/').to_owned()
+        }
     }
 
     /// The database, described without credentials, for logs.
@@ -180,6 +232,47 @@ mod tests {
         assert_eq!(c.otlp.max_request_bytes, 8 << 20);
         assert_eq!(c.data_dir, PathBuf::from("./data"));
         assert_eq!(c.tenancy.resource_attributes, ["tenant.id"]);
+    }
+
+    #[test]
+    fn documented_alert_examples_compile() {
+        // The commented [[alerts]] and [[receivers]] examples of the defaults
+        // file, uncommented, with the meter the usage example names.
+        let start = DEFAULTS.find("# [[alerts]]\n# name").unwrap();
+        let examples: String = DEFAULTS[start..]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# ").or_else(|| (l == "#").then_some("")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let meter = "[[meters]]\nname = \"llm_tokens\"\naggregation = \"sum\"\nevent_type = \"llm.completion\"\nvalue = \"$.tokens\"\n";
+        let c = Config::from_toml(&[&format!("{meter}{examples}")]).unwrap();
+        let rules = c.alert_rules().unwrap();
+        let names: Vec<&str> = rules.iter().map(|r| r.name()).collect();
+        assert_eq!(names, ["HighErrorRate", "SlowRequests", "WorkerQueueBacklog", "CreditsRunningOut"]);
+        assert_eq!((rules[0].config.warning, rules[0].config.critical), (Some(0.01), Some(0.05)));
+        assert_eq!(c.receivers.len(), 2);
+    }
+
+    #[test]
+    fn private_alert_targets_need_allow_private() {
+        let receiver = |extra: &str| {
+            format!(
+                "[[receivers]]\nname = \"oncall\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9099/hook\"\n{extra}"
+            )
+        };
+        let err = Config::from_toml(&[&receiver("")]).unwrap_err().to_string();
+        assert!(
+            err.contains("receivers[oncall].url") && err.contains("loopback") && err.contains("allow_private"),
+            "{err}"
+        );
+        let err =
+            Config::from_toml(&[&receiver("").replace("127.0.0.1:9099", "169.254.169.254")]).unwrap_err().to_string();
+        assert!(err.contains("link-local"), "{err}");
+        assert!(Config::from_toml(&[&receiver("allow_private = true")]).is_ok());
+        // A rule naming a receiver that does not exist, or a bad metric, is named too.
+        let rule = "[[alerts]]\nname = \"E\"\nmetric = \"error_rate\"\nwarning = 0.01\nreceivers = [\"nobody\"]\n";
+        let err = Config::from_toml(&[rule]).unwrap_err().to_string();
+        assert!(err.contains("alerts[E].receivers"), "{err}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! `tally-collector`, `tally-aggregator`, `tally-store` and `tally-exporter`
 //! crates.
 
+pub mod alerts_api;
 pub mod api;
 pub mod config;
 pub mod keys;

@@ -61,6 +61,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Loadgen(args) => loadgen::run(args).await,
         Command::CheckConfig => {
             let config = Config::load(cli.config.as_deref())?;
+            // Secrets named by receivers must be set where tally will run.
+            config.alert_receivers(Some(&|name| std::env::var(name).ok()))?;
             println!("{config:#?}");
             println!("config ok");
             Ok(())

@@ -7,15 +7,16 @@ use std::{
 };
 
 use anyhow::Context;
-use tally_aggregator::RollupStage;
+use tally_aggregator::{RollupStage, alert::AlertEngine};
 use tally_collector::{
     Authenticator, Ingest, Pipeline, TenantResolver, UsageLedger, events, otlp, otlp_usage::OtlpMeters,
 };
+use tally_exporter::alerts::Dispatcher;
 use tally_store::Store;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Config, api, rollup_api, usage_api};
+use crate::{Config, alerts_api, api, config::EnvLookup, rollup_api, usage_api};
 
 /// A running tally. Dropping it does not stop it; call [`Server::shutdown`].
 pub struct Server {
@@ -31,6 +32,13 @@ pub struct Server {
 /// starts serving. Port 0 in an address picks a free port; the bound
 /// addresses are in the returned [`Server`].
 pub async fn start(config: Config) -> anyhow::Result<Server> {
+    start_with_env(config, &|name| std::env::var(name).ok()).await
+}
+
+/// [`start`], reading the secrets named by `*_env` keys through `env`.
+pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Result<Server> {
+    let alert_rules = config.alert_rules()?;
+    let receivers = config.alert_receivers(Some(env))?;
     // Install the metrics recorder before anything records (the pipeline
     // sets its capacity gauges once, at construction).
     crate::observability::prometheus();
@@ -74,6 +82,27 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let maintenance =
         tokio::spawn(tally_aggregator::run_maintenance(store.clone(), config.rollups.clone(), shutdown.clone()));
     auth.spawn_refresh(config.auth.refresh_interval, shutdown.clone());
+    let meters = Arc::new(config.meters.clone());
+    let external_url = config.external_url(api_addr);
+    let engine = AlertEngine::new(
+        store.clone(),
+        alert_rules,
+        config.alerting.clone(),
+        meters.clone(),
+        config.rollups.window,
+        external_url.clone(),
+    );
+    let outbox = engine.outbox_signal();
+    let alerts = tokio::spawn(engine.run(shutdown.clone()));
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        receivers,
+        config.alerting.retry_schedule.clone(),
+        config.alerting.send_timeout,
+        external_url,
+    )
+    .context("building the alert receivers' HTTP clients")?;
+    let delivery = tokio::spawn(dispatcher.run(outbox, shutdown.clone()));
     let grpc = tonic::transport::Server::builder()
         .timeout(config.otlp.request_timeout)
         .add_routes(otlp::grpc_routes(ingest.clone(), config.otlp.max_request_bytes))
@@ -84,7 +113,6 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let http = axum::serve(nodelay(http_listener), otlp::http_router(ingest, &config.otlp))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let draining = Arc::new(AtomicBool::new(false));
-    let meters = Arc::new(config.meters.clone());
     let api_state = api::ApiState { store: store.clone(), draining: draining.clone() };
     let v1 = api::v1_router(api_state.clone())
         .merge(events::events_router(events::EventsState {
@@ -98,6 +126,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             hourly_after_ms: config.rollups.window_retention.as_millis() as i64,
             daily_after_ms: config.rollups.hour_retention.as_millis() as i64,
         }))
+        .merge(alerts_api::router(store.clone()))
         .layer(axum::middleware::from_fn_with_state(auth, tally_collector::auth::require_caller));
     let api_router = api::public_router(api_state).merge(v1);
     let api = axum::serve(nodelay(api_listener), api_router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
@@ -119,11 +148,13 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         let http = joined(http.await, "otlp http server");
         let rollups = rollups.await.context("rollup stage");
         let maintenance = maintenance.await.context("rollup maintenance");
+        let alerts = alerts.await.context("alert evaluation");
+        let delivery = delivery.await.context("alert delivery");
         let api = joined(api.await, "api server");
         let ledger = ledger_task.await.context("usage ledger writer");
         task_store.close().await;
         tracing::info!("shutdown complete");
-        grpc.and(http).and(rollups).and(maintenance).and(api).and(ledger)
+        grpc.and(http).and(rollups).and(maintenance).and(alerts).and(delivery).and(api).and(ledger)
     });
 
     tracing::info!(

@@ -52,10 +52,15 @@ pub struct OutboxRow {
 pub enum Attempt<'a> {
     Delivered,
     /// Failed; try again at `next_ms`.
-    Retry { next_ms: i64, error: &'a str },
+    Retry {
+        next_ms: i64,
+        error: &'a str,
+    },
     /// Failed for good (the retry schedule is exhausted, or the receiver
     /// refused it as invalid).
-    Failed { error: &'a str },
+    Failed {
+        error: &'a str,
+    },
 }
 
 /// Column by position, for both backends.
@@ -120,7 +125,8 @@ impl Store {
     /// The stored instances, of one tenant or all, for the API.
     pub async fn alert_instances(&self, tenant: Option<&TenantId>) -> Result<Vec<AlertInstance>> {
         let filter = if tenant.is_some() { "WHERE tenant = $1" } else { "" };
-        let select = format!("SELECT {INSTANCE_COLUMNS} FROM alert_instances {filter} ORDER BY tenant, rule, group_key");
+        let select =
+            format!("SELECT {INSTANCE_COLUMNS} FROM alert_instances {filter} ORDER BY tenant, rule, group_key");
         match self {
             Store::Postgres(pool) => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(select));

@@ -258,8 +258,12 @@ impl Store {
             RollupTable::Windows.name()
         );
         let mut binds: Vec<&str> = Vec::new();
-        let conditions =
-            [("tenant", f.tenant.map_or(KeyMatch::Any, |t| KeyMatch::Is(t.as_str()))), ("service", f.service), ("name", f.name), ("detail", f.detail)];
+        let conditions = [
+            ("tenant", f.tenant.map_or(KeyMatch::Any, |t| KeyMatch::Is(t.as_str()))),
+            ("service", f.service),
+            ("name", f.name),
+            ("detail", f.detail),
+        ];
         for (column, m) in conditions {
             let (op, value) = match m {
                 KeyMatch::Any => continue,

@@ -4,62 +4,16 @@
 //! shutdown writes open windows; the cardinality limit folds series; and
 //! downsampling keeps totals and percentiles exact.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tally_core::{
     Histogram, TenantId,
-    otlp::{
-        collector::trace::v1::ExportTraceServiceRequest,
-        resource::v1::Resource,
-        trace::v1::{ResourceSpans, ScopeSpans, Span, Status},
-    },
     rollup::{OVERFLOW, RollupKind, RollupRow, RollupValues, SeriesKey},
 };
 use tally_store::{RollupFilter, RollupTable, Store};
 
 use crate::support::*;
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-/// `n` SERVER spans of operation `op` ending at `end_ms`, lasting `ms` each.
-fn spans_at(tenant: &str, op: &str, n: usize, end_ms: i64, ms: u64, failed: bool) -> ExportTraceServiceRequest {
-    let end = end_ms as u64 * 1_000_000;
-    let spans = (0..n)
-        .map(|i| Span {
-            trace_id: vec![7; 16],
-            span_id: (i as u64 + 1).to_be_bytes().to_vec(),
-            name: op.into(),
-            kind: 2,
-            start_time_unix_nano: end - ms * 1_000_000,
-            end_time_unix_nano: end,
-            status: failed.then(|| Status { code: 2, message: "boom".into() }),
-            ..Default::default()
-        })
-        .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv("tenant.id", tenant), kv("service.name", "shop")],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
-            ..Default::default()
-        }],
-    }
-}
-
-async fn send(s: &TestServer, req: &ExportTraceServiceRequest) {
-    let mut client = grpc_client(&s.grpc_url()).await;
-    let resp = grpc_export_traces(&mut client, encode(req), &[]).await.unwrap();
-    assert!(resp.partial_success.as_ref().is_none_or(|p| p.rejected_spans == 0), "{resp:?}");
-}
 
 /// Polls `path` until `done` holds for its JSON (the rollup writer runs
 /// every flush interval).
@@ -160,11 +114,11 @@ async fn late_data_merges_into_the_stored_window_and_too_old_is_refused() {
     // A window ten minutes ago is closed: its data is written at the next flush.
     let window = (now_ms() - 600_000) / 60_000 * 60_000;
     let path = slo_path("late", window, window + 60_000, "60s");
-    send(&s, &spans_at("late", "GET /a", 10, window + 10_000, 20, false)).await;
+    send_traces(&s, &spans_at("late", "GET /a", 10, window + 10_000, 20, false)).await;
     let v = wait_json(&s, &path, |v| v["total"]["requests"] == 10).await;
     assert_eq!(v["total"]["requests"], 10, "{v}");
     // More data for the same, already written window: merged, not dropped.
-    send(&s, &spans_at("late", "GET /a", 5, window + 20_000, 200, true)).await;
+    send_traces(&s, &spans_at("late", "GET /a", 5, window + 20_000, 200, true)).await;
     let v = wait_json(&s, &path, |v| v["total"]["requests"] == 15).await;
     assert_eq!((v["total"]["requests"].as_u64(), v["total"]["errors"].as_u64()), (Some(15), Some(5)), "{v}");
     assert_eq!(v["series"].as_array().unwrap().len(), 1);
@@ -192,7 +146,7 @@ async fn late_data_merges_into_the_stored_window_and_too_old_is_refused() {
 
     // Eight days old: beyond the 7-day window retention.
     let before = s.metrics().await;
-    send(&s, &spans_at("late", "GET /a", 3, now_ms() - 8 * 86_400_000, 20, false)).await;
+    send_traces(&s, &spans_at("late", "GET /a", 3, now_ms() - 8 * 86_400_000, 20, false)).await;
     let refused = r#"tally_rollup_refused_items_total{signal="spans",reason="too_old"}"#;
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric_value(&s.metrics().await, refused) - metric_value(&before, refused) < 3.0 && Instant::now() < deadline
@@ -212,7 +166,7 @@ async fn cardinality_limit_folds_new_series_into_the_overflow_series() {
     let before = s.metrics().await;
     let t = now_ms() - 120_000;
     for i in 0..10 {
-        send(&s, &spans_at("busy", &format!("GET /user/{i}"), 2, t, 5, false)).await;
+        send_traces(&s, &spans_at("busy", &format!("GET /user/{i}"), 2, t, 5, false)).await;
     }
     let path = format!(
         "/v1/slo/top?tenant=busy&from={}&to={}&by=requests&limit=100",
@@ -274,7 +228,7 @@ async fn hostile_names_and_missing_start_times_do_not_stop_the_rollups() {
     odd.resource.as_mut().unwrap().attributes[1] = kv("service.name", "bad\0service");
     odd.scope_spans[0].spans[0].start_time_unix_nano = 0;
     req.resource_spans.push(odd);
-    send(&s, &req).await;
+    send_traces(&s, &req).await;
     let s = s.restart("").await;
     let (from, to) = (now_ms() - 3_600_000, now_ms() + 60_000);
     let v = s.get_json(&slo_path("hostile", from, to, "1h"), None).await;

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod e2e_alerts;
 mod e2e_auth;
 mod e2e_backpressure;
 mod e2e_bad_input;

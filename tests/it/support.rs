@@ -3,7 +3,7 @@
 use std::{
     path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
@@ -13,7 +13,7 @@ use tally_core::otlp::{
     collector::trace::v1::ExportTraceServiceRequest,
     common::v1::{AnyValue, KeyValue, any_value::Value},
     resource::v1::Resource,
-    trace::v1::{ResourceSpans, ScopeSpans, Span},
+    trace::v1::{ResourceSpans, ScopeSpans, Span, Status},
 };
 
 /// Held by tests that make tally refuse items or requests, so the test that
@@ -25,6 +25,22 @@ pub static METRICS_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(
 pub enum Db {
     Sqlite,
     Postgres,
+}
+
+/// The webhook signing secret tests' receivers use (`secret_env =
+/// "TALLY_TEST_WEBHOOK_SECRET"`).
+pub const WEBHOOK_SECRET: &str = "whsec_dGFsbHktdGVzdC13ZWJob29rLXNlY3JldCE=";
+/// The PagerDuty routing key of tests (`routing_key_env = "TALLY_TEST_PD_KEY"`).
+pub const PD_ROUTING_KEY: &str = "R0ut1ngK3yOfTh3Test5";
+
+/// The environment tally sees in tests: the process's, plus the test
+/// secrets (a test cannot set variables of its own process safely).
+fn test_env(name: &str) -> Option<String> {
+    match name {
+        "TALLY_TEST_WEBHOOK_SECRET" => Some(WEBHOOK_SECRET.to_owned()),
+        "TALLY_TEST_PD_KEY" => Some(PD_ROUTING_KEY.to_owned()),
+        _ => std::env::var(name).ok(),
+    }
 }
 
 /// Admin connection for creating per-test PostgreSQL databases.
@@ -104,7 +120,7 @@ impl TestServer {
             url = db.url,
         );
         let config = Config::from_toml(&[&base, overrides]).unwrap();
-        let server = tally::server::start(config).await.unwrap();
+        let server = tally::server::start_with_env(config, &test_env).await.unwrap();
         TestServer { server: Some(server), db, dir, http: reqwest::Client::new() }
     }
 
@@ -277,4 +293,45 @@ pub async fn otel_send(args: &[&str]) -> serde_json::Value {
 
 pub fn clients_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// `n` SERVER spans of operation `op` ending at `end_ms`, lasting `ms` each.
+pub fn spans_at(tenant: &str, op: &str, n: usize, end_ms: i64, ms: u64, failed: bool) -> ExportTraceServiceRequest {
+    let end = end_ms as u64 * 1_000_000;
+    let spans = (0..n)
+        .map(|i| Span {
+            trace_id: vec![7; 16],
+            span_id: (i as u64 + 1).to_be_bytes().to_vec(),
+            name: op.into(),
+            kind: 2,
+            start_time_unix_nano: end - ms * 1_000_000,
+            end_time_unix_nano: end,
+            status: failed.then(|| Status { code: 2, message: "boom".into() }),
+            ..Default::default()
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("tenant.id", tenant), kv("service.name", "shop")],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            ..Default::default()
+        }],
+    }
+}
+
+pub async fn send_traces(s: &TestServer, req: &ExportTraceServiceRequest) {
+    let mut client = grpc_client(&s.grpc_url()).await;
+    let resp = grpc_export_traces(&mut client, encode(req), &[]).await.unwrap();
+    assert!(resp.partial_success.as_ref().is_none_or(|p| p.rejected_spans == 0), "{resp:?}");
 }

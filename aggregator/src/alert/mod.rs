@@ -95,7 +95,9 @@ impl AlertEngine {
             match self.round(now_ms()).await {
                 Ok(Some(report)) => {
                     metrics::histogram!(metric_names::ALERT_EVAL_DURATION).record(started.elapsed().as_secs_f64());
-                    for (state, n) in [("pending", report.pending), ("firing", report.firing), ("resolved", report.resolved)] {
+                    for (state, n) in
+                        [("pending", report.pending), ("firing", report.firing), ("resolved", report.resolved)]
+                    {
                         metrics::gauge!(metric_names::ALERTS, "state" => state).set(n as f64);
                     }
                 }
@@ -137,7 +139,9 @@ impl AlertEngine {
             for key in keys {
                 let (labels, value) = match observed.get(&key) {
                     Some((labels, value)) => (labels.clone(), *value),
-                    None => (existing.get(&key).map(AlertInstance::group).unwrap_or_default(), rule.metric.when_missing()),
+                    None => {
+                        (existing.get(&key).map(AlertInstance::group).unwrap_or_default(), rule.metric.when_missing())
+                    }
                 };
                 let stored = existing.remove(&key);
                 let mut inst = stored.clone().unwrap_or_else(|| self.blank(rule, &key, &labels, now_ms));

@@ -128,11 +128,20 @@ pub enum AlertMetric {
     /// Requests per second.
     RequestRate,
     /// A latency percentile in ms, from the histograms merged over the window.
-    Latency { quantile: f64 },
-    Gauge { name: String, aggregate: GaugeAggregate },
-    LogCount { severity: &'static str },
+    Latency {
+        quantile: f64,
+    },
+    Gauge {
+        name: String,
+        aggregate: GaugeAggregate,
+    },
+    LogCount {
+        severity: &'static str,
+    },
     /// Billing-period-to-date usage as a fraction of the tenant's quota.
-    Usage { meter: String },
+    Usage {
+        meter: String,
+    },
 }
 
 impl AlertMetric {
@@ -412,7 +421,10 @@ mod tests {
         assert_eq!(r.level(Some(0.2)), Some(Severity::Critical));
         assert_eq!(r.level(None), None);
         let low = rule(r#"{"name":"l","metric":"request_rate","warning":10,"critical":1,"below":true}"#).unwrap();
-        assert_eq!((low.level(Some(20.0)), low.level(Some(5.0)), low.level(Some(0.0))), (None, Some(Severity::Warning), Some(Severity::Critical)));
+        assert_eq!(
+            (low.level(Some(20.0)), low.level(Some(5.0)), low.level(Some(0.0))),
+            (None, Some(Severity::Warning), Some(Severity::Critical))
+        );
     }
 
     #[test]
@@ -421,12 +433,18 @@ mod tests {
         assert!(err(r#"{"name":"x","metric":"latency","warning":1}"#).starts_with("metric:"));
         assert!(err(r#"{"name":"x","metric":"error_rate"}"#).starts_with("warning:"));
         assert!(err(r#"{"name":"x","metric":"error_rate","warning":0.5,"critical":0.1}"#).starts_with("critical:"));
-        assert!(err(r#"{"name":"x","metric":"error_rate","warning":1,"group_by":["service"]}"#).starts_with("group_by:"));
+        assert!(
+            err(r#"{"name":"x","metric":"error_rate","warning":1,"group_by":["service"]}"#).starts_with("group_by:")
+        );
         assert!(err(r#"{"name":"x","metric":"error_rate","warning":1,"window":"10s"}"#).starts_with("window:"));
-        assert!(err(r#"{"name":"x","metric":"error_rate","warning":1,"receivers":["pager"]}"#).starts_with("receivers:"));
+        assert!(
+            err(r#"{"name":"x","metric":"error_rate","warning":1,"receivers":["pager"]}"#).starts_with("receivers:")
+        );
         assert!(err(r#"{"name":"x","metric":"usage:tokens","warning":1,"quota":5}"#).starts_with("metric:"));
         assert!(err(r#"{"name":"x","metric":"log_count:LOUD","warning":1}"#).starts_with("metric:"));
-        assert!(err(r#"{"name":"x","metric":"error_rate","warning":1,"labels":{"tenant":"a"}}"#).starts_with("labels:"));
+        assert!(
+            err(r#"{"name":"x","metric":"error_rate","warning":1,"labels":{"tenant":"a"}}"#).starts_with("labels:")
+        );
         let g = rule(r#"{"name":"q","metric":"gauge:queue.depth","aggregate":"last","warning":50,"group_by":["tenant","queue"]}"#)
             .unwrap();
         assert_eq!(g.metric, AlertMetric::Gauge { name: "queue.depth".into(), aggregate: GaugeAggregate::Last });

@@ -12,9 +12,7 @@ use tally_core::alert::{Notification, NotificationStatus};
 const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 
 fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// The group labels of a notification: the rule and the tenant (one group
@@ -27,10 +25,8 @@ fn group_labels(n: &Notification) -> BTreeMap<&str, &str> {
 /// existing on-call bridges accept it.
 pub fn alertmanager(n: &Notification, receiver: &str, external_url: &str) -> Value {
     let group = group_labels(n);
-    let group_key = format!(
-        "{{}}:{{{}}}",
-        group.iter().map(|(k, v)| format!("{k}={v:?}")).collect::<Vec<_>>().join(", ")
-    );
+    let group_key =
+        format!("{{}}:{{{}}}", group.iter().map(|(k, v)| format!("{k}={v:?}")).collect::<Vec<_>>().join(", "));
     json!({
         "version": "4",
         "groupKey": group_key,
@@ -145,7 +141,10 @@ mod tests {
         assert_eq!(b["alerts"][0]["startsAt"], "2026-11-22T08:00:00.000Z");
         assert_eq!(b["alerts"][0]["endsAt"], ZERO_TIME);
         let r = alertmanager(&note(NotificationStatus::Resolved), "oncall", "http://tally");
-        assert_eq!((r["status"].as_str(), r["alerts"][0]["endsAt"].as_str()), (Some("resolved"), Some("2026-11-22T08:01:00.000Z")));
+        assert_eq!(
+            (r["status"].as_str(), r["alerts"][0]["endsAt"].as_str()),
+            (Some("resolved"), Some("2026-11-22T08:01:00.000Z"))
+        );
         let p = pagerduty(&note(NotificationStatus::Firing), "key");
         assert_eq!((p["event_action"].as_str(), p["dedup_key"].as_str()), (Some("trigger"), Some("0123456789abcdef")));
         assert_eq!(p["payload"]["severity"], "critical");

@@ -156,9 +156,8 @@ impl Dispatcher {
             ReceiverKind::Pagerduty => pagerduty(&n, receiver.routing_key.as_deref().unwrap_or_default()),
         };
         let body = serde_json::to_vec(&body).unwrap_or_default();
-        let mut req = client
-            .post(receiver.url.clone())
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let mut req =
+            client.post(receiver.url.clone()).header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if receiver.kind == ReceiverKind::Webhook {
             // Stable across retries: receivers deduplicate on it.
             let id = format!("msg_{}_{}", n.fingerprint, row.id);

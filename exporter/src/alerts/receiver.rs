@@ -59,14 +59,19 @@ pub struct Receiver {
 impl std::fmt::Debug for Receiver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // No secrets in logs.
-        f.debug_struct("Receiver").field("name", &self.name).field("kind", &self.kind).field("url", &self.url.as_str()).finish()
+        f.debug_struct("Receiver")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("url", &self.url.as_str())
+            .finish()
     }
 }
 
 impl ReceiverConfig {
-    /// Checks the entry and reads its secrets from `env`; the error names
+    /// Checks the entry and reads its secrets from `env` (`None`: checks
+    /// everything but the secrets, which are left unset); the error names
     /// the receiver and the field.
-    pub fn check(&self, env: impl Fn(&str) -> Option<String>) -> Result<Receiver, String> {
+    pub fn check(&self, env: Option<&dyn Fn(&str) -> Option<String>>) -> Result<Receiver, String> {
         let at = format!("receivers[{}]", self.name);
         if self.name.is_empty() {
             return Err("receivers: every receiver needs a name".into());
@@ -89,9 +94,11 @@ impl ReceiverConfig {
             ));
         }
         let read = |field: &str, var: &Option<String>| -> Result<Option<String>, String> {
-            match var {
-                None => Ok(None),
-                Some(v) => env(v).filter(|s| !s.is_empty()).map(Some).ok_or_else(|| format!("{at}.{field}: {v} is not set")),
+            match (var, env) {
+                (None, _) | (_, None) => Ok(None),
+                (Some(v), Some(env)) => {
+                    env(v).filter(|s| !s.is_empty()).map(Some).ok_or_else(|| format!("{at}.{field}: {v} is not set"))
+                }
             }
         };
         let signing_key = match read("secret_env", &self.secret_env)? {
@@ -100,7 +107,7 @@ impl ReceiverConfig {
         };
         let routing_key = read("routing_key_env", &self.routing_key_env)?;
         match self.kind {
-            ReceiverKind::Pagerduty if routing_key.is_none() => {
+            ReceiverKind::Pagerduty if self.routing_key_env.is_none() => {
                 return Err(format!("{at}.routing_key_env: a pagerduty receiver needs its routing key"));
             }
             ReceiverKind::Webhook if self.routing_key_env.is_some() => {
@@ -109,7 +116,7 @@ impl ReceiverConfig {
             ReceiverKind::Pagerduty if self.secret_env.is_some() => {
                 return Err(format!("{at}.secret_env: only for webhook receivers"));
             }
-            ReceiverKind::Webhook if signing_key.is_none() => {
+            ReceiverKind::Webhook if self.secret_env.is_none() => {
                 tracing::warn!(receiver = %self.name, "webhook receiver has no secret_env: its requests are not signed");
             }
             _ => {}
@@ -125,14 +132,14 @@ impl ReceiverConfig {
     }
 }
 
-/// Checks every receiver (names unique).
+/// Checks every receiver (names unique); `env` as in [`ReceiverConfig::check`].
 pub fn check_receivers(
     receivers: &[ReceiverConfig],
-    env: impl Fn(&str) -> Option<String>,
+    env: Option<&dyn Fn(&str) -> Option<String>>,
 ) -> Result<Vec<Receiver>, String> {
     let mut out: Vec<Receiver> = Vec::new();
     for r in receivers {
-        let checked = r.check(&env)?;
+        let checked = r.check(env)?;
         if out.iter().any(|o| o.name == checked.name) {
             return Err(format!("receivers[{}].name: another receiver has this name", r.name));
         }
@@ -285,7 +292,7 @@ mod tests {
 
     #[test]
     fn receivers_are_checked_with_their_secrets() {
-        let env = |k: &str| match k {
+        let env = &|k: &str| match k {
             "GOOD" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned()),
             "BAD" => Some("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned()),
             "PD" => Some("R0UTINGKEY".to_owned()),
@@ -299,12 +306,17 @@ mod tests {
             routing_key_env: None,
             allow_private: private,
         };
-        assert!(r("http://127.0.0.1:9099/hook", Some("GOOD"), true).check(env).is_ok());
-        let e = r("http://127.0.0.1:9099/hook", Some("GOOD"), false).check(env).unwrap_err();
+        assert!(r("http://127.0.0.1:9099/hook", Some("GOOD"), true).check(Some(env)).is_ok());
+        let e = r("http://127.0.0.1:9099/hook", Some("GOOD"), false).check(Some(env)).unwrap_err();
         assert!(e.contains("receivers[oncall].url") && e.contains("allow_private"), "{e}");
-        assert!(r("https://x.example.com/", Some("BAD"), false).check(env).unwrap_err().contains("whsec_"));
-        assert!(r("https://x.example.com/", Some("MISSING"), false).check(env).unwrap_err().contains("MISSING is not set"));
-        assert!(r("ftp://x.example.com/", None, false).check(env).unwrap_err().contains("scheme"));
+        assert!(r("https://x.example.com/", Some("BAD"), false).check(Some(env)).unwrap_err().contains("whsec_"));
+        assert!(
+            r("https://x.example.com/", Some("MISSING"), false)
+                .check(Some(env))
+                .unwrap_err()
+                .contains("MISSING is not set")
+        );
+        assert!(r("ftp://x.example.com/", None, false).check(Some(env)).unwrap_err().contains("scheme"));
         let pd = ReceiverConfig {
             name: "pd".into(),
             kind: ReceiverKind::Pagerduty,
@@ -313,7 +325,7 @@ mod tests {
             routing_key_env: Some("PD".into()),
             allow_private: false,
         };
-        let checked = pd.check(env).unwrap();
+        let checked = pd.check(Some(env)).unwrap();
         assert_eq!((checked.url.as_str(), checked.routing_key.as_deref()), (PAGERDUTY_URL, Some("R0UTINGKEY")));
     }
 

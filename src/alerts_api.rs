@@ -1,0 +1,67 @@
+//! `GET /v1/alerts`: alert instances (pending, firing, recently resolved),
+//! tenant-scoped like the other queries; an admin may leave out the tenant
+//! to see all.
+
+use axum::{
+    Extension, Json, Router,
+    extract::{Query, State},
+    routing::get,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tally_collector::Caller;
+use tally_core::alert::AlertState;
+use tally_store::Store;
+
+use crate::api::{ApiError, check_read, check_read_all, parse_tenant, rfc3339};
+
+pub fn router(store: Store) -> Router {
+    Router::new().route("/v1/alerts", get(alerts)).with_state(store)
+}
+
+#[derive(Deserialize)]
+struct AlertsQuery {
+    tenant: Option<String>,
+    /// Only instances in this state.
+    state: Option<String>,
+}
+
+async fn alerts(
+    State(store): State<Store>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<AlertsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = q.tenant.as_deref().map(parse_tenant).transpose()?;
+    match &tenant {
+        Some(t) => check_read(&caller, t)?,
+        None => check_read_all(&caller)?,
+    }
+    let state =
+        match q.state.as_deref() {
+            None => None,
+            Some(s) => Some(AlertState::parse(s).ok_or_else(|| {
+                ApiError::bad_request(format!("state: {s:?} is not one of pending, firing, resolved"))
+            })?),
+        };
+    let instances = store.alert_instances(tenant.as_ref()).await.map_err(ApiError::internal)?;
+    let alerts: Vec<Value> = instances
+        .iter()
+        .filter(|i| state.is_none_or(|s| i.state == s))
+        .map(|i| {
+            json!({
+                "rule": i.rule,
+                "tenant": i.tenant,
+                "labels": i.group(),
+                "state": i.state.as_str(),
+                "severity": i.severity.map(|s| s.as_str()),
+                "value": i.value,
+                "threshold": i.threshold,
+                "since": rfc3339(i.since_ms),
+                "started_at": i.started_ms.map(rfc3339),
+                "fingerprint": i.fingerprint,
+                "updated_at": rfc3339(i.updated_ms),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "alerts": alerts })))
+}
