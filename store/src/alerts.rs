@@ -18,7 +18,7 @@ use tally_core::{
     alert::{AlertInstance, AlertState, Severity},
 };
 
-use crate::{Result, Store, StoreError, on_pool};
+use crate::{Result, Store, StoreError, on_pool, store::BeginWrite};
 
 /// Advisory lock key of the alert evaluation round ("tally.alerts").
 const ALERT_LOCK: i64 = 0x7461_6c6c_7961_6c72;
@@ -172,7 +172,7 @@ impl Store {
              updated_ms = excluded.updated_ms"
         );
         on_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             if matches!(self, Store::Postgres(_)) {
                 let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
                     .bind(ALERT_LOCK)

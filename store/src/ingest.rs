@@ -1,7 +1,7 @@
 use sqlx::Row;
 use tally_core::{Signal, TenantId};
 
-use crate::{Result, Store, on_pool};
+use crate::{Result, Store, on_pool, store::BeginWrite};
 
 /// Items of one signal accepted for one tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +25,7 @@ impl Store {
              ON CONFLICT (tenant, signal) DO UPDATE \
              SET items = ingest_counts.items + excluded.items, updated_ms = excluded.updated_ms";
         on_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             for row in &rows {
                 sqlx::query(UPSERT)
                     .bind(row.tenant.as_str())

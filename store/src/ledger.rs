@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use sqlx::{PgConnection, Row, SqliteConnection};
 use tally_core::{Aggregation, CumulativePoint, TenantId, UsageOutcome, UsageRecord, hour_start};
 
-use crate::{Result, Store};
+use crate::{Result, Store, store::BeginWrite};
 
 /// The ledger's unique key of a record.
 type Key<'a> = (&'a str, &'a str, &'a str, &'a str);
@@ -127,7 +127,7 @@ impl Store {
         // is new), the rollup takes what was inserted.
         macro_rules! write_usage {
             ($db:ident, $pool:expr) => {{
-                let mut tx = $pool.begin().await?;
+                let mut tx = $pool.begin_write().await?;
                 let deltas = $db::cumulative_deltas(&mut tx, cumulative).await?;
                 let mut delta_refs: Vec<&UsageRecord> = deltas.iter().collect();
                 delta_refs.sort_by(|a, b| key(a).cmp(&key(b)));

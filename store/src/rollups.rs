@@ -22,7 +22,7 @@ use tally_core::{
     rollup::{RollupKind, RollupRow, RollupValues, SeriesKey},
 };
 
-use crate::{Result, Store, StoreError};
+use crate::{Result, Store, StoreError, store::BeginWrite};
 
 /// The three rollup resolutions, finest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -204,12 +204,12 @@ impl Store {
         match self {
             Store::Postgres(pool) => {
                 pg::ensure_partitions(pool, table, sorted.iter().map(|r| r.start_ms)).await?;
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 pg::merge_rows(&mut tx, table, &sorted).await?;
                 tx.commit().await?;
             }
             Store::Sqlite(pool) => {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 lite::merge_rows(&mut tx, table, &sorted).await?;
                 tx.commit().await?;
             }
@@ -367,7 +367,7 @@ impl Store {
                 if let Some((to, _)) = into {
                     pg::ensure_partitions(pool, to, [chunk_start, chunk_end - 1].into_iter()).await?;
                 }
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
                     .bind(MAINTENANCE_LOCK)
                     .fetch_one(&mut *tx)
@@ -397,7 +397,7 @@ impl Store {
                 Ok(Some(read))
             }
             Store::Sqlite(pool) => {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 let read = downsample!(lite, &mut tx, from.name());
                 sqlx::query(AssertSqlSafe(format!(
                     "DELETE FROM {} WHERE start_ms >= $1 AND start_ms < $2",
@@ -468,7 +468,7 @@ mod pg {
             if exists {
                 continue;
             }
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MAINTENANCE_LOCK + 1).execute(&mut *tx).await?;
             sqlx::query(AssertSqlSafe(format!(
                 "CREATE TABLE IF NOT EXISTS {name} PARTITION OF {} FOR VALUES FROM ({chunk}) TO ({})",

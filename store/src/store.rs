@@ -108,3 +108,26 @@ impl Store {
         on_pool!(self, |pool| pool.close().await)
     }
 }
+
+/// Starts a write transaction. On SQLite `BEGIN IMMEDIATE` takes the write
+/// lock at once (waiting up to the busy timeout): a deferred transaction that
+/// reads before it writes fails at once with SQLITE_BUSY if another writer
+/// committed in between, and the busy timeout does not help it.
+pub(crate) trait BeginWrite {
+    type Db: sqlx::Database;
+    fn begin_write(&self) -> impl Future<Output = sqlx::Result<sqlx::Transaction<'static, Self::Db>>> + Send;
+}
+
+impl BeginWrite for SqlitePool {
+    type Db = sqlx::Sqlite;
+    fn begin_write(&self) -> impl Future<Output = sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>>> + Send {
+        self.begin_with("BEGIN IMMEDIATE")
+    }
+}
+
+impl BeginWrite for PgPool {
+    type Db = sqlx::Postgres;
+    fn begin_write(&self) -> impl Future<Output = sqlx::Result<sqlx::Transaction<'static, sqlx::Postgres>>> + Send {
+        self.begin()
+    }
+}

@@ -411,6 +411,27 @@ async fn notifications_wait_for_a_receiver_that_is_down_across_a_restart() {
 }
 
 #[tokio::test]
+async fn two_replicas_on_one_database_page_once() {
+    let hook = Receiver::start().await;
+    let config = fast(hook.port, ERROR_RATE);
+    let a = TestServer::start(Db::Postgres, &config).await;
+    let (b, _dir) = a.replica(&config).await;
+    // Data reaches either replica; both evaluate every 300 ms and both send.
+    requests(&a, "acme", 196, 4).await;
+    wait_alert(&a, "acme", "HighErrorRate", |x| x["severity"] == "warning").await;
+    let mut client = grpc_client(&format!("http://{}", b.grpc_addr)).await;
+    let failed = spans_at("acme", "GET /cart", 100, now_ms(), 20, true);
+    grpc_export_traces(&mut client, encode(&failed), &[]).await.unwrap();
+    wait_alert(&a, "acme", "HighErrorRate", |x| x["severity"] == "critical").await;
+    hook.accepted("/hook", 2).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let hooks = hook.accepted("/hook", 2).await;
+    assert_eq!(summary(&hooks), [("firing".into(), "warning".into()), ("firing".into(), "critical".into())]);
+    b.shutdown().await.unwrap();
+    a.stop().await;
+}
+
+#[tokio::test]
 async fn alerts_api_is_tenant_scoped_and_checks_parameters() {
     let hook = Receiver::reserve();
     let s = TestServer::start(Db::Sqlite, &fast(hook.port, ERROR_RATE)).await;

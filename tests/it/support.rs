@@ -43,6 +43,26 @@ fn test_env(name: &str) -> Option<String> {
     }
 }
 
+/// tally on `url` (empty: SQLite in `dir`), free ports, fast flushes.
+async fn start_server(url: &str, dir: &tempfile::TempDir, overrides: &str) -> Server {
+    let base = format!(
+        r#"
+        data_dir = "{dir}"
+        database_url = "{url}"
+        [api]
+        addr = "127.0.0.1:0"
+        [otlp]
+        grpc_addr = "127.0.0.1:0"
+        http_addr = "127.0.0.1:0"
+        [pipeline]
+        flush_interval = "50ms"
+        "#,
+        dir = dir.path().display(),
+    );
+    let config = Config::from_toml(&[&base, overrides]).unwrap();
+    tally::server::start_with_env(config, &test_env).await.unwrap()
+}
+
 /// Admin connection for creating per-test PostgreSQL databases.
 pub fn pg_admin_url() -> String {
     std::env::var("TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
@@ -104,24 +124,15 @@ impl TestServer {
     }
 
     async fn start_on(db: TestDb, dir: tempfile::TempDir, overrides: &str) -> TestServer {
-        let base = format!(
-            r#"
-            data_dir = "{dir}"
-            database_url = "{url}"
-            [api]
-            addr = "127.0.0.1:0"
-            [otlp]
-            grpc_addr = "127.0.0.1:0"
-            http_addr = "127.0.0.1:0"
-            [pipeline]
-            flush_interval = "50ms"
-            "#,
-            dir = dir.path().display(),
-            url = db.url,
-        );
-        let config = Config::from_toml(&[&base, overrides]).unwrap();
-        let server = tally::server::start_with_env(config, &test_env).await.unwrap();
+        let server = start_server(&db.url, &dir, overrides).await;
         TestServer { server: Some(server), db, dir, http: reqwest::Client::new() }
+    }
+
+    /// A second tally on this one's database (a replica), with a data dir
+    /// of its own; shut it down before this one stops.
+    pub async fn replica(&self, overrides: &str) -> (Server, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        (start_server(&self.db.url, &dir, overrides).await, dir)
     }
 
     fn server(&self) -> &Server {
