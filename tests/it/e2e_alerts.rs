@@ -444,3 +444,97 @@ async fn alerts_api_is_tenant_scoped_and_checks_parameters() {
     assert_eq!(all, json!({"alerts": []}));
     s.stop().await;
 }
+
+/// Benchmark (not a timed test): one evaluation round over 1,000 tenants
+/// with 10 minutes of one-minute windows each, four rules (error rate,
+/// p95, queue depth, request rate), on PostgreSQL. Run with
+/// `cargo test --release --test it bench_alert_round -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn bench_alert_round_1000_tenants() {
+    use tally_core::{
+        TenantId,
+        rollup::{ALL, RollupKind, RollupRow, RollupValues, SeriesKey},
+    };
+    let db = TestDb::new(Db::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = tally_store::Store::open(&db.url, dir.path()).await.unwrap();
+    store.migrate().await.unwrap();
+    let now = now_ms() / 60_000 * 60_000 + 30_000;
+    let mut rows = Vec::new();
+    for t in 0..1000 {
+        let tenant = TenantId::parse(&format!("tenant-{t}")).unwrap();
+        for w in 0..10 {
+            let mut span = RollupValues::default();
+            for i in 0..50u64 {
+                span.add_span(
+                    1000 + (i * 37 + t as u64 * 11) % 3_000_000,
+                    (i + t as u64) % 40 == 0 || t % 10 == 0 && i % 5 == 0,
+                );
+            }
+            let mut gauge = RollupValues::default();
+            gauge.add_point((t % 100) as f64, now);
+            let start_ms = now / 60_000 * 60_000 - w * 60_000;
+            let key = |kind, name: &str, detail: &str| SeriesKey {
+                tenant: tenant.clone(),
+                kind,
+                service: if kind == RollupKind::Span { ALL.into() } else { "worker".into() },
+                name: name.into(),
+                detail: detail.into(),
+            };
+            rows.push(RollupRow { key: key(RollupKind::Span, ALL, ALL), start_ms, values: span });
+            rows.push(RollupRow {
+                key: key(RollupKind::Gauge, "queue.depth", r#"{"queue":"q"}"#),
+                start_ms,
+                values: gauge,
+            });
+        }
+    }
+    for chunk in rows.chunks(5000) {
+        store.write_rollups(tally_store::RollupTable::Windows, chunk).await.unwrap();
+    }
+    let rules = r#"
+        [[alerts]]
+        name = "HighErrorRate"
+        metric = "error_rate"
+        warning = 0.01
+        critical = 0.05
+        min_requests = 20
+        [[alerts]]
+        name = "SlowRequests"
+        metric = "p95_latency_ms"
+        window = "10m"
+        warning = 2000
+        critical = 5000
+        [[alerts]]
+        name = "QueueBacklog"
+        metric = "gauge:queue.depth"
+        warning = 50
+        critical = 90
+        [[alerts]]
+        name = "LowTraffic"
+        metric = "request_rate"
+        below = true
+        warning = 0.1
+    "#;
+    let config = tally::Config::from_toml(&[rules]).unwrap();
+    let engine = tally_aggregator::alert::AlertEngine::new(
+        store.clone(),
+        config.alert_rules().unwrap(),
+        config.alerting.clone(),
+        std::sync::Arc::new(vec![]),
+        Duration::from_secs(60),
+        "http://tally".into(),
+    );
+    let mut times = Vec::new();
+    for round in 0..6 {
+        let started = Instant::now();
+        let report = engine.round(now + round * 31_000).await.unwrap().expect("round committed");
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        println!("round {round}: {:.1} ms, {report:?}", times[round as usize]);
+    }
+    times.sort_by(f64::total_cmp);
+    println!("alert round over 1,000 tenants x 4 rules: median {:.1} ms (first round writes every instance)", times[3]);
+    store.close().await;
+    db.drop_db().await;
+}
