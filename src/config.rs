@@ -16,6 +16,7 @@ use serde::Deserialize;
 use tally_aggregator::{
     PipelineConfig, RollupConfig,
     alert::{AlertRuleConfig, AlertingConfig, Rule, RuleContext, compile_rules},
+    lake::LakeConfig,
 };
 use tally_collector::{OtlpConfig, TenancyConfig, TenantResolver, events::EventsConfig};
 use tally_core::{MeterConfig, Secret, meter::validate_meters};
@@ -24,7 +25,7 @@ use tally_exporter::alerts::{Receiver, ReceiverConfig, check_receivers};
 pub const DEFAULTS: &str = include_str!("../tally.default.toml");
 
 /// Config sections; `TALLY_<SECTION>_<KEY>` maps to `<section>.<key>`.
-const SECTIONS: [&str; 8] = ["api", "otlp", "tenancy", "pipeline", "rollups", "events", "auth", "alerting"];
+const SECTIONS: [&str; 9] = ["api", "otlp", "tenancy", "pipeline", "rollups", "events", "auth", "alerting", "lake"];
 
 /// Reads an environment variable (secrets named by `*_env` keys).
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -46,6 +47,7 @@ pub struct Config {
     pub tenancy: TenancyConfig,
     pub pipeline: PipelineConfig,
     pub rollups: RollupConfig,
+    pub lake: LakeConfig,
     pub events: EventsConfig,
     pub auth: AuthConfig,
     /// `[[meters]]`: what usage is counted (see the defaults file).
@@ -136,6 +138,7 @@ impl Config {
         anyhow::ensure!(!self.auth.refresh_interval.is_zero(), "auth.refresh_interval must be greater than 0");
         TenantResolver::new(&self.tenancy)?;
         self.rollups.validate().map_err(anyhow::Error::msg)?;
+        self.lake.validate().map_err(anyhow::Error::msg)?;
         validate_meters(&self.meters).map_err(anyhow::Error::msg)?;
         self.alert_rules()?;
         self.alert_receivers(None)?;
@@ -161,6 +164,11 @@ impl Config {
             "database_url: expected postgres://…, sqlite:… or empty for the embedded database"
         );
         Ok(())
+    }
+
+    /// Where complete lake files wait for upload.
+    pub fn spool_dir(&self) -> PathBuf {
+        if self.lake.spool_dir.is_empty() { self.data_dir.join("spool") } else { PathBuf::from(&self.lake.spool_dir) }
     }
 
     /// The alert rules, checked against the rollup window, meters and receivers.

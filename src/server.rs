@@ -50,8 +50,12 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
     // Downstream first: the rollup stage, then the queue feeding it.
     let (pipeline, rx) =
         Pipeline::new(config.pipeline.queue_capacity, config.pipeline.max_queued_bytes, config.otlp.enqueue_timeout);
-    let rollups =
-        tokio::spawn(RollupStage::new(store.clone(), config.rollups.clone(), config.pipeline.flush_interval).run(rx));
+    let lake = if config.lake.enabled { Some(start_lake(&config, env)?) } else { None };
+    let mut stage = RollupStage::new(store.clone(), config.rollups.clone(), config.pipeline.flush_interval);
+    if let Some(l) = &lake {
+        stage = stage.with_lake(l.tx.clone());
+    }
+    let rollups = tokio::spawn(stage.run(rx));
 
     // Usage (events and span meters) is written by the ledger's group-commit
     // task; it stops once the receivers and the API holding its handles stop.
@@ -136,6 +140,7 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
     let api = tokio::spawn(async move { api.await });
     let token = shutdown.clone();
     let task_store = store.clone();
+    let shutdown_timeout = config.shutdown_timeout;
     let task = tokio::spawn(async move {
         token.cancelled().await;
         draining.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -147,6 +152,10 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
         let grpc = joined(grpc.await, "otlp grpc server");
         let http = joined(http.await, "otlp http server");
         let rollups = rollups.await.context("rollup stage");
+        let lake = match lake {
+            Some(l) => l.finish(shutdown_timeout).await,
+            None => Ok(()),
+        };
         let maintenance = maintenance.await.context("rollup maintenance");
         let alerts = alerts.await.context("alert evaluation");
         let delivery = delivery.await.context("alert delivery");
@@ -154,7 +163,7 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
         let ledger = ledger_task.await.context("usage ledger writer");
         task_store.close().await;
         tracing::info!("shutdown complete");
-        grpc.and(http).and(rollups).and(maintenance).and(alerts).and(delivery).and(api).and(ledger)
+        grpc.and(http).and(rollups).and(lake).and(maintenance).and(alerts).and(delivery).and(api).and(ledger)
     });
 
     tracing::info!(
@@ -175,6 +184,58 @@ impl Server {
     /// A token that starts shutdown when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+}
+
+/// The lake's writer thread and uploader task.
+struct RunningLake {
+    /// Cloned into the rollup stage; dropped here so the stage's is the last.
+    tx: tokio::sync::mpsc::Sender<tally_core::QueuedRequest>,
+    thread: std::thread::JoinHandle<()>,
+    uploader: JoinHandle<()>,
+    writer_done: CancellationToken,
+    upload_stop: CancellationToken,
+}
+
+/// Opens the lake's object store, resumes the spool and starts the writer
+/// and the uploader.
+fn start_lake(config: &Config, env: EnvLookup<'_>) -> anyhow::Result<RunningLake> {
+    use std::sync::atomic::AtomicU64;
+    use tally_exporter::lake::{Uploader, open_lake, spooled_files};
+    let lake = open_lake(&config.lake_url, &config.data_dir, env).map_err(anyhow::Error::msg)?;
+    let spool = config.spool_dir();
+    std::fs::create_dir_all(&spool).with_context(|| format!("creating the lake spool {}", spool.display()))?;
+    let waiting = spooled_files(&spool, tally_core::lake::OPEN_DIR);
+    if !waiting.is_empty() {
+        tracing::info!(files = waiting.len(), spool = %spool.display(), "resuming the upload of spooled lake files");
+    }
+    let spooled = Arc::new(AtomicU64::new(waiting.iter().map(|(_, size)| size).sum()));
+    let writer = tally_aggregator::lake::start_writer(&config.lake, spool.clone(), spooled.clone())
+        .with_context(|| format!("starting the lake writer in {}", spool.display()))?;
+    tracing::info!(lake = %lake.description, spool = %spool.display(), "writing the Parquet lake");
+    let (writer_done, upload_stop) = (CancellationToken::new(), CancellationToken::new());
+    let uploader = Uploader { lake, spool, spooled, max_backoff: config.lake.max_upload_backoff };
+    let uploader = tokio::spawn(uploader.run(writer_done.clone(), upload_stop.clone()));
+    Ok(RunningLake { tx: writer.tx, thread: writer.thread, uploader, writer_done, upload_stop })
+}
+
+impl RunningLake {
+    /// After the rollup stage has stopped: the writer closes its files, the
+    /// uploader uploads them (for up to `timeout`; what is left is uploaded
+    /// after restart).
+    async fn finish(self, timeout: std::time::Duration) -> anyhow::Result<()> {
+        let RunningLake { tx, thread, mut uploader, writer_done, upload_stop } = self;
+        drop(tx);
+        let joined = tokio::task::spawn_blocking(move || thread.join()).await;
+        writer_done.cancel();
+        if tokio::time::timeout(timeout, &mut uploader).await.is_err() {
+            upload_stop.cancel();
+            let _ = uploader.await;
+        }
+        match joined {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(anyhow::anyhow!("the lake writer panicked")),
+        }
     }
 }
 

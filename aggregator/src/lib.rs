@@ -5,11 +5,13 @@
 //! gauges, metric histograms), writes them to the store when they close, and
 //! counts accepted items per tenant; [`maintain`] downsamples and expires
 //! the stored rollups; [`alert::AlertEngine`] evaluates alert rules over
-//! them and writes state changes and notifications. Parquet batching comes
-//! later.
+//! them and writes state changes and notifications; [`lake`] writes every
+//! request into Parquet files in the spool, for the uploader to move to the
+//! object store.
 
 pub mod alert;
 mod config;
+pub mod lake;
 pub mod rollup;
 
 pub use config::{PipelineConfig, RollupConfig};

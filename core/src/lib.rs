@@ -7,6 +7,7 @@ pub mod attributes;
 mod auth;
 mod batch;
 pub mod histogram;
+pub mod lake;
 pub mod lenient;
 pub mod meter;
 pub mod metric_names;

@@ -89,3 +89,22 @@ pub const ALERT_NOTIFICATIONS: &str = "tally_alert_notifications_total";
 pub const ALERT_NOTIFICATIONS_PENDING: &str = "tally_alert_notifications_pending";
 /// Seconds from a notification's state change to its delivery. Labels: `receiver`.
 pub const ALERT_DELIVERY_SECONDS: &str = "tally_alert_delivery_seconds";
+
+/// Rows written to lake files. Labels: `signal` (`spans`, `logs`, `metrics`, `usage`).
+pub const LAKE_ROWS: &str = "tally_lake_rows_total";
+/// Lake files completed into the spool, and their bytes. Labels: `signal`.
+pub const LAKE_FILES_WRITTEN: &str = "tally_lake_files_written_total";
+pub const LAKE_BYTES_WRITTEN: &str = "tally_lake_bytes_written_total";
+/// Bytes in the spool: complete files waiting for upload plus open files.
+pub const LAKE_SPOOL_BYTES: &str = "tally_lake_spool_bytes";
+/// Lake files open for writing.
+pub const LAKE_OPEN_FILES: &str = "tally_lake_open_files";
+/// 1 while the spool is full and ingestion is pushed back, else 0.
+pub const LAKE_BACKPRESSURE: &str = "tally_lake_backpressure";
+/// Local failures writing lake files (disk full, permissions).
+pub const LAKE_ERRORS: &str = "tally_lake_errors_total";
+/// Files and bytes uploaded to the object store.
+pub const LAKE_FILES_UPLOADED: &str = "tally_lake_files_uploaded_total";
+pub const LAKE_BYTES_UPLOADED: &str = "tally_lake_bytes_uploaded_total";
+/// Failed upload attempts (retried with backoff).
+pub const LAKE_UPLOAD_ERRORS: &str = "tally_lake_upload_errors_total";

@@ -44,7 +44,7 @@ fn test_env(name: &str) -> Option<String> {
 }
 
 /// tally on `url` (empty: SQLite in `dir`), free ports, fast flushes.
-async fn start_server(url: &str, dir: &tempfile::TempDir, overrides: &str) -> Server {
+async fn start_server(url: &str, dir: &tempfile::TempDir, overrides: &str, env: &[(String, String)]) -> Server {
     let base = format!(
         r#"
         data_dir = "{dir}"
@@ -56,11 +56,15 @@ async fn start_server(url: &str, dir: &tempfile::TempDir, overrides: &str) -> Se
         http_addr = "127.0.0.1:0"
         [pipeline]
         flush_interval = "50ms"
+        [lake]
+        # Only the lake tests write one (they enable it).
+        enabled = false
         "#,
         dir = dir.path().display(),
     );
     let config = Config::from_toml(&[&base, overrides]).unwrap();
-    tally::server::start_with_env(config, &test_env).await.unwrap()
+    let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).or_else(|| test_env(name));
+    tally::server::start_with_env(config, &lookup).await.unwrap()
 }
 
 /// Admin connection for creating per-test PostgreSQL databases.
@@ -108,31 +112,38 @@ pub struct TestServer {
     pub db: TestDb,
     pub dir: tempfile::TempDir,
     pub http: reqwest::Client,
+    /// Environment variables this tally sees besides the process's.
+    pub env: Vec<(String, String)>,
 }
 
 impl TestServer {
     pub async fn start(db: Db, overrides: &str) -> TestServer {
+        TestServer::start_with_env(db, overrides, Vec::new()).await
+    }
+
+    /// [`TestServer::start`] with environment variables of its own.
+    pub async fn start_with_env(db: Db, overrides: &str, env: Vec<(String, String)>) -> TestServer {
         let db = TestDb::new(db).await;
         let dir = tempfile::tempdir().unwrap();
-        TestServer::start_on(db, dir, overrides).await
+        TestServer::start_on(db, dir, overrides, env).await
     }
 
-    /// Stops and starts again on the same data dir and database.
+    /// Stops and starts again on the same data dir, database and environment.
     pub async fn restart(mut self, overrides: &str) -> TestServer {
         self.server.take().unwrap().shutdown().await.unwrap();
-        TestServer::start_on(self.db, self.dir, overrides).await
+        TestServer::start_on(self.db, self.dir, overrides, self.env).await
     }
 
-    async fn start_on(db: TestDb, dir: tempfile::TempDir, overrides: &str) -> TestServer {
-        let server = start_server(&db.url, &dir, overrides).await;
-        TestServer { server: Some(server), db, dir, http: reqwest::Client::new() }
+    async fn start_on(db: TestDb, dir: tempfile::TempDir, overrides: &str, env: Vec<(String, String)>) -> TestServer {
+        let server = start_server(&db.url, &dir, overrides, &env).await;
+        TestServer { server: Some(server), db, dir, http: reqwest::Client::new(), env }
     }
 
     /// A second tally on this one's database (a replica), with a data dir
     /// of its own; shut it down before this one stops.
     pub async fn replica(&self, overrides: &str) -> (Server, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        (start_server(&self.db.url, &dir, overrides).await, dir)
+        (start_server(&self.db.url, &dir, overrides, &self.env).await, dir)
     }
 
     fn server(&self) -> &Server {

@@ -38,6 +38,8 @@ pub struct RollupStage {
     windows: Windows,
     keep: AttributeFilter,
     counts: HashMap<(TenantId, Signal), u64>,
+    /// The lake writer, passed each request once rolled up.
+    lake: Option<mpsc::Sender<QueuedRequest>>,
 }
 
 impl RollupStage {
@@ -50,7 +52,16 @@ impl RollupStage {
             config,
             flush_interval,
             counts: HashMap::new(),
+            lake: None,
         }
+    }
+
+    /// Passes every request on to the lake writer; a writer that does not
+    /// keep up (its spool is full) holds the stage back, and with it the
+    /// receivers: back-pressure rather than loss.
+    pub fn with_lake(mut self, lake: mpsc::Sender<QueuedRequest>) -> RollupStage {
+        self.lake = Some(lake);
+        self
     }
 
     /// Runs until every sender of `rx` is gone (the receivers have stopped),
@@ -71,6 +82,12 @@ impl RollupStage {
                     Some(request) => {
                         self.add(&request.batches);
                         metrics::gauge!(metric_names::QUEUE_DEPTH).set(rx.len() as f64);
+                        if let Some(lake) = &self.lake
+                            && lake.send(request).await.is_err()
+                        {
+                            tracing::error!("the lake writer has stopped; telemetry is no longer written to the lake");
+                            self.lake = None;
+                        }
                     }
                     None => break,
                 },
@@ -90,6 +107,8 @@ impl RollupStage {
                 }
             }
         }
+        // The lake writer finishes its files once this sender is gone.
+        self.lake = None;
         let rows = self.windows.take_all();
         self.send(&tx, rows, now_ms());
         drop(tx);

@@ -1,0 +1,224 @@
+//! Open Parquet files, one per (signal, tenant, hour): rows gather in
+//! column builders, go to the file in batches, and the file is closed when
+//! it reaches `max_file_bytes` or `max_file_age` (or at shutdown). A file is
+//! written under `<spool>/.open/` and renamed into its partition folder of
+//! the spool only once complete, so the uploader never sees half a file.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use parquet::{
+    arrow::ArrowWriter,
+    basic::{Compression, Encoding, ZstdLevel},
+    file::{
+        metadata::KeyValue,
+        properties::{EnabledStatistics, WriterProperties},
+    },
+    schema::types::ColumnPath,
+};
+use tally_core::{
+    lake::{LakeSignal, OPEN_DIR, lake_path},
+    metric_names,
+};
+
+use super::schema::Rows;
+
+/// What a file is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    pub signal: LakeSignal,
+    pub tenant: String,
+    pub hour_ms: i64,
+}
+
+struct OpenFile {
+    rows: Rows,
+    writer: Option<ArrowWriter<File>>,
+    open_path: PathBuf,
+    lake_path: String,
+    opened_ms: i64,
+}
+
+/// File limits and batching.
+#[derive(Debug, Clone)]
+pub struct FileLimits {
+    pub max_file_bytes: u64,
+    pub max_file_age_ms: i64,
+    pub row_group_rows: usize,
+    /// Rows gathered in builders before they are encoded into the file.
+    pub batch_rows: usize,
+}
+
+pub struct LakeFiles {
+    spool: PathBuf,
+    writer_id: String,
+    seq: u64,
+    limits: FileLimits,
+    open: HashMap<FileKey, OpenFile>,
+    /// Bytes of complete files in the spool (the uploader subtracts).
+    spooled: Arc<AtomicU64>,
+}
+
+fn properties(signal: LakeSignal, row_group_rows: usize) -> WriterProperties {
+    let zstd = ZstdLevel::try_new(3).map(Compression::ZSTD).unwrap_or(Compression::SNAPPY);
+    let mut b = WriterProperties::builder()
+        .set_compression(zstd)
+        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_key_value_metadata(Some(vec![KeyValue::new("tally.schema".to_owned(), format!("{}/1", signal.as_str()))]));
+    // Times and durations: delta encoding, no dictionary. Ids: random, no dictionary.
+    let (times, ids): (&[&str], &[&str]) = match signal {
+        LakeSignal::Spans => (&["start_time", "end_time", "duration_ns"], &["trace_id", "span_id", "parent_span_id"]),
+        LakeSignal::Logs => (&["time", "observed_time"], &["trace_id", "span_id"]),
+        LakeSignal::Metrics => (&["start_time", "time"], &[]),
+        LakeSignal::Usage => (&["event_time"], &["event_id"]),
+    };
+    for c in times {
+        b = b
+            .set_column_encoding(ColumnPath::from(*c), Encoding::DELTA_BINARY_PACKED)
+            .set_column_dictionary_enabled(ColumnPath::from(*c), false);
+    }
+    for c in ids {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(*c), false);
+    }
+    b.build()
+}
+
+impl LakeFiles {
+    /// Starts over in `spool`: files left open by a crash are incomplete
+    /// (no footer) and removed.
+    pub fn new(spool: &Path, writer_id: &str, limits: FileLimits, spooled: Arc<AtomicU64>) -> std::io::Result<Self> {
+        let open_dir = spool.join(OPEN_DIR);
+        if open_dir.exists() {
+            for e in std::fs::read_dir(&open_dir)?.flatten() {
+                tracing::warn!(file = %e.path().display(), "removing a lake file left incomplete by a crash");
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        std::fs::create_dir_all(&open_dir)?;
+        // File names sort by creation: sequence numbers start at the clock.
+        let seq = tally_core::now_ms().max(0) as u64 * 1000;
+        Ok(LakeFiles {
+            spool: spool.to_owned(),
+            writer_id: writer_id.to_owned(),
+            seq,
+            limits,
+            open: HashMap::new(),
+            spooled,
+        })
+    }
+
+    /// The rows of the file for `key`, opened if needed.
+    pub fn rows(&mut self, key: &FileKey, now_ms: i64) -> &mut Rows {
+        if !self.open.contains_key(key) {
+            self.seq += 1;
+            let lake_path = lake_path(key.signal, &key.tenant, key.hour_ms, &self.writer_id, self.seq);
+            let name = lake_path.replace('/', "_");
+            let f = OpenFile {
+                rows: Rows::new(key.signal),
+                writer: None,
+                open_path: self.spool.join(OPEN_DIR).join(name),
+                lake_path,
+                opened_ms: now_ms,
+            };
+            self.open.insert(key.clone(), f);
+        }
+        &mut self.open.get_mut(key).expect("just inserted").rows
+    }
+
+    /// After rows were added to `key`: encodes them once there are enough,
+    /// and closes the file once it is big enough.
+    pub fn added(&mut self, key: &FileKey) -> std::io::Result<()> {
+        let limits = self.limits.clone();
+        let Some(f) = self.open.get_mut(key) else { return Ok(()) };
+        if f.rows.len() >= limits.batch_rows {
+            write_rows(f, key.signal, limits.row_group_rows)?;
+            let size = f.writer.as_ref().map_or(0, |w| (w.bytes_written() + w.in_progress_size()) as u64);
+            if size >= limits.max_file_bytes {
+                self.close(key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes files older than `max_file_age`; returns how many.
+    pub fn close_aged(&mut self, now_ms: i64) -> std::io::Result<usize> {
+        let aged: Vec<FileKey> = self
+            .open
+            .iter()
+            .filter(|(_, f)| now_ms - f.opened_ms >= self.limits.max_file_age_ms)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &aged {
+            self.close(k)?;
+        }
+        Ok(aged.len())
+    }
+
+    pub fn close_all(&mut self) -> std::io::Result<()> {
+        let keys: Vec<FileKey> = self.open.keys().cloned().collect();
+        for k in &keys {
+            self.close(k)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes held by open files (encoded so far, plus buffered row groups).
+    pub fn open_bytes(&self) -> u64 {
+        self.open
+            .values()
+            .filter_map(|f| f.writer.as_ref())
+            .map(|w| (w.bytes_written() + w.in_progress_size()) as u64)
+            .sum()
+    }
+
+    pub fn open_files(&self) -> usize {
+        self.open.len()
+    }
+
+    fn close(&mut self, key: &FileKey) -> std::io::Result<()> {
+        let Some(mut f) = self.open.remove(key) else { return Ok(()) };
+        if !f.rows.is_empty() {
+            write_rows(&mut f, key.signal, self.limits.row_group_rows)?;
+        }
+        let Some(writer) = f.writer.take() else { return Ok(()) };
+        let file = writer.into_inner().map_err(std::io::Error::other)?;
+        // Durable before it is visible: the uploader deletes the spool copy
+        // only after the object store has it.
+        file.sync_all()?;
+        let size = file.metadata()?.len();
+        drop(file);
+        let dest = self.spool.join(&f.lake_path);
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::rename(&f.open_path, &dest)?;
+        self.spooled.fetch_add(size, Ordering::Relaxed);
+        metrics::counter!(metric_names::LAKE_FILES_WRITTEN, "signal" => key.signal.as_str()).increment(1);
+        metrics::counter!(metric_names::LAKE_BYTES_WRITTEN, "signal" => key.signal.as_str()).increment(size);
+        Ok(())
+    }
+}
+
+fn write_rows(f: &mut OpenFile, signal: LakeSignal, row_group_rows: usize) -> std::io::Result<()> {
+    let n = f.rows.len() as u64;
+    let batch = f.rows.finish().map_err(std::io::Error::other)?;
+    if f.writer.is_none() {
+        let file = File::create(&f.open_path)?;
+        let w = ArrowWriter::try_new(file, batch.schema(), Some(properties(signal, row_group_rows)))
+            .map_err(std::io::Error::other)?;
+        f.writer = Some(w);
+    }
+    if let Some(w) = f.writer.as_mut() {
+        w.write(&batch).map_err(std::io::Error::other)?;
+    }
+    metrics::counter!(metric_names::LAKE_ROWS, "signal" => signal.as_str()).increment(n);
+    Ok(())
+}

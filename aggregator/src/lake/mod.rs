@@ -1,0 +1,239 @@
+//! The Parquet lake's writer: every request the rollup stage has consumed
+//! is passed on here and written, row by row, into Parquet files per
+//! (signal, tenant, hour) in the spool directory; the uploader
+//! (tally-exporter) moves complete files to the object store.
+//!
+//! It runs on a thread of its own (encoding Parquet is CPU work). When the
+//! spool holds `lake.max_spool_bytes` (the object store has been
+//! unreachable for long), it stops taking requests: the rollup stage then
+//! waits, the pipeline queue fills, and the receivers answer 429 /
+//! UNAVAILABLE — telemetry pushes back rather than being dropped.
+
+mod files;
+pub mod schema;
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use serde::Deserialize;
+use tally_core::{Payload, QueuedRequest, metric_names, now_ms};
+use tokio::sync::mpsc;
+
+pub use files::{FileKey, FileLimits, LakeFiles};
+use schema::{Origin, Rows, service_of};
+use tally_core::lake::{LakeSignal, hour_of_ns};
+
+/// `[lake]`: the Parquet files (where they go is the top-level `lake_url`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LakeConfig {
+    /// Write telemetry to the lake at all.
+    pub enabled: bool,
+    /// Complete files wait here until uploaded; empty: `<data_dir>/spool`.
+    #[serde(deserialize_with = "tally_core::lenient::string")]
+    pub spool_dir: String,
+    /// Spooled bytes (complete and open files) beyond which ingestion pushes back.
+    pub max_spool_bytes: u64,
+    /// A file is closed at this size…
+    pub max_file_bytes: u64,
+    /// …or this long after it was opened.
+    #[serde(with = "humantime_serde")]
+    pub max_file_age: Duration,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+    /// Names this replica's files (`<writer>-<seq>.parquet`); empty: the host name.
+    #[serde(deserialize_with = "tally_core::lenient::string")]
+    pub writer_id: String,
+    /// Longest wait between upload attempts while the object store fails.
+    #[serde(with = "humantime_serde")]
+    pub max_upload_backoff: Duration,
+}
+
+impl LakeConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_file_bytes == 0 || self.row_group_rows == 0 || self.max_file_age.is_zero() {
+            return Err("lake.max_file_bytes, row_group_rows and max_file_age must be greater than 0".into());
+        }
+        if self.max_spool_bytes < self.max_file_bytes {
+            return Err("lake.max_spool_bytes must be at least lake.max_file_bytes".into());
+        }
+        if self.writer_id.contains(['/', '\\']) {
+            return Err("lake.writer_id: no slashes".into());
+        }
+        Ok(())
+    }
+
+    /// The writer id: configured, else the host name, else "tally".
+    pub fn writer(&self) -> String {
+        if !self.writer_id.is_empty() {
+            return self.writer_id.clone();
+        }
+        std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty() && !h.contains('/'))
+            .unwrap_or_else(|| "tally".to_owned())
+    }
+}
+
+/// Requests waiting for the lake writer; small, so a stalled writer is felt at once.
+const CHANNEL: usize = 8;
+
+/// The running writer: where to send requests, and its thread.
+pub struct LakeWriter {
+    pub tx: mpsc::Sender<QueuedRequest>,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// Starts the writer thread over `spool`. `spooled` counts the bytes of
+/// complete files in the spool (the uploader subtracts what it uploads).
+pub fn start_writer(config: &LakeConfig, spool: PathBuf, spooled: Arc<AtomicU64>) -> std::io::Result<LakeWriter> {
+    let limits = FileLimits {
+        max_file_bytes: config.max_file_bytes,
+        max_file_age_ms: config.max_file_age.as_millis() as i64,
+        row_group_rows: config.row_group_rows,
+        batch_rows: config.row_group_rows.clamp(1, 16_384),
+    };
+    let files = LakeFiles::new(&spool, &config.writer(), limits, spooled.clone())?;
+    let (tx, rx) = mpsc::channel(CHANNEL);
+    let handle = tokio::runtime::Handle::current();
+    let max_spool = config.max_spool_bytes;
+    let thread = std::thread::Builder::new()
+        .name("tally-lake".into())
+        .spawn(move || run(rx, files, handle, spooled, max_spool))?;
+    Ok(LakeWriter { tx, thread })
+}
+
+fn run(
+    mut rx: mpsc::Receiver<QueuedRequest>,
+    mut files: LakeFiles,
+    handle: tokio::runtime::Handle,
+    spooled: Arc<AtomicU64>,
+    max_spool: u64,
+) {
+    let mut last_age_check = now_ms();
+    loop {
+        let held = spooled.load(Ordering::Relaxed) + files.open_bytes();
+        metrics::gauge!(metric_names::LAKE_SPOOL_BYTES).set(held as f64);
+        metrics::gauge!(metric_names::LAKE_OPEN_FILES).set(files.open_files() as f64);
+        // A full spool stops intake, unless tally is shutting down: what was
+        // acknowledged is written even past the limit.
+        let full = held >= max_spool && !rx.is_closed();
+        metrics::gauge!(metric_names::LAKE_BACKPRESSURE).set(if full { 1.0 } else { 0.0 });
+        let next = if full {
+            std::thread::sleep(Duration::from_millis(200));
+            Err(())
+        } else {
+            handle.block_on(async { tokio::time::timeout(Duration::from_secs(1), rx.recv()).await }).map_err(|_| ())
+        };
+        match next {
+            Ok(Some(request)) => {
+                if let Err(e) = add(&mut files, &request) {
+                    metrics::counter!(metric_names::LAKE_ERRORS).increment(1);
+                    tracing::error!(error = %e, "writing to the lake spool failed; this request's rows are not in the lake");
+                }
+            }
+            Ok(None) => break,
+            Err(()) => {}
+        }
+        let now = now_ms();
+        if now - last_age_check >= 1000 {
+            last_age_check = now;
+            if let Err(e) = files.close_aged(now) {
+                metrics::counter!(metric_names::LAKE_ERRORS).increment(1);
+                tracing::error!(error = %e, "closing lake files failed");
+            }
+        }
+    }
+    if let Err(e) = files.close_all() {
+        metrics::counter!(metric_names::LAKE_ERRORS).increment(1);
+        tracing::error!(error = %e, "closing lake files at shutdown failed");
+    }
+}
+
+/// One request's rows into their files.
+fn add(files: &mut LakeFiles, request: &QueuedRequest) -> std::io::Result<()> {
+    let now = now_ms();
+    for b in &request.batches {
+        let tenant = b.tenant.as_str();
+        // Items without a time go to the hour they were received.
+        let received_ns = b.received_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let hour = |ns: u64| hour_of_ns(if ns == 0 { received_ns } else { ns });
+        match &b.payload {
+            Payload::Spans(data) => {
+                for rs in data {
+                    let service = service_of(rs.resource.as_ref());
+                    for ss in &rs.scope_spans {
+                        let o = Origin {
+                            tenant,
+                            service: &service,
+                            resource: rs.resource.as_ref(),
+                            scope: ss.scope.as_ref(),
+                        };
+                        for span in &ss.spans {
+                            let key = key(LakeSignal::Spans, tenant, hour(span.start_time_unix_nano));
+                            if let Rows::Spans(r) = files.rows(&key, now) {
+                                r.push(&o, span);
+                            }
+                            files.added(&key)?;
+                        }
+                    }
+                }
+            }
+            Payload::Logs(data) => {
+                for rl in data {
+                    let service = service_of(rl.resource.as_ref());
+                    for sl in &rl.scope_logs {
+                        let o = Origin {
+                            tenant,
+                            service: &service,
+                            resource: rl.resource.as_ref(),
+                            scope: sl.scope.as_ref(),
+                        };
+                        for rec in &sl.log_records {
+                            let t =
+                                if rec.time_unix_nano != 0 { rec.time_unix_nano } else { rec.observed_time_unix_nano };
+                            let key = key(LakeSignal::Logs, tenant, hour(t));
+                            if let Rows::Logs(r) = files.rows(&key, now) {
+                                r.push(&o, rec);
+                            }
+                            files.added(&key)?;
+                        }
+                    }
+                }
+            }
+            Payload::Metrics(data) => {
+                for rm in data {
+                    let service = service_of(rm.resource.as_ref());
+                    for sm in &rm.scope_metrics {
+                        let o = Origin {
+                            tenant,
+                            service: &service,
+                            resource: rm.resource.as_ref(),
+                            scope: sm.scope.as_ref(),
+                        };
+                        for metric in &sm.metrics {
+                            // A metric's points share a file: the hour it was received.
+                            let key = key(LakeSignal::Metrics, tenant, hour(0));
+                            if let Rows::Metrics(r) = files.rows(&key, now) {
+                                r.push_metric(&o, metric);
+                            }
+                            files.added(&key)?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn key(signal: LakeSignal, tenant: &str, hour_ms: i64) -> FileKey {
+    FileKey { signal, tenant: tenant.to_owned(), hour_ms }
+}
