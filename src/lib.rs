@@ -9,6 +9,7 @@ pub mod config;
 pub mod keys;
 pub mod loadgen;
 pub mod observability;
+pub mod replay;
 pub mod rollup_api;
 pub mod server;
 pub mod usage_api;

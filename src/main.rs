@@ -36,6 +36,8 @@ enum Command {
     Keys(tally::keys::KeysCommand),
     /// Send synthetic OTLP load and report what was acknowledged.
     Loadgen(loadgen::LoadgenArgs),
+    /// Rebuild rollups and re-derive missing usage from the Parquet lake.
+    Replay(tally::replay::ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +85,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("opening database {}", config.database_description()))?;
             store.migrate().await?;
             println!("migrations applied to {}", config.database_description());
+            Ok(())
+        }
+        Command::Replay(args) => {
+            let config = Config::load(cli.config.as_deref())?;
+            observability::init_logging(&config);
+            let summary = tally::replay::run(&config, &args, &|name| std::env::var(name).ok()).await?;
+            println!("{summary}");
             Ok(())
         }
         Command::Serve => serve(Config::load(cli.config.as_deref())?).await,

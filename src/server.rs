@@ -50,7 +50,7 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
     // Downstream first: the rollup stage, then the queue feeding it.
     let (pipeline, rx) =
         Pipeline::new(config.pipeline.queue_capacity, config.pipeline.max_queued_bytes, config.otlp.enqueue_timeout);
-    let lake = if config.lake.enabled { Some(start_lake(&config, env)?) } else { None };
+    let lake = if config.lake.enabled { Some(start_lake(&config, &store, env)?) } else { None };
     let mut stage = RollupStage::new(store.clone(), config.rollups.clone(), config.pipeline.flush_interval);
     if let Some(l) = &lake {
         stage = stage.with_lake(l.tx.clone());
@@ -193,13 +193,14 @@ struct RunningLake {
     tx: tokio::sync::mpsc::Sender<tally_core::QueuedRequest>,
     thread: std::thread::JoinHandle<()>,
     uploader: JoinHandle<()>,
+    usage: JoinHandle<()>,
     writer_done: CancellationToken,
     upload_stop: CancellationToken,
 }
 
 /// Opens the lake's object store, resumes the spool and starts the writer
 /// and the uploader.
-fn start_lake(config: &Config, env: EnvLookup<'_>) -> anyhow::Result<RunningLake> {
+fn start_lake(config: &Config, store: &Store, env: EnvLookup<'_>) -> anyhow::Result<RunningLake> {
     use std::sync::atomic::AtomicU64;
     use tally_exporter::lake::{Uploader, open_lake, spooled_files};
     let lake = open_lake(&config.lake_url, &config.data_dir, env).map_err(anyhow::Error::msg)?;
@@ -214,9 +215,19 @@ fn start_lake(config: &Config, env: EnvLookup<'_>) -> anyhow::Result<RunningLake
         .with_context(|| format!("starting the lake writer in {}", spool.display()))?;
     tracing::info!(lake = %lake.description, spool = %spool.display(), "writing the Parquet lake");
     let (writer_done, upload_stop) = (CancellationToken::new(), CancellationToken::new());
+    let usage = tally_aggregator::lake::UsageExport {
+        store: store.clone(),
+        spool: spool.clone(),
+        writer_id: config.lake.writer(),
+        spooled: spooled.clone(),
+        row_group_rows: config.lake.row_group_rows,
+        interval: config.lake.usage_export_interval,
+        lag: config.lake.usage_export_lag,
+    };
+    let usage = tokio::spawn(usage.run(writer_done.clone()));
     let uploader = Uploader { lake, spool, spooled, max_backoff: config.lake.max_upload_backoff };
     let uploader = tokio::spawn(uploader.run(writer_done.clone(), upload_stop.clone()));
-    Ok(RunningLake { tx: writer.tx, thread: writer.thread, uploader, writer_done, upload_stop })
+    Ok(RunningLake { tx: writer.tx, thread: writer.thread, uploader, usage, writer_done, upload_stop })
 }
 
 impl RunningLake {
@@ -224,10 +235,11 @@ impl RunningLake {
     /// uploader uploads them (for up to `timeout`; what is left is uploaded
     /// after restart).
     async fn finish(self, timeout: std::time::Duration) -> anyhow::Result<()> {
-        let RunningLake { tx, thread, mut uploader, writer_done, upload_stop } = self;
+        let RunningLake { tx, thread, mut uploader, usage, writer_done, upload_stop } = self;
         drop(tx);
         let joined = tokio::task::spawn_blocking(move || thread.join()).await;
         writer_done.cancel();
+        let _ = usage.await;
         if tokio::time::timeout(timeout, &mut uploader).await.is_err() {
             upload_stop.cancel();
             let _ = uploader.await;

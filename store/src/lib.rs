@@ -11,6 +11,7 @@ mod alerts;
 mod error;
 mod ingest;
 mod keys;
+mod lake;
 mod ledger;
 mod rollups;
 mod store;

@@ -102,7 +102,18 @@ impl LakeFiles {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        std::fs::create_dir_all(&open_dir)?;
+        LakeFiles::new_shared(spool, writer_id, limits, spooled)
+    }
+
+    /// Another set of files in a spool already in use (its open files are
+    /// left alone); `writer_id` must differ from the others'.
+    pub fn new_shared(
+        spool: &Path,
+        writer_id: &str,
+        limits: FileLimits,
+        spooled: Arc<AtomicU64>,
+    ) -> std::io::Result<Self> {
+        std::fs::create_dir_all(spool.join(OPEN_DIR))?;
         // File names sort by creation: sequence numbers start at the clock.
         let seq = tally_core::now_ms().max(0) as u64 * 1000;
         Ok(LakeFiles {
@@ -162,12 +173,14 @@ impl LakeFiles {
         Ok(aged.len())
     }
 
-    pub fn close_all(&mut self) -> std::io::Result<()> {
+    /// Closes every open file; returns the complete files' paths.
+    pub fn close_all(&mut self) -> std::io::Result<Vec<PathBuf>> {
         let keys: Vec<FileKey> = self.open.keys().cloned().collect();
+        let mut done = Vec::new();
         for k in &keys {
-            self.close(k)?;
+            done.extend(self.close(k)?);
         }
-        Ok(())
+        Ok(done)
     }
 
     /// Bytes held by open files (encoded so far, plus buffered row groups).
@@ -183,12 +196,12 @@ impl LakeFiles {
         self.open.len()
     }
 
-    fn close(&mut self, key: &FileKey) -> std::io::Result<()> {
-        let Some(mut f) = self.open.remove(key) else { return Ok(()) };
+    fn close(&mut self, key: &FileKey) -> std::io::Result<Option<PathBuf>> {
+        let Some(mut f) = self.open.remove(key) else { return Ok(None) };
         if !f.rows.is_empty() {
             write_rows(&mut f, key.signal, self.limits.row_group_rows)?;
         }
-        let Some(writer) = f.writer.take() else { return Ok(()) };
+        let Some(writer) = f.writer.take() else { return Ok(None) };
         let file = writer.into_inner().map_err(std::io::Error::other)?;
         // Durable before it is visible: the uploader deletes the spool copy
         // only after the object store has it.
@@ -203,7 +216,7 @@ impl LakeFiles {
         self.spooled.fetch_add(size, Ordering::Relaxed);
         metrics::counter!(metric_names::LAKE_FILES_WRITTEN, "signal" => key.signal.as_str()).increment(1);
         metrics::counter!(metric_names::LAKE_BYTES_WRITTEN, "signal" => key.signal.as_str()).increment(size);
-        Ok(())
+        Ok(Some(dest))
     }
 }
 

@@ -10,7 +10,9 @@
 //! UNAVAILABLE — telemetry pushes back rather than being dropped.
 
 mod files;
+mod replay;
 pub mod schema;
+mod usage;
 
 use std::{
     path::PathBuf,
@@ -26,8 +28,10 @@ use tally_core::{Payload, QueuedRequest, metric_names, now_ms};
 use tokio::sync::mpsc;
 
 pub use files::{FileKey, FileLimits, LakeFiles};
+pub use replay::Replay;
 use schema::{Origin, Rows, service_of};
 use tally_core::lake::{LakeSignal, hour_of_ns};
+pub use usage::UsageExport;
 
 /// `[lake]`: the Parquet files (where they go is the top-level `lake_url`).
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +57,13 @@ pub struct LakeConfig {
     /// Longest wait between upload attempts while the object store fails.
     #[serde(with = "humantime_serde")]
     pub max_upload_backoff: Duration,
+    /// How often the usage ledger is exported to the lake (`usage/`).
+    #[serde(with = "humantime_serde")]
+    pub usage_export_interval: Duration,
+    /// Usage is exported this long after it was received (ledger
+    /// transactions in flight have committed by then).
+    #[serde(with = "humantime_serde")]
+    pub usage_export_lag: Duration,
 }
 
 impl LakeConfig {
@@ -151,7 +162,7 @@ fn run(
             }
         }
     }
-    if let Err(e) = files.close_all() {
+    if let Err(e) = files.close_all().map(drop) {
         metrics::counter!(metric_names::LAKE_ERRORS).increment(1);
         tracing::error!(error = %e, "closing lake files at shutdown failed");
     }
