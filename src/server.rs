@@ -151,6 +151,9 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
         // previous ones returned, so a failed receiver cannot skip the flush.
         let grpc = joined(grpc.await, "otlp grpc server");
         let http = joined(http.await, "otlp http server");
+        if let Some(l) = &lake {
+            l.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let rollups = rollups.await.context("rollup stage");
         let lake = match lake {
             Some(l) => l.finish(shutdown_timeout).await,
@@ -192,6 +195,7 @@ struct RunningLake {
     /// Cloned into the rollup stage; dropped here so the stage's is the last.
     tx: tokio::sync::mpsc::Sender<tally_core::QueuedRequest>,
     thread: std::thread::JoinHandle<()>,
+    draining: Arc<std::sync::atomic::AtomicBool>,
     uploader: JoinHandle<()>,
     usage: JoinHandle<()>,
     writer_done: CancellationToken,
@@ -223,11 +227,20 @@ fn start_lake(config: &Config, store: &Store, env: EnvLookup<'_>) -> anyhow::Res
         row_group_rows: config.lake.row_group_rows,
         interval: config.lake.usage_export_interval,
         lag: config.lake.usage_export_lag,
+        seq: Arc::new(AtomicU64::new(0)),
     };
     let usage = tokio::spawn(usage.run(writer_done.clone()));
     let uploader = Uploader { lake, spool, spooled, max_backoff: config.lake.max_upload_backoff };
     let uploader = tokio::spawn(uploader.run(writer_done.clone(), upload_stop.clone()));
-    Ok(RunningLake { tx: writer.tx, thread: writer.thread, uploader, usage, writer_done, upload_stop })
+    Ok(RunningLake {
+        tx: writer.tx,
+        thread: writer.thread,
+        draining: writer.draining,
+        uploader,
+        usage,
+        writer_done,
+        upload_stop,
+    })
 }
 
 impl RunningLake {
@@ -235,7 +248,7 @@ impl RunningLake {
     /// uploader uploads them (for up to `timeout`; what is left is uploaded
     /// after restart).
     async fn finish(self, timeout: std::time::Duration) -> anyhow::Result<()> {
-        let RunningLake { tx, thread, mut uploader, usage, writer_done, upload_stop } = self;
+        let RunningLake { tx, thread, mut uploader, usage, writer_done, upload_stop, .. } = self;
         drop(tx);
         let joined = tokio::task::spawn_blocking(move || thread.join()).await;
         writer_done.cancel();

@@ -240,6 +240,10 @@ impl Uploader {
     pub async fn pass(&self) -> Result<usize, String> {
         let files = spooled_files(&self.spool, OPEN_DIR);
         let n = files.len();
+        // The count of spooled bytes is re-read from the disk each pass, so a
+        // file removed behind its back cannot leave it (and the back-pressure
+        // it drives) wrong for longer than a pass.
+        self.spooled.store(files.iter().map(|(_, size)| size).sum(), Ordering::Relaxed);
         for (path, size) in files {
             let rel = path.strip_prefix(&self.spool).map_err(|e| e.to_string())?;
             let rel = rel.to_str().ok_or("spool file name is not UTF-8")?.replace(std::path::MAIN_SEPARATOR, "/");

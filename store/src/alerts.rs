@@ -229,7 +229,7 @@ impl Store {
     pub async fn claim_notification(&self, receiver: &str, now_ms: i64, lease_ms: i64) -> Result<Option<OutboxRow>> {
         const CLAIM: &str = "UPDATE alert_outbox SET claimed_until_ms = $2 + $3 \
              WHERE id = (SELECT id FROM alert_outbox WHERE receiver = $1 AND outcome = 'pending' ORDER BY id LIMIT 1) \
-             AND next_attempt_ms <= $2 AND claimed_until_ms <= $2 \
+             AND outcome = 'pending' AND next_attempt_ms <= $2 AND claimed_until_ms <= $2 \
              RETURNING id, receiver, payload, created_ms, attempts";
         let row = on_pool!(self, |pool| {
             sqlx::query(CLAIM)

@@ -40,11 +40,19 @@ pub struct FileKey {
 
 struct OpenFile {
     rows: Rows,
+    /// Approximate bytes of the rows in `rows` (their OTLP encoded size).
+    buffered: usize,
     writer: Option<ArrowWriter<File>>,
     open_path: PathBuf,
     lake_path: String,
     opened_ms: i64,
 }
+
+/// Rows buffered in a file's builders are encoded once they hold this much,
+/// whatever their number (a few huge log bodies must not pile up).
+const MAX_BUFFERED_BYTES: usize = 32 << 20;
+/// Files open at once; opening one more closes the oldest.
+const MAX_OPEN_FILES: usize = 512;
 
 /// File limits and batching.
 #[derive(Debug, Clone)]
@@ -102,20 +110,22 @@ impl LakeFiles {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        LakeFiles::new_shared(spool, writer_id, limits, spooled)
+        // File names sort by creation: sequence numbers start at the clock.
+        let seq = tally_core::now_ms().max(0) as u64 * 1000;
+        LakeFiles::new_shared(spool, writer_id, limits, spooled, seq)
     }
 
     /// Another set of files in a spool already in use (its open files are
     /// left alone); `writer_id` must differ from the others'.
+    /// Names continue after sequence number `seq`.
     pub fn new_shared(
         spool: &Path,
         writer_id: &str,
         limits: FileLimits,
         spooled: Arc<AtomicU64>,
+        seq: u64,
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(spool.join(OPEN_DIR))?;
-        // File names sort by creation: sequence numbers start at the clock.
-        let seq = tally_core::now_ms().max(0) as u64 * 1000;
         Ok(LakeFiles {
             spool: spool.to_owned(),
             writer_id: writer_id.to_owned(),
@@ -126,14 +136,26 @@ impl LakeFiles {
         })
     }
 
-    /// The rows of the file for `key`, opened if needed.
-    pub fn rows(&mut self, key: &FileKey, now_ms: i64) -> &mut Rows {
+    /// The last sequence number used.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The rows of the file for `key`, opened if needed (closing the
+    /// oldest file when too many are open).
+    pub fn rows(&mut self, key: &FileKey, now_ms: i64) -> std::io::Result<&mut Rows> {
         if !self.open.contains_key(key) {
+            if self.open.len() >= MAX_OPEN_FILES
+                && let Some(oldest) = self.open.iter().min_by_key(|(_, f)| f.opened_ms).map(|(k, _)| k.clone())
+            {
+                self.close(&oldest)?;
+            }
             self.seq += 1;
             let lake_path = lake_path(key.signal, &key.tenant, key.hour_ms, &self.writer_id, self.seq);
             let name = lake_path.replace('/', "_");
             let f = OpenFile {
                 rows: Rows::new(key.signal),
+                buffered: 0,
                 writer: None,
                 open_path: self.spool.join(OPEN_DIR).join(name),
                 lake_path,
@@ -141,15 +163,16 @@ impl LakeFiles {
             };
             self.open.insert(key.clone(), f);
         }
-        &mut self.open.get_mut(key).expect("just inserted").rows
+        Ok(&mut self.open.get_mut(key).expect("just inserted").rows)
     }
 
-    /// After rows were added to `key`: encodes them once there are enough,
-    /// and closes the file once it is big enough.
-    pub fn added(&mut self, key: &FileKey) -> std::io::Result<()> {
+    /// After a row of about `bytes` was added to `key`: encodes the rows
+    /// once there are enough, and closes the file once it is big enough.
+    pub fn added(&mut self, key: &FileKey, bytes: usize) -> std::io::Result<()> {
         let limits = self.limits.clone();
         let Some(f) = self.open.get_mut(key) else { return Ok(()) };
-        if f.rows.len() >= limits.batch_rows {
+        f.buffered += bytes;
+        if f.rows.len() >= limits.batch_rows || f.buffered >= MAX_BUFFERED_BYTES {
             write_rows(f, key.signal, limits.row_group_rows)?;
             let size = f.writer.as_ref().map_or(0, |w| (w.bytes_written() + w.in_progress_size()) as u64);
             if size >= limits.max_file_bytes {
@@ -173,14 +196,25 @@ impl LakeFiles {
         Ok(aged.len())
     }
 
-    /// Closes every open file; returns the complete files' paths.
-    pub fn close_all(&mut self) -> std::io::Result<Vec<PathBuf>> {
+    /// Closes every open file (each tried, whatever the others do); returns
+    /// the complete files' paths and sizes, or the first error.
+    pub fn close_all(&mut self) -> std::io::Result<Vec<(PathBuf, u64)>> {
         let keys: Vec<FileKey> = self.open.keys().cloned().collect();
         let mut done = Vec::new();
+        let mut first_error = None;
         for k in &keys {
-            done.extend(self.close(k)?);
+            match self.close(k) {
+                Ok(path) => done.extend(path),
+                Err(e) => {
+                    tracing::error!(error = %e, signal = k.signal.as_str(), tenant = %k.tenant, "closing a lake file failed");
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        Ok(done)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
     }
 
     /// Bytes held by open files (encoded so far, plus buffered row groups).
@@ -196,10 +230,14 @@ impl LakeFiles {
         self.open.len()
     }
 
-    fn close(&mut self, key: &FileKey) -> std::io::Result<Option<PathBuf>> {
+    fn close(&mut self, key: &FileKey) -> std::io::Result<Option<(PathBuf, u64)>> {
         let Some(mut f) = self.open.remove(key) else { return Ok(None) };
-        if !f.rows.is_empty() {
-            write_rows(&mut f, key.signal, self.limits.row_group_rows)?;
+        if !f.rows.is_empty()
+            && let Err(e) = write_rows(&mut f, key.signal, self.limits.row_group_rows)
+        {
+            // Kept open (its rows with it) for the next attempt.
+            self.open.insert(key.clone(), f);
+            return Err(e);
         }
         let Some(writer) = f.writer.take() else { return Ok(None) };
         let file = writer.into_inner().map_err(std::io::Error::other)?;
@@ -212,16 +250,21 @@ impl LakeFiles {
         if let Some(dir) = dest.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::rename(&f.open_path, &dest)?;
+        // Counted before it can be uploaded (the uploader subtracts).
         self.spooled.fetch_add(size, Ordering::Relaxed);
+        if let Err(e) = std::fs::rename(&f.open_path, &dest) {
+            self.spooled.fetch_sub(size, Ordering::Relaxed);
+            return Err(e);
+        }
         metrics::counter!(metric_names::LAKE_FILES_WRITTEN, "signal" => key.signal.as_str()).increment(1);
         metrics::counter!(metric_names::LAKE_BYTES_WRITTEN, "signal" => key.signal.as_str()).increment(size);
-        Ok(Some(dest))
+        Ok(Some((dest, size)))
     }
 }
 
 fn write_rows(f: &mut OpenFile, signal: LakeSignal, row_group_rows: usize) -> std::io::Result<()> {
     let n = f.rows.len() as u64;
+    f.buffered = 0;
     let batch = f.rows.finish().map_err(std::io::Error::other)?;
     if f.writer.is_none() {
         let file = File::create(&f.open_path)?;

@@ -18,11 +18,12 @@ use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
+use prost::Message;
 use serde::Deserialize;
 use tally_core::{Payload, QueuedRequest, metric_names, now_ms};
 use tokio::sync::mpsc;
@@ -93,6 +94,9 @@ impl LakeConfig {
     }
 }
 
+const PLAUSIBLE_PAST_NS: u64 = 7 * 24 * 3_600 * 1_000_000_000;
+const PLAUSIBLE_FUTURE_NS: u64 = 3_600 * 1_000_000_000;
+
 /// Requests waiting for the lake writer; small, so a stalled writer is felt at once.
 const CHANNEL: usize = 8;
 
@@ -100,6 +104,9 @@ const CHANNEL: usize = 8;
 pub struct LakeWriter {
     pub tx: mpsc::Sender<QueuedRequest>,
     pub thread: std::thread::JoinHandle<()>,
+    /// Set when tally shuts down: what was acknowledged is written even past
+    /// the spool limit, so the queue drains and shutdown cannot hang.
+    pub draining: Arc<AtomicBool>,
 }
 
 /// Starts the writer thread over `spool`. `spooled` counts the bytes of
@@ -115,10 +122,12 @@ pub fn start_writer(config: &LakeConfig, spool: PathBuf, spooled: Arc<AtomicU64>
     let (tx, rx) = mpsc::channel(CHANNEL);
     let handle = tokio::runtime::Handle::current();
     let max_spool = config.max_spool_bytes;
+    let draining = Arc::new(AtomicBool::new(false));
+    let flag = draining.clone();
     let thread = std::thread::Builder::new()
         .name("tally-lake".into())
-        .spawn(move || run(rx, files, handle, spooled, max_spool))?;
-    Ok(LakeWriter { tx, thread })
+        .spawn(move || run(rx, files, handle, spooled, max_spool, flag))?;
+    Ok(LakeWriter { tx, thread, draining })
 }
 
 fn run(
@@ -127,6 +136,7 @@ fn run(
     handle: tokio::runtime::Handle,
     spooled: Arc<AtomicU64>,
     max_spool: u64,
+    draining: Arc<AtomicBool>,
 ) {
     let mut last_age_check = now_ms();
     loop {
@@ -135,7 +145,7 @@ fn run(
         metrics::gauge!(metric_names::LAKE_OPEN_FILES).set(files.open_files() as f64);
         // A full spool stops intake, unless tally is shutting down: what was
         // acknowledged is written even past the limit.
-        let full = held >= max_spool && !rx.is_closed();
+        let full = held >= max_spool && !draining.load(Ordering::Relaxed) && !rx.is_closed();
         metrics::gauge!(metric_names::LAKE_BACKPRESSURE).set(if full { 1.0 } else { 0.0 });
         let next = if full {
             std::thread::sleep(Duration::from_millis(200));
@@ -173,9 +183,12 @@ fn add(files: &mut LakeFiles, request: &QueuedRequest) -> std::io::Result<()> {
     let now = now_ms();
     for b in &request.batches {
         let tenant = b.tenant.as_str();
-        // Items without a time go to the hour they were received.
+        // Items go to the hour of their time; without a plausible one (none,
+        // over a week old, over an hour ahead), to the hour they were received,
+        // so a hostile request cannot open a file per hour of history.
         let received_ns = b.received_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        let hour = |ns: u64| hour_of_ns(if ns == 0 { received_ns } else { ns });
+        let (oldest, newest) = (received_ns.saturating_sub(PLAUSIBLE_PAST_NS), received_ns + PLAUSIBLE_FUTURE_NS);
+        let hour = |ns: u64| hour_of_ns(if (oldest..=newest).contains(&ns) { ns } else { received_ns });
         match &b.payload {
             Payload::Spans(data) => {
                 for rs in data {
@@ -189,10 +202,10 @@ fn add(files: &mut LakeFiles, request: &QueuedRequest) -> std::io::Result<()> {
                         };
                         for span in &ss.spans {
                             let key = key(LakeSignal::Spans, tenant, hour(span.start_time_unix_nano));
-                            if let Rows::Spans(r) = files.rows(&key, now) {
+                            if let Rows::Spans(r) = files.rows(&key, now)? {
                                 r.push(&o, span);
                             }
-                            files.added(&key)?;
+                            files.added(&key, span.encoded_len())?;
                         }
                     }
                 }
@@ -211,10 +224,10 @@ fn add(files: &mut LakeFiles, request: &QueuedRequest) -> std::io::Result<()> {
                             let t =
                                 if rec.time_unix_nano != 0 { rec.time_unix_nano } else { rec.observed_time_unix_nano };
                             let key = key(LakeSignal::Logs, tenant, hour(t));
-                            if let Rows::Logs(r) = files.rows(&key, now) {
+                            if let Rows::Logs(r) = files.rows(&key, now)? {
                                 r.push(&o, rec);
                             }
-                            files.added(&key)?;
+                            files.added(&key, rec.encoded_len())?;
                         }
                     }
                 }
@@ -232,10 +245,10 @@ fn add(files: &mut LakeFiles, request: &QueuedRequest) -> std::io::Result<()> {
                         for metric in &sm.metrics {
                             // A metric's points share a file: the hour it was received.
                             let key = key(LakeSignal::Metrics, tenant, hour(0));
-                            if let Rows::Metrics(r) = files.rows(&key, now) {
+                            if let Rows::Metrics(r) = files.rows(&key, now)? {
                                 r.push_metric(&o, metric);
                             }
-                            files.added(&key)?;
+                            files.added(&key, metric.encoded_len())?;
                         }
                     }
                 }

@@ -136,7 +136,8 @@ impl Replay {
         Replay {
             windows: Windows::new(window_ms, Limits { per_tenant: u32::MAX, per_metric: u32::MAX }),
             keep: AttributeFilter::new(metric_attributes),
-            range: TimeRange { oldest_ms: from_ms, newest_ms: to_ms - 1, received_ms: from_ms },
+            // The range is applied here, on the times extraction uses.
+            range: TimeRange { oldest_ms: i64::MIN, newest_ms: i64::MAX, received_ms: from_ms },
             from_ns: from_ms.max(0) as u64 * 1_000_000,
             to_ns: to_ms.max(0) as u64 * 1_000_000,
             usage: Vec::new(),
@@ -195,7 +196,9 @@ impl Replay {
         let (status, message) = (col::<StringArray>(b, "status_code")?, col::<StringArray>(b, "status_message")?);
         let attributes = col::<MapArray>(b, "attributes")?;
         let mut n = 0;
-        for ((tenant, service), rows) in Self::groups(tenants, services, |i| self.in_range(ns(start, i))) {
+        // A span counts at its end (as extraction places it).
+        let at = |i: usize| if ns(end, i) != 0 { ns(end, i) } else { ns(start, i) };
+        for ((tenant, service), rows) in Self::groups(tenants, services, |i| self.in_range(at(i))) {
             let Ok(tenant) = TenantId::parse(&tenant) else { continue };
             let spans: Vec<Span> = rows
                 .iter()

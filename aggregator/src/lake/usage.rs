@@ -31,6 +31,8 @@ pub struct UsageExport {
     /// Usage received more recently than this is left for the next run
     /// (its transaction may still be in flight); also the step, up to a minute.
     pub lag: Duration,
+    /// The last file sequence number used (names never repeat).
+    pub seq: Arc<AtomicU64>,
 }
 
 impl UsageExport {
@@ -64,41 +66,65 @@ impl UsageExport {
         while from + step <= now_ms - lag {
             let to = from + step;
             let records = self.store.usage_received(from, to).await.map_err(|e| e.to_string())?;
-            let files = self.write(&records).map_err(|e| e.to_string())?;
+            let n = records.len();
+            // Encoding and fsync are blocking work.
+            let (spool, writer, spooled, seq, rows) = (
+                self.spool.clone(),
+                format!("{}-usage", self.writer_id),
+                self.spooled.clone(),
+                self.seq.clone(),
+                self.row_group_rows,
+            );
+            let files = tokio::task::spawn_blocking(move || write(&records, &spool, &writer, spooled, &seq, rows))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
             if !self.store.advance_lake_usage_watermark(from, to).await.map_err(|e| e.to_string())? {
                 // Another replica exported this range meanwhile.
-                for f in files {
-                    let _ = std::fs::remove_file(f);
+                for (path, size) in files {
+                    if std::fs::remove_file(path).is_ok() {
+                        self.spooled.fetch_sub(size, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
                 return Ok(written);
             }
-            written += records.len();
+            written += n;
             from = to;
         }
         Ok(written)
     }
+}
 
-    /// Writes `records` into complete files in the spool; returns their paths.
-    fn write(&self, records: &[tally_core::UsageRecord]) -> std::io::Result<Vec<PathBuf>> {
-        if records.is_empty() {
-            return Ok(Vec::new());
-        }
-        let limits = FileLimits {
-            max_file_bytes: u64::MAX,
-            max_file_age_ms: i64::MAX,
-            row_group_rows: self.row_group_rows,
-            batch_rows: self.row_group_rows.clamp(1, 16_384),
-        };
-        let mut files =
-            LakeFiles::new_shared(&self.spool, &format!("{}-usage", self.writer_id), limits, self.spooled.clone())?;
-        for r in records {
-            let hour = hour_of_ns(r.event_time_ms.max(0) as u64 * 1_000_000);
-            let key = FileKey { signal: LakeSignal::Usage, tenant: r.tenant.as_str().to_owned(), hour_ms: hour };
-            if let Rows::Usage(rows) = files.rows(&key, now_ms()) {
-                rows.push(r);
-            }
-            files.added(&key)?;
-        }
-        files.close_all()
+/// Writes `records` into complete files in the spool; returns their paths and sizes.
+fn write(
+    records: &[tally_core::UsageRecord],
+    spool: &std::path::Path,
+    writer: &str,
+    spooled: Arc<AtomicU64>,
+    seq: &AtomicU64,
+    row_group_rows: usize,
+) -> std::io::Result<Vec<(PathBuf, u64)>> {
+    use std::sync::atomic::Ordering;
+    if records.is_empty() {
+        return Ok(Vec::new());
     }
+    let limits = FileLimits {
+        max_file_bytes: u64::MAX,
+        max_file_age_ms: i64::MAX,
+        row_group_rows,
+        batch_rows: row_group_rows.clamp(1, 16_384),
+    };
+    let first = seq.load(Ordering::Relaxed).max(now_ms().max(0) as u64 * 1000);
+    let mut files = LakeFiles::new_shared(spool, writer, limits, spooled, first)?;
+    for r in records {
+        let hour = hour_of_ns(r.event_time_ms.max(0) as u64 * 1_000_000);
+        let key = FileKey { signal: LakeSignal::Usage, tenant: r.tenant.as_str().to_owned(), hour_ms: hour };
+        if let Rows::Usage(rows) = files.rows(&key, now_ms())? {
+            rows.push(r);
+        }
+        files.added(&key, r.event_id.len() + r.group_key.len() + 64)?;
+    }
+    let done = files.close_all();
+    seq.store(files.seq(), Ordering::Relaxed);
+    done
 }

@@ -82,29 +82,31 @@ impl RollupStage {
                     Some(request) => {
                         self.add(&request.batches);
                         metrics::gauge!(metric_names::QUEUE_DEPTH).set(rx.len() as f64);
-                        if let Some(lake) = &self.lake
-                            && lake.send(request).await.is_err()
-                        {
-                            tracing::error!("the lake writer has stopped; telemetry is no longer written to the lake");
-                            self.lake = None;
+                        if let Some(lake) = self.lake.clone() {
+                            // Windows keep being written while the lake holds back.
+                            let mut request = Some(request);
+                            loop {
+                                tokio::select! {
+                                    permit = lake.reserve() => {
+                                        match permit {
+                                            Ok(p) => p.send(request.take().expect("sent once")),
+                                            Err(_) => {
+                                                tracing::error!("the lake writer has stopped; telemetry is no longer written to the lake");
+                                                self.lake = None;
+                                            }
+                                        }
+                                        break;
+                                    }
+                                    _ = tick.tick() => self.flush_closed(&tx),
+                                    _ = partial.tick(), if !partial_every.is_zero() => self.flush_partial(&tx),
+                                }
+                            }
                         }
                     }
                     None => break,
                 },
-                _ = tick.tick() => {
-                    let now = now_ms();
-                    // A window is written once it has ended and its lateness passed.
-                    let lateness = ms(self.config.allowed_lateness);
-                    let cutoff = now - lateness - self.windows.width_ms() + 1;
-                    // Windows reopened by late data gather it this long first.
-                    let hold = lateness.min(LATE_HOLD_MS);
-                    let rows = self.windows.take_before(cutoff, now - hold);
-                    self.send(&tx, rows, now);
-                }
-                _ = partial.tick(), if !partial_every.is_zero() => {
-                    let rows = self.windows.take_partial();
-                    self.send(&tx, rows, now_ms());
-                }
+                _ = tick.tick() => self.flush_closed(&tx),
+                _ = partial.tick(), if !partial_every.is_zero() => self.flush_partial(&tx),
             }
         }
         // The lake writer finishes its files once this sender is gone.
@@ -115,6 +117,23 @@ impl RollupStage {
         if writer.await.is_err() {
             tracing::error!("rollup writer panicked");
         }
+    }
+
+    /// Windows that have ended and whose lateness has passed.
+    fn flush_closed(&mut self, tx: &mpsc::UnboundedSender<Flush>) {
+        let now = now_ms();
+        let lateness = ms(self.config.allowed_lateness);
+        let cutoff = now - lateness - self.windows.width_ms() + 1;
+        // Windows reopened by late data gather it this long first.
+        let hold = lateness.min(LATE_HOLD_MS);
+        let rows = self.windows.take_before(cutoff, now - hold);
+        self.send(tx, rows, now);
+    }
+
+    /// What the open windows gathered since the last time.
+    fn flush_partial(&mut self, tx: &mpsc::UnboundedSender<Flush>) {
+        let rows = self.windows.take_partial();
+        self.send(tx, rows, now_ms());
     }
 
     fn send(&mut self, tx: &mpsc::UnboundedSender<Flush>, rows: Vec<RollupRow>, at_ms: i64) {
