@@ -53,6 +53,9 @@ struct OpenFile {
 const MAX_BUFFERED_BYTES: usize = 32 << 20;
 /// Files open at once; opening one more closes the oldest.
 const MAX_OPEN_FILES: usize = 512;
+/// Memory all open files' encoders may hold (pages, dictionaries, the row
+/// group in progress); beyond it the biggest row groups are flushed early.
+const MAX_ENCODER_BYTES: usize = 48 << 20;
 
 /// File limits and batching.
 #[derive(Debug, Clone)]
@@ -80,6 +83,10 @@ fn properties(signal: LakeSignal, row_group_rows: usize) -> WriterProperties {
         .set_compression(zstd)
         .set_max_row_group_row_count(Some(row_group_rows.max(1)))
         .set_statistics_enabled(EnabledStatistics::Page)
+        // Every column of every open file buffers a page and a dictionary:
+        // smaller limits keep many open files affordable.
+        .set_data_page_size_limit(256 << 10)
+        .set_dictionary_page_size_limit(256 << 10)
         .set_key_value_metadata(Some(vec![KeyValue::new("tally.schema".to_owned(), format!("{}/1", signal.as_str()))]));
     // Times and durations: delta encoding, no dictionary. Ids: random, no dictionary.
     let (times, ids): (&[&str], &[&str]) = match signal {
@@ -174,9 +181,34 @@ impl LakeFiles {
         f.buffered += bytes;
         if f.rows.len() >= limits.batch_rows || f.buffered >= MAX_BUFFERED_BYTES {
             write_rows(f, key.signal, limits.row_group_rows)?;
+            self.bound_memory()?;
+            let Some(f) = self.open.get_mut(key) else { return Ok(()) };
             let size = f.writer.as_ref().map_or(0, |w| (w.bytes_written() + w.in_progress_size()) as u64);
             if size >= limits.max_file_bytes {
                 self.close(key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes the biggest in-progress row groups while the encoders of all
+    /// open files hold more than [`MAX_ENCODER_BYTES`]: with many tenants
+    /// open at once, smaller row groups rather than unbounded memory.
+    fn bound_memory(&mut self) -> std::io::Result<()> {
+        let mut sizes: Vec<(usize, FileKey)> =
+            self.open.iter().filter_map(|(k, f)| f.writer.as_ref().map(|w| (w.memory_size(), k.clone()))).collect();
+        let mut total: usize = sizes.iter().map(|(m, _)| m).sum();
+        if total <= MAX_ENCODER_BYTES {
+            return Ok(());
+        }
+        sizes.sort_by(|a, b| b.0.cmp(&a.0));
+        for (size, key) in sizes {
+            if total <= MAX_ENCODER_BYTES / 2 {
+                break;
+            }
+            if let Some(w) = self.open.get_mut(&key).and_then(|f| f.writer.as_mut()) {
+                w.flush().map_err(std::io::Error::other)?;
+                total -= size;
             }
         }
         Ok(())
