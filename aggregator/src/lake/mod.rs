@@ -261,3 +261,49 @@ fn add(files: &mut LakeFiles, request: &QueuedRequest) -> std::io::Result<()> {
 fn key(signal: LakeSignal, tenant: &str, hour_ms: i64) -> FileKey {
     FileKey { signal, tenant: tenant.to_owned(), hour_ms }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use tally_core::{
+        TelemetryBatch, TenantId,
+        otlp::trace::v1::{ResourceSpans, ScopeSpans, Span},
+    };
+
+    use super::*;
+
+    #[test]
+    fn implausible_times_go_to_the_hour_received_and_open_no_file_each() {
+        let spool = std::env::temp_dir().join(format!("tally-lake-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&spool);
+        let limits =
+            FileLimits { max_file_bytes: u64::MAX, max_file_age_ms: i64::MAX, row_group_rows: 100, batch_rows: 100 };
+        let mut files = LakeFiles::new(&spool, "w", limits, Arc::new(AtomicU64::new(0))).unwrap();
+        let now = SystemTime::now();
+        let now_ns = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        // A hostile request: one span per hour of 40 years, plus times of 0 and far future.
+        let spans: Vec<Span> = (0..350_000u64)
+            .step_by(1000)
+            .map(|h| h * 3_600_000_000_000)
+            .chain([0, u64::MAX, now_ns + 10 * 3_600_000_000_000, now_ns])
+            .map(|t| Span { start_time_unix_nano: t, end_time_unix_nano: t, ..Default::default() })
+            .collect();
+        let n = spans.len();
+        let batch = TelemetryBatch {
+            tenant: TenantId::parse("acme").unwrap(),
+            received_at: now,
+            items: n as u64,
+            payload: Payload::Spans(vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+                ..Default::default()
+            }]),
+        };
+        add(&mut files, &QueuedRequest::new(vec![batch], ())).unwrap();
+        // All but the plausible span share the hour received (at most two hours around now).
+        assert!(files.open_files() <= 2, "{} files open", files.open_files());
+        let closed = files.close_all().unwrap();
+        assert!(!closed.is_empty());
+        let _ = std::fs::remove_dir_all(&spool);
+    }
+}
