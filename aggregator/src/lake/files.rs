@@ -51,6 +51,9 @@ struct OpenFile {
 /// Rows buffered in a file's builders are encoded once they hold this much,
 /// whatever their number (a few huge log bodies must not pile up).
 const MAX_BUFFERED_BYTES: usize = 32 << 20;
+/// Page and dictionary-page size limit: zstd sizes its window to the page,
+/// so smaller pages also mean smaller compressors.
+const PAGE_BYTES: usize = 64 << 10;
 /// Files open at once; opening one more closes the oldest.
 const MAX_OPEN_FILES: usize = 512;
 /// Memory all open files' encoders may hold (pages, dictionaries, the row
@@ -65,6 +68,9 @@ pub struct FileLimits {
     pub row_group_rows: usize,
     /// Rows gathered in builders before they are encoded into the file.
     pub batch_rows: usize,
+    /// zstd level (1–22). Every column of a row group in progress holds a
+    /// compressor whose memory grows with the level.
+    pub zstd_level: i32,
 }
 
 pub struct LakeFiles {
@@ -77,16 +83,17 @@ pub struct LakeFiles {
     spooled: Arc<AtomicU64>,
 }
 
-fn properties(signal: LakeSignal, row_group_rows: usize) -> WriterProperties {
-    let zstd = ZstdLevel::try_new(3).map(Compression::ZSTD).unwrap_or(Compression::SNAPPY);
+fn properties(signal: LakeSignal, limits: &FileLimits) -> WriterProperties {
+    let row_group_rows = limits.row_group_rows;
+    let zstd = ZstdLevel::try_new(limits.zstd_level).map(Compression::ZSTD).unwrap_or(Compression::SNAPPY);
     let mut b = WriterProperties::builder()
         .set_compression(zstd)
         .set_max_row_group_row_count(Some(row_group_rows.max(1)))
         .set_statistics_enabled(EnabledStatistics::Page)
         // Every column of every open file buffers a page and a dictionary:
         // smaller limits keep many open files affordable.
-        .set_data_page_size_limit(256 << 10)
-        .set_dictionary_page_size_limit(256 << 10)
+        .set_data_page_size_limit(PAGE_BYTES)
+        .set_dictionary_page_size_limit(PAGE_BYTES)
         .set_key_value_metadata(Some(vec![KeyValue::new("tally.schema".to_owned(), format!("{}/1", signal.as_str()))]));
     // Times and durations: delta encoding, no dictionary. Ids: random, no dictionary.
     let (times, ids): (&[&str], &[&str]) = match signal {
@@ -180,7 +187,7 @@ impl LakeFiles {
         let Some(f) = self.open.get_mut(key) else { return Ok(()) };
         f.buffered += bytes;
         if f.rows.len() >= limits.batch_rows || f.buffered >= MAX_BUFFERED_BYTES {
-            write_rows(f, key.signal, limits.row_group_rows)?;
+            write_rows(f, key.signal, &limits)?;
             self.bound_memory()?;
             let Some(f) = self.open.get_mut(key) else { return Ok(()) };
             let size = f.writer.as_ref().map_or(0, |w| (w.bytes_written() + w.in_progress_size()) as u64);
@@ -265,7 +272,7 @@ impl LakeFiles {
     fn close(&mut self, key: &FileKey) -> std::io::Result<Option<(PathBuf, u64)>> {
         let Some(mut f) = self.open.remove(key) else { return Ok(None) };
         if !f.rows.is_empty()
-            && let Err(e) = write_rows(&mut f, key.signal, self.limits.row_group_rows)
+            && let Err(e) = write_rows(&mut f, key.signal, &self.limits)
         {
             // Kept open (its rows with it) for the next attempt.
             self.open.insert(key.clone(), f);
@@ -294,13 +301,13 @@ impl LakeFiles {
     }
 }
 
-fn write_rows(f: &mut OpenFile, signal: LakeSignal, row_group_rows: usize) -> std::io::Result<()> {
+fn write_rows(f: &mut OpenFile, signal: LakeSignal, limits: &FileLimits) -> std::io::Result<()> {
     let n = f.rows.len() as u64;
     f.buffered = 0;
     let batch = f.rows.finish().map_err(std::io::Error::other)?;
     if f.writer.is_none() {
         let file = File::create(&f.open_path)?;
-        let w = ArrowWriter::try_new(file, batch.schema(), Some(properties(signal, row_group_rows)))
+        let w = ArrowWriter::try_new(file, batch.schema(), Some(properties(signal, limits)))
             .map_err(std::io::Error::other)?;
         f.writer = Some(w);
     }

@@ -52,6 +52,9 @@ pub struct LakeConfig {
     pub max_file_age: Duration,
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
+    /// zstd compression level: higher compresses a little better and costs
+    /// CPU and memory (each column being written holds a compressor).
+    pub zstd_level: i32,
     /// Names this replica's files (`<writer>-<seq>.parquet`); empty: the host name.
     #[serde(deserialize_with = "tally_core::lenient::string")]
     pub writer_id: String,
@@ -74,6 +77,9 @@ impl LakeConfig {
         }
         if self.max_spool_bytes < self.max_file_bytes {
             return Err("lake.max_spool_bytes must be at least lake.max_file_bytes".into());
+        }
+        if !(1..=22).contains(&self.zstd_level) {
+            return Err("lake.zstd_level: 1 to 22".into());
         }
         if self.writer_id.contains(['/', '\\']) {
             return Err("lake.writer_id: no slashes".into());
@@ -117,6 +123,7 @@ pub fn start_writer(config: &LakeConfig, spool: PathBuf, spooled: Arc<AtomicU64>
         max_file_age_ms: config.max_file_age.as_millis() as i64,
         row_group_rows: config.row_group_rows,
         batch_rows: config.row_group_rows.clamp(1, 16_384),
+        zstd_level: config.zstd_level,
     };
     let files = LakeFiles::new(&spool, &config.writer(), limits, spooled.clone())?;
     let (tx, rx) = mpsc::channel(CHANNEL);

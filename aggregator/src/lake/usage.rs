@@ -113,6 +113,8 @@ fn write(
         max_file_age_ms: i64::MAX,
         row_group_rows,
         batch_rows: row_group_rows.clamp(1, 16_384),
+        // Usage is small and kept longest: compress harder.
+        zstd_level: 9,
     };
     let first = seq.load(Ordering::Relaxed).max(now_ms().max(0) as u64 * 1000);
     let mut files = LakeFiles::new_shared(spool, writer, limits, spooled, first)?;
