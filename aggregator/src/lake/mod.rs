@@ -284,8 +284,13 @@ mod tests {
     fn implausible_times_go_to_the_hour_received_and_open_no_file_each() {
         let spool = std::env::temp_dir().join(format!("tally-lake-unit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&spool);
-        let limits =
-            FileLimits { max_file_bytes: u64::MAX, max_file_age_ms: i64::MAX, row_group_rows: 100, batch_rows: 100 };
+        let limits = FileLimits {
+            max_file_bytes: u64::MAX,
+            max_file_age_ms: i64::MAX,
+            row_group_rows: 100,
+            batch_rows: 100,
+            zstd_level: 3,
+        };
         let mut files = LakeFiles::new(&spool, "w", limits, Arc::new(AtomicU64::new(0))).unwrap();
         let now = SystemTime::now();
         let now_ns = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
