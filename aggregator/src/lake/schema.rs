@@ -18,6 +18,8 @@ use arrow_array::{
 };
 use arrow_schema::{ArrowError, Field, Schema};
 use serde_json::{Map, Value, json};
+
+use crate::rollup::extract::span_kind;
 use tally_core::{
     UsageRecord,
     lake::LakeSignal,
@@ -29,7 +31,7 @@ use tally_core::{
             exemplar::Value as ExemplarValue, metric::Data, number_data_point,
         },
         resource::v1::Resource,
-        trace::v1::{Span, span::SpanKind, status::StatusCode},
+        trace::v1::{Span, status::StatusCode},
     },
 };
 
@@ -226,17 +228,6 @@ impl Default for SpanRows {
             events: StringBuilder::new(),
             links: StringBuilder::new(),
         }
-    }
-}
-
-pub fn span_kind(kind: i32) -> &'static str {
-    match SpanKind::try_from(kind).unwrap_or(SpanKind::Unspecified) {
-        SpanKind::Server => "server",
-        SpanKind::Client => "client",
-        SpanKind::Producer => "producer",
-        SpanKind::Consumer => "consumer",
-        SpanKind::Internal => "internal",
-        SpanKind::Unspecified => "unspecified",
     }
 }
 

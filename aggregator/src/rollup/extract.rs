@@ -115,7 +115,8 @@ fn service(resource: Option<&tally_core::otlp::resource::v1::Resource>) -> Cow<'
     }
 }
 
-fn span_kind(kind: i32) -> &'static str {
+/// A span kind as stored in rollups and the lake (`server`, `client`, …).
+pub fn span_kind(kind: i32) -> &'static str {
     match SpanKind::try_from(kind).unwrap_or(SpanKind::Unspecified) {
         SpanKind::Server => "server",
         SpanKind::Client => "client",
