@@ -86,6 +86,28 @@ pub struct AlertInstance {
 }
 
 impl AlertInstance {
+    /// A rule's instance for a group, before anything happened to it.
+    pub fn inactive(rule: &str, group_key: &str, tenant: &str, now_ms: i64) -> AlertInstance {
+        AlertInstance {
+            rule: rule.to_owned(),
+            group_key: group_key.to_owned(),
+            tenant: tenant.to_owned(),
+            fingerprint: fingerprint(rule, group_key),
+            state: AlertState::Inactive,
+            severity: None,
+            value: None,
+            threshold: None,
+            since_ms: now_ms,
+            started_ms: None,
+            warning_since_ms: None,
+            critical_since_ms: None,
+            warning_last_ms: None,
+            critical_last_ms: None,
+            last_notified_ms: None,
+            updated_ms: now_ms,
+        }
+    }
+
     /// The group's labels.
     pub fn group(&self) -> BTreeMap<String, String> {
         serde_json::from_str(&self.group_key).unwrap_or_default()

@@ -20,7 +20,7 @@ use std::{
 
 use tally_core::{
     MeterConfig,
-    alert::{AlertInstance, AlertState, Notification, NotificationStatus, fingerprint},
+    alert::{AlertInstance, AlertState, Notification, NotificationStatus},
     metric_names, now_ms,
 };
 use tally_store::{NewNotification, Store};
@@ -102,7 +102,15 @@ impl AlertEngine {
                     }
                 }
                 Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "alert round failed; next round retries"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "alert round failed; next round retries");
+                    continue;
+                }
+            }
+            // Without rules one round suffices: it removed the instances of
+            // rules no longer configured; nothing more can change.
+            if self.rules.is_empty() {
+                return;
             }
         }
     }
@@ -144,7 +152,9 @@ impl AlertEngine {
                     }
                 };
                 let stored = existing.remove(&key);
-                let mut inst = stored.clone().unwrap_or_else(|| self.blank(rule, &key, &labels, now_ms));
+                let tenant = labels.get("tenant").map_or("", String::as_str);
+                let mut inst =
+                    stored.clone().unwrap_or_else(|| AlertInstance::inactive(rule.name(), &key, tenant, now_ms));
                 let timing = Timing { for_ms: rule.for_ms, keep_ms: rule.keep_ms, repeat_ms: rule.repeat_ms };
                 let level = rule.level(value);
                 let notify = advance(&mut inst, level, value, |s| rule.threshold(s), timing, now_ms);
@@ -190,27 +200,6 @@ impl AlertEngine {
             tracing::warn!(error = %e, "pruning the alert outbox failed");
         }
         Ok(Some(report))
-    }
-
-    fn blank(&self, rule: &Rule, key: &str, labels: &BTreeMap<String, String>, now_ms: i64) -> AlertInstance {
-        AlertInstance {
-            rule: rule.name().to_owned(),
-            group_key: key.to_owned(),
-            tenant: labels.get("tenant").cloned().unwrap_or_default(),
-            fingerprint: fingerprint(rule.name(), key),
-            state: AlertState::Inactive,
-            severity: None,
-            value: None,
-            threshold: None,
-            since_ms: now_ms,
-            started_ms: None,
-            warning_since_ms: None,
-            critical_since_ms: None,
-            warning_last_ms: None,
-            critical_last_ms: None,
-            last_notified_ms: None,
-            updated_ms: now_ms,
-        }
     }
 
     /// The outbox row telling `receiver` about `inst`.

@@ -101,24 +101,7 @@ mod tests {
     use Severity::{Critical, Warning};
 
     fn blank() -> AlertInstance {
-        AlertInstance {
-            rule: "r".into(),
-            group_key: r#"{"tenant":"a"}"#.into(),
-            tenant: "a".into(),
-            fingerprint: "f".into(),
-            state: AlertState::Inactive,
-            severity: None,
-            value: None,
-            threshold: None,
-            since_ms: 0,
-            started_ms: None,
-            warning_since_ms: None,
-            critical_since_ms: None,
-            warning_last_ms: None,
-            critical_last_ms: None,
-            last_notified_ms: None,
-            updated_ms: 0,
-        }
+        AlertInstance::inactive("r", r#"{"tenant":"a"}"#, "a", 0)
     }
 
     const T: Timing = Timing { for_ms: 60_000, keep_ms: 60_000, repeat_ms: 3_600_000 };

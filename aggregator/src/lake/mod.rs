@@ -196,6 +196,13 @@ fn add(files: &mut LakeFiles, request: &QueuedRequest) -> std::io::Result<()> {
         let received_ns = b.received_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         let (oldest, newest) = (received_ns.saturating_sub(PLAUSIBLE_PAST_NS), received_ns + PLAUSIBLE_FUTURE_NS);
         let hour = |ns: u64| hour_of_ns(if (oldest..=newest).contains(&ns) { ns } else { received_ns });
+        // One key per batch, its hour set per row: no allocation per row.
+        let signal = match &b.payload {
+            Payload::Spans(_) => LakeSignal::Spans,
+            Payload::Logs(_) => LakeSignal::Logs,
+            Payload::Metrics(_) => LakeSignal::Metrics,
+        };
+        let mut key = FileKey { signal, tenant: tenant.to_owned(), hour_ms: 0 };
         match &b.payload {
             Payload::Spans(data) => {
                 for rs in data {
@@ -208,11 +215,12 @@ fn add(files: &mut LakeFiles, request: &QueuedRequest) -> std::io::Result<()> {
                             scope: ss.scope.as_ref(),
                         };
                         for span in &ss.spans {
-                            let key = key(LakeSignal::Spans, tenant, hour(span.start_time_unix_nano));
-                            if let Rows::Spans(r) = files.rows(&key, now)? {
-                                r.push(&o, span);
-                            }
-                            files.added(&key, span.encoded_len())?;
+                            key.hour_ms = hour(span.start_time_unix_nano);
+                            add_row(files, &key, now, span.encoded_len(), |r| {
+                                if let Rows::Spans(r) = r {
+                                    r.push(&o, span)
+                                }
+                            })?;
                         }
                     }
                 }
@@ -230,11 +238,12 @@ fn add(files: &mut LakeFiles, request: &QueuedRequest) -> std::io::Result<()> {
                         for rec in &sl.log_records {
                             let t =
                                 if rec.time_unix_nano != 0 { rec.time_unix_nano } else { rec.observed_time_unix_nano };
-                            let key = key(LakeSignal::Logs, tenant, hour(t));
-                            if let Rows::Logs(r) = files.rows(&key, now)? {
-                                r.push(&o, rec);
-                            }
-                            files.added(&key, rec.encoded_len())?;
+                            key.hour_ms = hour(t);
+                            add_row(files, &key, now, rec.encoded_len(), |r| {
+                                if let Rows::Logs(r) = r {
+                                    r.push(&o, rec)
+                                }
+                            })?;
                         }
                     }
                 }
@@ -251,11 +260,12 @@ fn add(files: &mut LakeFiles, request: &QueuedRequest) -> std::io::Result<()> {
                         };
                         for metric in &sm.metrics {
                             // A metric's points share a file: the hour it was received.
-                            let key = key(LakeSignal::Metrics, tenant, hour(0));
-                            if let Rows::Metrics(r) = files.rows(&key, now)? {
-                                r.push_metric(&o, metric);
-                            }
-                            files.added(&key, metric.encoded_len())?;
+                            key.hour_ms = hour(0);
+                            add_row(files, &key, now, metric.encoded_len(), |r| {
+                                if let Rows::Metrics(r) = r {
+                                    r.push_metric(&o, metric);
+                                }
+                            })?;
                         }
                     }
                 }
@@ -265,8 +275,17 @@ fn add(files: &mut LakeFiles, request: &QueuedRequest) -> std::io::Result<()> {
     Ok(())
 }
 
-fn key(signal: LakeSignal, tenant: &str, hour_ms: i64) -> FileKey {
-    FileKey { signal, tenant: tenant.to_owned(), hour_ms }
+/// One row of about `bytes` into the file for `key`; `push` writes it into
+/// the file's rows (of the key's signal).
+fn add_row(
+    files: &mut LakeFiles,
+    key: &FileKey,
+    now_ms: i64,
+    bytes: usize,
+    push: impl FnOnce(&mut Rows),
+) -> std::io::Result<()> {
+    push(files.rows(key, now_ms)?);
+    files.added(key, bytes)
 }
 
 #[cfg(test)]

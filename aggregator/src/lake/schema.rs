@@ -116,8 +116,8 @@ pub fn service_of(resource: Option<&Resource>) -> String {
 }
 
 fn batch(columns: Vec<(&'static str, ArrayRef)>) -> Result<RecordBatch, ArrowError> {
-    let fields: Vec<Field> =
-        columns.iter().map(|(name, a)| Field::new(*name, a.data_type().clone(), a.null_count() > 0 || true)).collect();
+    // Every column nullable, so all batches of a file share one schema.
+    let fields: Vec<Field> = columns.iter().map(|(name, a)| Field::new(*name, a.data_type().clone(), true)).collect();
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns.into_iter().map(|(_, a)| a).collect())
 }
 

@@ -57,8 +57,7 @@ impl Dispatcher {
     ) -> reqwest::Result<Dispatcher> {
         let receivers = receivers
             .into_iter()
-            .map(|r| Ok((receiver::client(r.allow_private, send_timeout)?, r)))
-            .map(|pair: reqwest::Result<_>| pair.map(|(client, r)| (r, client)))
+            .map(|r| receiver::client(r.allow_private, send_timeout).map(|client| (r, client)))
             .collect::<reqwest::Result<_>>()?;
         Ok(Dispatcher {
             store,
