@@ -2,8 +2,24 @@ use std::time::SystemTime;
 
 use crate::{
     Signal, TenantId,
-    otlp::{logs::v1::ResourceLogs, metrics::v1::ResourceMetrics, trace::v1::ResourceSpans},
+    otlp::{
+        logs::v1::ResourceLogs,
+        metrics::v1::{Metric, ResourceMetrics, metric::Data},
+        trace::v1::ResourceSpans,
+    },
 };
+
+/// Number of data points of a metric, whatever its type.
+pub fn data_points(m: &Metric) -> usize {
+    match &m.data {
+        Some(Data::Gauge(g)) => g.data_points.len(),
+        Some(Data::Sum(s)) => s.data_points.len(),
+        Some(Data::Histogram(h)) => h.data_points.len(),
+        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+        Some(Data::Summary(s)) => s.data_points.len(),
+        None => 0,
+    }
+}
 
 /// Decoded OTLP data of one signal, all belonging to one tenant.
 #[derive(Debug, Clone)]

@@ -18,7 +18,7 @@ mod tenant;
 mod usage;
 
 pub use auth::Principal;
-pub use batch::{Payload, QueuedRequest, TelemetryBatch};
+pub use batch::{Payload, QueuedRequest, TelemetryBatch, data_points};
 pub use histogram::{Histogram, HistogramError, HistogramSum};
 pub use meter::{Aggregation, JsonPath, MeterConfig};
 pub use secret::Secret;

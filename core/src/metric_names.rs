@@ -38,6 +38,9 @@ pub const ROLLUP_OPEN_SERIES: &str = "tally_rollup_open_series";
 pub const ROLLUP_ROWS_WRITTEN: &str = "tally_rollup_rows_written_total";
 /// Time to write one flush of window rows.
 pub const ROLLUP_FLUSH_DURATION: &str = "tally_rollup_flush_seconds";
+/// Partial flushes of the open windows not started because the previous one
+/// was still being written (the database is slower than the interval).
+pub const ROLLUP_PARTIAL_SKIPPED: &str = "tally_rollup_partial_flushes_skipped_total";
 /// Window rows dropped because the database stayed unreachable.
 pub const ROLLUP_DROPPED_ROWS: &str = "tally_rollup_dropped_rows_total";
 /// Rows moved to a coarser resolution or expired. Labels: `table`.
@@ -99,6 +102,8 @@ pub const LAKE_BYTES_WRITTEN: &str = "tally_lake_bytes_written_total";
 pub const LAKE_SPOOL_BYTES: &str = "tally_lake_spool_bytes";
 /// Lake files open for writing.
 pub const LAKE_OPEN_FILES: &str = "tally_lake_open_files";
+/// Approximate bytes of rows waiting to be encoded into open files.
+pub const LAKE_BUFFERED_BYTES: &str = "tally_lake_buffered_bytes";
 /// 1 while the spool is full and ingestion is pushed back, else 0.
 pub const LAKE_BACKPRESSURE: &str = "tally_lake_backpressure";
 /// Local failures writing lake files (disk full, permissions).

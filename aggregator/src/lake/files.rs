@@ -1,8 +1,15 @@
 //! Open Parquet files, one per (signal, tenant, hour): rows gather in
-//! column builders, go to the file in batches, and the file is closed when
-//! it reaches `max_file_bytes` or `max_file_age` (or at shutdown). A file is
-//! written under `<spool>/.open/` and renamed into its partition folder of
-//! the spool only once complete, so the uploader never sees half a file.
+//! column builders and are encoded into the file one row group at a time;
+//! the file is closed when it reaches `max_file_bytes` or `max_file_age` (or
+//! at shutdown). A file is written under `<spool>/.open/` and renamed into
+//! its partition folder of the spool only once complete, so the uploader
+//! never sees half a file.
+//!
+//! Memory: the rows waiting in builders are the only per-file state that
+//! grows (no encoder outlives its row group), and all files together hold at
+//! most `max_buffered_bytes` of them: past it, the file holding most is
+//! encoded early, as a smaller row group. Many busy tenants thus mean
+//! smaller row groups, not more memory.
 
 use std::{
     collections::HashMap,
@@ -40,7 +47,7 @@ pub struct FileKey {
 
 struct OpenFile {
     rows: Rows,
-    /// Approximate bytes of the rows in `rows` (their OTLP encoded size).
+    /// Approximate bytes of the rows in `rows` (see [`LakeFiles::added`]).
     buffered: usize,
     writer: Option<ArrowWriter<File>>,
     open_path: PathBuf,
@@ -48,28 +55,21 @@ struct OpenFile {
     opened_ms: i64,
 }
 
-/// Rows buffered in a file's builders are encoded once they hold this much,
-/// whatever their number (a few huge log bodies must not pile up).
-const MAX_BUFFERED_BYTES: usize = 32 << 20;
-/// Page and dictionary-page size limit: zstd sizes its window to the page,
-/// so smaller pages also mean smaller compressors.
+/// Page and dictionary-page size limit.
 const PAGE_BYTES: usize = 64 << 10;
 /// Files open at once; opening one more closes the oldest.
 const MAX_OPEN_FILES: usize = 512;
-/// Memory all open files' encoders may hold (pages, dictionaries, the row
-/// group in progress); beyond it the biggest row groups are flushed early.
-const MAX_ENCODER_BYTES: usize = 48 << 20;
 
 /// File limits and batching.
 #[derive(Debug, Clone)]
 pub struct FileLimits {
     pub max_file_bytes: u64,
     pub max_file_age_ms: i64,
+    /// Most rows per row group.
     pub row_group_rows: usize,
-    /// Rows gathered in builders before they are encoded into the file.
-    pub batch_rows: usize,
-    /// zstd level (1–22). Every column of a row group in progress holds a
-    /// compressor whose memory grows with the level.
+    /// Rows waiting in builders, all open files together (approximate bytes).
+    pub max_buffered_bytes: usize,
+    /// zstd level (1–22).
     pub zstd_level: i32,
 }
 
@@ -79,6 +79,8 @@ pub struct LakeFiles {
     seq: u64,
     limits: FileLimits,
     open: HashMap<FileKey, OpenFile>,
+    /// Sum of the open files' `buffered`.
+    buffered: usize,
     /// Bytes of complete files in the spool (the uploader subtracts).
     spooled: Arc<AtomicU64>,
 }
@@ -146,6 +148,7 @@ impl LakeFiles {
             seq,
             limits,
             open: HashMap::new(),
+            buffered: 0,
             spooled,
         })
     }
@@ -180,43 +183,39 @@ impl LakeFiles {
         Ok(&mut self.open.get_mut(key).expect("just inserted").rows)
     }
 
-    /// After a row of about `bytes` was added to `key`: encodes the rows
-    /// once there are enough, and closes the file once it is big enough.
+    /// After a row of about `bytes` was added to `key`: encodes the
+    /// file's rows once they fill a row group, and the biggest file's while
+    /// all files hold more than `max_buffered_bytes`.
     pub fn added(&mut self, key: &FileKey, bytes: usize) -> std::io::Result<()> {
-        let limits = self.limits.clone();
         let Some(f) = self.open.get_mut(key) else { return Ok(()) };
         f.buffered += bytes;
-        if f.rows.len() >= limits.batch_rows || f.buffered >= MAX_BUFFERED_BYTES {
-            write_rows(f, key.signal, &limits)?;
-            self.bound_memory()?;
-            let Some(f) = self.open.get_mut(key) else { return Ok(()) };
-            let size = f.writer.as_ref().map_or(0, |w| (w.bytes_written() + w.in_progress_size()) as u64);
-            if size >= limits.max_file_bytes {
-                self.close(key)?;
-            }
+        self.buffered += bytes;
+        if f.rows.len() >= self.limits.row_group_rows {
+            self.write_row_group(key)?;
+        }
+        while self.buffered > self.limits.max_buffered_bytes {
+            let Some(biggest) = self
+                .open
+                .iter()
+                .filter(|(_, f)| f.buffered > 0)
+                .max_by_key(|(_, f)| f.buffered)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.write_row_group(&biggest)?;
         }
         Ok(())
     }
 
-    /// Flushes the biggest in-progress row groups while the encoders of all
-    /// open files hold more than [`MAX_ENCODER_BYTES`]: with many tenants
-    /// open at once, smaller row groups rather than unbounded memory.
-    fn bound_memory(&mut self) -> std::io::Result<()> {
-        let mut sizes: Vec<(usize, FileKey)> =
-            self.open.iter().filter_map(|(k, f)| f.writer.as_ref().map(|w| (w.memory_size(), k.clone()))).collect();
-        let mut total: usize = sizes.iter().map(|(m, _)| m).sum();
-        if total <= MAX_ENCODER_BYTES {
-            return Ok(());
-        }
-        sizes.sort_by(|a, b| b.0.cmp(&a.0));
-        for (size, key) in sizes {
-            if total <= MAX_ENCODER_BYTES / 2 {
-                break;
-            }
-            if let Some(w) = self.open.get_mut(&key).and_then(|f| f.writer.as_mut()) {
-                w.flush().map_err(std::io::Error::other)?;
-                total -= size;
-            }
+    /// Encodes the rows of `key`'s file as one row group; closes the file
+    /// once it is big enough.
+    fn write_row_group(&mut self, key: &FileKey) -> std::io::Result<()> {
+        let Some(f) = self.open.get_mut(key) else { return Ok(()) };
+        self.buffered -= f.buffered;
+        let size = write_rows(f, key.signal, &self.limits)?;
+        if size >= self.limits.max_file_bytes {
+            self.close(key)?;
         }
         Ok(())
     }
@@ -256,13 +255,14 @@ impl LakeFiles {
         }
     }
 
-    /// Bytes held by open files (encoded so far, plus buffered row groups).
+    /// Bytes of the open files so far (encoded row groups).
     pub fn open_bytes(&self) -> u64 {
-        self.open
-            .values()
-            .filter_map(|f| f.writer.as_ref())
-            .map(|w| (w.bytes_written() + w.in_progress_size()) as u64)
-            .sum()
+        self.open.values().filter_map(|f| f.writer.as_ref()).map(|w| w.bytes_written() as u64).sum()
+    }
+
+    /// Approximate bytes of rows waiting in builders, all files together.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered
     }
 
     pub fn open_files(&self) -> usize {
@@ -271,10 +271,12 @@ impl LakeFiles {
 
     fn close(&mut self, key: &FileKey) -> std::io::Result<Option<(PathBuf, u64)>> {
         let Some(mut f) = self.open.remove(key) else { return Ok(None) };
+        self.buffered -= f.buffered;
         if !f.rows.is_empty()
             && let Err(e) = write_rows(&mut f, key.signal, &self.limits)
         {
-            // Kept open (its rows with it) for the next attempt.
+            // Kept open for the next attempt (a file whose row group failed
+            // may still close; rows already encoded are not lost).
             self.open.insert(key.clone(), f);
             return Err(e);
         }
@@ -301,9 +303,15 @@ impl LakeFiles {
     }
 }
 
-fn write_rows(f: &mut OpenFile, signal: LakeSignal, limits: &FileLimits) -> std::io::Result<()> {
+/// Encodes `f`'s rows as one row group (its encoders are dropped with it);
+/// returns the file's size so far. The rows leave the builders either way:
+/// on error they are lost (and counted as an error by the caller).
+fn write_rows(f: &mut OpenFile, signal: LakeSignal, limits: &FileLimits) -> std::io::Result<u64> {
     let n = f.rows.len() as u64;
     f.buffered = 0;
+    if n == 0 {
+        return Ok(f.writer.as_ref().map_or(0, |w| w.bytes_written() as u64));
+    }
     let batch = f.rows.finish().map_err(std::io::Error::other)?;
     if f.writer.is_none() {
         let file = File::create(&f.open_path)?;
@@ -311,9 +319,71 @@ fn write_rows(f: &mut OpenFile, signal: LakeSignal, limits: &FileLimits) -> std:
             .map_err(std::io::Error::other)?;
         f.writer = Some(w);
     }
-    if let Some(w) = f.writer.as_mut() {
-        w.write(&batch).map_err(std::io::Error::other)?;
-    }
+    let w = f.writer.as_mut().expect("just created");
+    w.write(&batch).map_err(std::io::Error::other)?;
+    w.flush().map_err(std::io::Error::other)?;
     metrics::counter!(metric_names::LAKE_ROWS, "signal" => signal.as_str()).increment(n);
-    Ok(())
+    Ok(w.bytes_written() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use tally_core::otlp::trace::v1::Span;
+
+    use super::*;
+    use crate::lake::schema::Origin;
+
+    fn span(i: u64) -> Span {
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&(i + 1).to_le_bytes());
+        Span { span_id: id.to_vec(), name: format!("op-{i}"), start_time_unix_nano: 1, ..Default::default() }
+    }
+
+    /// Row groups of the complete file at `path`, and its rows.
+    fn read(path: &Path) -> (usize, usize) {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap();
+        let groups = reader.metadata().num_row_groups();
+        let rows = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
+        (groups, rows)
+    }
+
+    #[test]
+    fn many_files_share_one_buffer_budget_and_lose_no_row() {
+        let spool = std::env::temp_dir().join(format!("tally-lake-budget-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&spool);
+        let budget = 64 << 10;
+        let limits = FileLimits {
+            max_file_bytes: u64::MAX,
+            max_file_age_ms: i64::MAX,
+            row_group_rows: 100_000,
+            max_buffered_bytes: budget,
+            zstd_level: 3,
+        };
+        let mut files = LakeFiles::new(&spool, "w", limits, Arc::new(AtomicU64::new(0))).unwrap();
+        let (tenants, per_tenant) = (20, 2_000);
+        for i in 0..tenants * per_tenant {
+            let tenant = format!("t{}", i % tenants);
+            let key = FileKey { signal: LakeSignal::Spans, tenant: tenant.clone(), hour_ms: 0 };
+            let o = Origin { tenant: &tenant, service: "svc", resource: None, scope: None };
+            if let Rows::Spans(r) = files.rows(&key, 0).unwrap() {
+                r.push(&o, &span(i));
+            }
+            files.added(&key, 100).unwrap();
+            assert!(files.buffered_bytes() <= budget, "{} buffered after row {i}", files.buffered_bytes());
+        }
+        let closed = files.close_all().unwrap();
+        assert_eq!(closed.len(), tenants as usize);
+        assert_eq!(files.buffered_bytes(), 0);
+        let mut total = 0;
+        for (path, _) in &closed {
+            let (groups, rows) = read(path);
+            // 20 files share 64 KiB (about 650 rows): smaller row groups, every row kept.
+            assert!(groups > 1, "{} row groups in {}", groups, path.display());
+            assert_eq!(rows, per_tenant as usize);
+            total += rows;
+        }
+        assert_eq!(total, (tenants * per_tenant) as usize);
+        let _ = std::fs::remove_dir_all(&spool);
+    }
 }

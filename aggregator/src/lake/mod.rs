@@ -50,8 +50,12 @@ pub struct LakeConfig {
     /// …or this long after it was opened.
     #[serde(with = "humantime_serde")]
     pub max_file_age: Duration,
-    /// Rows per Parquet row group.
+    /// Most rows per Parquet row group.
     pub row_group_rows: usize,
+    /// Rows waiting to be encoded, all open files together (approximate
+    /// bytes): past it the file holding most is encoded as a smaller row
+    /// group. Bounds the lake's memory whatever the number of tenants.
+    pub max_buffered_bytes: usize,
     /// zstd compression level: higher compresses a little better and costs
     /// CPU and memory (each column being written holds a compressor).
     pub zstd_level: i32,
@@ -72,8 +76,15 @@ pub struct LakeConfig {
 
 impl LakeConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.max_file_bytes == 0 || self.row_group_rows == 0 || self.max_file_age.is_zero() {
-            return Err("lake.max_file_bytes, row_group_rows and max_file_age must be greater than 0".into());
+        if self.max_file_bytes == 0
+            || self.row_group_rows == 0
+            || self.max_file_age.is_zero()
+            || self.max_buffered_bytes == 0
+        {
+            return Err(
+                "lake.max_file_bytes, row_group_rows, max_buffered_bytes and max_file_age must be greater than 0"
+                    .into(),
+            );
         }
         if self.max_spool_bytes < self.max_file_bytes {
             return Err("lake.max_spool_bytes must be at least lake.max_file_bytes".into());
@@ -103,6 +114,11 @@ impl LakeConfig {
 const PLAUSIBLE_PAST_NS: u64 = 7 * 24 * 3_600 * 1_000_000_000;
 const PLAUSIBLE_FUTURE_NS: u64 = 3_600 * 1_000_000_000;
 
+/// What a row holds in the builders besides its item's OTLP bytes (which
+/// include its attributes): fixed-size columns, offsets, its origin's index.
+/// Its resource is stored once per run of rows (see `schema`).
+const ROW_BYTES: usize = 64;
+
 /// Requests waiting for the lake writer; small, so a stalled writer is felt at once.
 const CHANNEL: usize = 8;
 
@@ -122,7 +138,7 @@ pub fn start_writer(config: &LakeConfig, spool: PathBuf, spooled: Arc<AtomicU64>
         max_file_bytes: config.max_file_bytes,
         max_file_age_ms: config.max_file_age.as_millis() as i64,
         row_group_rows: config.row_group_rows,
-        batch_rows: config.row_group_rows.clamp(1, 16_384),
+        max_buffered_bytes: config.max_buffered_bytes,
         zstd_level: config.zstd_level,
     };
     let files = LakeFiles::new(&spool, &config.writer(), limits, spooled.clone())?;
@@ -150,6 +166,7 @@ fn run(
         let held = spooled.load(Ordering::Relaxed) + files.open_bytes();
         metrics::gauge!(metric_names::LAKE_SPOOL_BYTES).set(held as f64);
         metrics::gauge!(metric_names::LAKE_OPEN_FILES).set(files.open_files() as f64);
+        metrics::gauge!(metric_names::LAKE_BUFFERED_BYTES).set(files.buffered_bytes() as f64);
         // A full spool stops intake, unless tally is shutting down: what was
         // acknowledged is written even past the limit.
         let full = held >= max_spool && !draining.load(Ordering::Relaxed) && !rx.is_closed();
@@ -216,7 +233,7 @@ fn add(files: &mut LakeFiles, request: &QueuedRequest) -> std::io::Result<()> {
                         };
                         for span in &ss.spans {
                             key.hour_ms = hour(span.start_time_unix_nano);
-                            add_row(files, &key, now, span.encoded_len(), |r| {
+                            add_row(files, &key, now, span.encoded_len() + ROW_BYTES, |r| {
                                 if let Rows::Spans(r) = r {
                                     r.push(&o, span)
                                 }
@@ -239,7 +256,7 @@ fn add(files: &mut LakeFiles, request: &QueuedRequest) -> std::io::Result<()> {
                             let t =
                                 if rec.time_unix_nano != 0 { rec.time_unix_nano } else { rec.observed_time_unix_nano };
                             key.hour_ms = hour(t);
-                            add_row(files, &key, now, rec.encoded_len(), |r| {
+                            add_row(files, &key, now, rec.encoded_len() + ROW_BYTES, |r| {
                                 if let Rows::Logs(r) = r {
                                     r.push(&o, rec)
                                 }
@@ -261,7 +278,8 @@ fn add(files: &mut LakeFiles, request: &QueuedRequest) -> std::io::Result<()> {
                         for metric in &sm.metrics {
                             // A metric's points share a file: the hour it was received.
                             key.hour_ms = hour(0);
-                            add_row(files, &key, now, metric.encoded_len(), |r| {
+                            let points = tally_core::data_points(metric).max(1);
+                            add_row(files, &key, now, metric.encoded_len() + points * ROW_BYTES, |r| {
                                 if let Rows::Metrics(r) = r {
                                     r.push_metric(&o, metric);
                                 }
@@ -307,7 +325,7 @@ mod tests {
             max_file_bytes: u64::MAX,
             max_file_age_ms: i64::MAX,
             row_group_rows: 100,
-            batch_rows: 100,
+            max_buffered_bytes: 1 << 20,
             zstd_level: 3,
         };
         let mut files = LakeFiles::new(&spool, "w", limits, Arc::new(AtomicU64::new(0))).unwrap();

@@ -10,13 +10,14 @@
 use std::sync::Arc;
 
 use arrow_array::{
-    ArrayRef, RecordBatch,
+    ArrayRef, RecordBatch, UInt32Array,
     builder::{
         BooleanBuilder, FixedSizeBinaryBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, MapBuilder,
         StringBuilder, TimestampMillisecondBuilder, TimestampNanosecondBuilder, UInt32Builder, UInt64Builder,
     },
 };
 use arrow_schema::{ArrowError, Field, Schema};
+use arrow_select::take::take;
 use serde_json::{Map, Value, json};
 
 use crate::rollup::extract::span_kind;
@@ -181,10 +182,90 @@ impl Origin<'_> {
     }
 }
 
-pub struct SpanRows {
-    rows: usize,
+/// The columns a row takes from where it came from: tenant, service, scope
+/// name and resource attributes. Rows arrive in runs from one origin (a
+/// request's resource and scope), so each run's values are stored once and
+/// expanded to one per row only when the batch is finished: rows waiting in
+/// memory do not each hold a copy of their resource.
+struct OriginColumns {
     tenant: StringBuilder,
     service: StringBuilder,
+    scope_name: StringBuilder,
+    resource_attributes: AttrMap,
+    /// The last run's origin, to compare the next row's with.
+    last: Option<OwnedOrigin>,
+    runs: u32,
+    /// Per row, its run.
+    run_of_row: Vec<u32>,
+}
+
+#[derive(PartialEq)]
+struct OwnedOrigin {
+    tenant: String,
+    service: String,
+    scope_name: Option<String>,
+    resource_attributes: Vec<KeyValue>,
+}
+
+impl OwnedOrigin {
+    fn is(&self, o: &Origin<'_>) -> bool {
+        self.tenant == o.tenant
+            && self.service == o.service
+            && self.scope_name.as_deref() == o.scope_name()
+            && self.resource_attributes == o.resource_attrs()
+    }
+}
+
+impl Default for OriginColumns {
+    fn default() -> OriginColumns {
+        OriginColumns {
+            tenant: StringBuilder::new(),
+            service: StringBuilder::new(),
+            scope_name: StringBuilder::new(),
+            resource_attributes: attr_map(),
+            last: None,
+            runs: 0,
+            run_of_row: Vec::new(),
+        }
+    }
+}
+
+impl OriginColumns {
+    fn push(&mut self, o: &Origin<'_>) {
+        if !self.last.as_ref().is_some_and(|l| l.is(o)) {
+            self.tenant.append_value(o.tenant);
+            self.service.append_value(o.service);
+            self.scope_name.append_option(o.scope_name());
+            append_attrs(&mut self.resource_attributes, o.resource_attrs());
+            self.last = Some(OwnedOrigin {
+                tenant: o.tenant.to_owned(),
+                service: o.service.to_owned(),
+                scope_name: o.scope_name().map(str::to_owned),
+                resource_attributes: o.resource_attrs().to_vec(),
+            });
+            self.runs += 1;
+        }
+        self.run_of_row.push(self.runs - 1);
+    }
+
+    /// Tenant, service, scope name and resource attributes, one per row.
+    fn finish(&mut self) -> Result<[ArrayRef; 4], ArrowError> {
+        let rows = UInt32Array::from(std::mem::take(&mut self.run_of_row));
+        self.last = None;
+        self.runs = 0;
+        let per_row = |runs: ArrayRef| take(&runs, &rows, None);
+        Ok([
+            per_row(Arc::new(self.tenant.finish()))?,
+            per_row(Arc::new(self.service.finish()))?,
+            per_row(Arc::new(self.scope_name.finish()))?,
+            per_row(Arc::new(self.resource_attributes.finish()))?,
+        ])
+    }
+}
+
+pub struct SpanRows {
+    rows: usize,
+    origin: OriginColumns,
     trace_id: FixedSizeBinaryBuilder,
     span_id: FixedSizeBinaryBuilder,
     parent_span_id: FixedSizeBinaryBuilder,
@@ -197,9 +278,7 @@ pub struct SpanRows {
     status_code: StringBuilder,
     status_message: StringBuilder,
     flags: UInt32Builder,
-    scope_name: StringBuilder,
     attributes: AttrMap,
-    resource_attributes: AttrMap,
     events: StringBuilder,
     links: StringBuilder,
 }
@@ -208,8 +287,7 @@ impl Default for SpanRows {
     fn default() -> SpanRows {
         SpanRows {
             rows: 0,
-            tenant: StringBuilder::new(),
-            service: StringBuilder::new(),
+            origin: OriginColumns::default(),
             trace_id: FixedSizeBinaryBuilder::new(16),
             span_id: FixedSizeBinaryBuilder::new(8),
             parent_span_id: FixedSizeBinaryBuilder::new(8),
@@ -222,9 +300,7 @@ impl Default for SpanRows {
             status_code: StringBuilder::new(),
             status_message: StringBuilder::new(),
             flags: UInt32Builder::new(),
-            scope_name: StringBuilder::new(),
             attributes: attr_map(),
-            resource_attributes: attr_map(),
             events: StringBuilder::new(),
             links: StringBuilder::new(),
         }
@@ -234,8 +310,7 @@ impl Default for SpanRows {
 impl SpanRows {
     pub fn push(&mut self, o: &Origin<'_>, s: &Span) {
         self.rows += 1;
-        self.tenant.append_value(o.tenant);
-        self.service.append_value(o.service);
+        self.origin.push(o);
         append_id(&mut self.trace_id, &s.trace_id, 16);
         append_id(&mut self.span_id, &s.span_id, 8);
         append_id(&mut self.parent_span_id, &s.parent_span_id, 8);
@@ -256,9 +331,7 @@ impl SpanRows {
         });
         self.status_message.append_option(status.map(|st| st.message.as_str()).and_then(nonempty));
         self.flags.append_value(s.flags);
-        self.scope_name.append_option(o.scope_name());
         append_attrs(&mut self.attributes, &s.attributes);
-        append_attrs(&mut self.resource_attributes, o.resource_attrs());
         self.events.append_option((!s.events.is_empty()).then(|| {
             let events: Vec<Value> = s
                 .events
@@ -282,9 +355,10 @@ impl SpanRows {
 
     fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
         self.rows = 0;
+        let [tenant, service, scope_name, resource_attributes] = self.origin.finish()?;
         batch(vec![
-            ("tenant", Arc::new(self.tenant.finish())),
-            ("service", Arc::new(self.service.finish())),
+            ("tenant", tenant),
+            ("service", service),
             ("trace_id", Arc::new(self.trace_id.finish())),
             ("span_id", Arc::new(self.span_id.finish())),
             ("parent_span_id", Arc::new(self.parent_span_id.finish())),
@@ -297,9 +371,9 @@ impl SpanRows {
             ("status_code", Arc::new(self.status_code.finish())),
             ("status_message", Arc::new(self.status_message.finish())),
             ("flags", Arc::new(self.flags.finish())),
-            ("scope_name", Arc::new(self.scope_name.finish())),
+            ("scope_name", scope_name),
             ("attributes", Arc::new(self.attributes.finish())),
-            ("resource_attributes", Arc::new(self.resource_attributes.finish())),
+            ("resource_attributes", resource_attributes),
             ("events", Arc::new(self.events.finish())),
             ("links", Arc::new(self.links.finish())),
         ])
@@ -308,8 +382,7 @@ impl SpanRows {
 
 pub struct LogRows {
     rows: usize,
-    tenant: StringBuilder,
-    service: StringBuilder,
+    origin: OriginColumns,
     time: TimestampNanosecondBuilder,
     observed_time: TimestampNanosecondBuilder,
     severity_number: Int32Builder,
@@ -319,17 +392,14 @@ pub struct LogRows {
     trace_id: FixedSizeBinaryBuilder,
     span_id: FixedSizeBinaryBuilder,
     flags: UInt32Builder,
-    scope_name: StringBuilder,
     attributes: AttrMap,
-    resource_attributes: AttrMap,
 }
 
 impl Default for LogRows {
     fn default() -> LogRows {
         LogRows {
             rows: 0,
-            tenant: StringBuilder::new(),
-            service: StringBuilder::new(),
+            origin: OriginColumns::default(),
             time: timestamps(),
             observed_time: timestamps(),
             severity_number: Int32Builder::new(),
@@ -339,9 +409,7 @@ impl Default for LogRows {
             trace_id: FixedSizeBinaryBuilder::new(16),
             span_id: FixedSizeBinaryBuilder::new(8),
             flags: UInt32Builder::new(),
-            scope_name: StringBuilder::new(),
             attributes: attr_map(),
-            resource_attributes: attr_map(),
         }
     }
 }
@@ -349,8 +417,7 @@ impl Default for LogRows {
 impl LogRows {
     pub fn push(&mut self, o: &Origin<'_>, r: &LogRecord) {
         self.rows += 1;
-        self.tenant.append_value(o.tenant);
-        self.service.append_value(o.service);
+        self.origin.push(o);
         // The record's time, else when it was observed (as the rollups do).
         let time = if r.time_unix_nano != 0 { r.time_unix_nano } else { r.observed_time_unix_nano };
         self.time.append_option(ts(time));
@@ -365,16 +432,15 @@ impl LogRows {
         append_id(&mut self.trace_id, &r.trace_id, 16);
         append_id(&mut self.span_id, &r.span_id, 8);
         self.flags.append_value(r.flags);
-        self.scope_name.append_option(o.scope_name());
         append_attrs(&mut self.attributes, &r.attributes);
-        append_attrs(&mut self.resource_attributes, o.resource_attrs());
     }
 
     fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
         self.rows = 0;
+        let [tenant, service, scope_name, resource_attributes] = self.origin.finish()?;
         batch(vec![
-            ("tenant", Arc::new(self.tenant.finish())),
-            ("service", Arc::new(self.service.finish())),
+            ("tenant", tenant),
+            ("service", service),
             ("time", Arc::new(self.time.finish())),
             ("observed_time", Arc::new(self.observed_time.finish())),
             ("severity_number", Arc::new(self.severity_number.finish())),
@@ -384,9 +450,9 @@ impl LogRows {
             ("trace_id", Arc::new(self.trace_id.finish())),
             ("span_id", Arc::new(self.span_id.finish())),
             ("flags", Arc::new(self.flags.finish())),
-            ("scope_name", Arc::new(self.scope_name.finish())),
+            ("scope_name", scope_name),
             ("attributes", Arc::new(self.attributes.finish())),
-            ("resource_attributes", Arc::new(self.resource_attributes.finish())),
+            ("resource_attributes", resource_attributes),
         ])
     }
 }
@@ -394,8 +460,7 @@ impl LogRows {
 /// One row per data point.
 pub struct MetricRows {
     rows: usize,
-    tenant: StringBuilder,
-    service: StringBuilder,
+    origin: OriginColumns,
     name: StringBuilder,
     description: StringBuilder,
     unit: StringBuilder,
@@ -420,17 +485,14 @@ pub struct MetricRows {
     quantiles: StringBuilder,
     exemplars: StringBuilder,
     flags: UInt32Builder,
-    scope_name: StringBuilder,
     attributes: AttrMap,
-    resource_attributes: AttrMap,
 }
 
 impl Default for MetricRows {
     fn default() -> MetricRows {
         MetricRows {
             rows: 0,
-            tenant: StringBuilder::new(),
-            service: StringBuilder::new(),
+            origin: OriginColumns::default(),
             name: StringBuilder::new(),
             description: StringBuilder::new(),
             unit: StringBuilder::new(),
@@ -455,9 +517,7 @@ impl Default for MetricRows {
             quantiles: StringBuilder::new(),
             exemplars: StringBuilder::new(),
             flags: UInt32Builder::new(),
-            scope_name: StringBuilder::new(),
             attributes: attr_map(),
-            resource_attributes: attr_map(),
         }
     }
 }
@@ -544,8 +604,7 @@ impl MetricRows {
         p: PointParts<'_>,
     ) {
         self.rows += 1;
-        self.tenant.append_value(o.tenant);
-        self.service.append_value(o.service);
+        self.origin.push(o);
         self.name.append_value(&m.name);
         self.description.append_option(nonempty(&m.description));
         self.unit.append_option(nonempty(&m.unit));
@@ -556,9 +615,7 @@ impl MetricRows {
         self.time.append_option(ts(p.time_ns));
         self.exemplars.append_option(p.exemplars);
         self.flags.append_value(p.flags);
-        self.scope_name.append_option(o.scope_name());
         append_attrs(&mut self.attributes, p.attributes);
-        append_attrs(&mut self.resource_attributes, o.resource_attrs());
     }
 
     fn no_histogram(&mut self) {
@@ -692,9 +749,10 @@ impl MetricRows {
 
     fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
         self.rows = 0;
+        let [tenant, service, scope_name, resource_attributes] = self.origin.finish()?;
         batch(vec![
-            ("tenant", Arc::new(self.tenant.finish())),
-            ("service", Arc::new(self.service.finish())),
+            ("tenant", tenant),
+            ("service", service),
             ("name", Arc::new(self.name.finish())),
             ("description", Arc::new(self.description.finish())),
             ("unit", Arc::new(self.unit.finish())),
@@ -719,9 +777,9 @@ impl MetricRows {
             ("quantiles", Arc::new(self.quantiles.finish())),
             ("exemplars", Arc::new(self.exemplars.finish())),
             ("flags", Arc::new(self.flags.finish())),
-            ("scope_name", Arc::new(self.scope_name.finish())),
+            ("scope_name", scope_name),
             ("attributes", Arc::new(self.attributes.finish())),
-            ("resource_attributes", Arc::new(self.resource_attributes.finish())),
+            ("resource_attributes", resource_attributes),
         ])
     }
 }
@@ -784,5 +842,63 @@ impl UsageRows {
             ("distinct_key", Arc::new(self.distinct_key.finish())),
             ("content_hash", Arc::new(self.content_hash.finish())),
         ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow_array::{Array, MapArray, StringArray};
+    use tally_core::otlp::{
+        common::v1::{AnyValue, any_value},
+        resource::v1::Resource,
+    };
+
+    use super::*;
+
+    fn resource(host: &str) -> Resource {
+        let value = Some(AnyValue { value: Some(any_value::Value::StringValue(host.into())) });
+        Resource {
+            attributes: vec![KeyValue { key: "host.name".into(), value, ..Default::default() }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_row_gets_its_own_origin_back() {
+        let (a, b) = (resource("a"), resource("b"));
+        let origin = |tenant, service, r| Origin { tenant, service, resource: Some(r), scope: None };
+        // Runs from two origins, interleaved, and one that differs only by tenant.
+        let rows = [
+            origin("t1", "api", &a),
+            origin("t1", "api", &a),
+            origin("t1", "db", &b),
+            origin("t1", "api", &a),
+            origin("t2", "api", &a),
+        ];
+        let mut spans = SpanRows::default();
+        for o in &rows {
+            spans.push(o, &Span::default());
+        }
+        let batch = spans.finish().unwrap();
+        let text = |name: &str| -> Vec<String> {
+            let col = batch.column_by_name(name).unwrap().as_any().downcast_ref::<StringArray>().unwrap().clone();
+            col.iter().map(|v| v.unwrap_or_default().to_owned()).collect()
+        };
+        assert_eq!(text("tenant"), ["t1", "t1", "t1", "t1", "t2"]);
+        assert_eq!(text("service"), ["api", "api", "db", "api", "api"]);
+        let attrs = batch.column_by_name("resource_attributes").unwrap().as_any().downcast_ref::<MapArray>().unwrap();
+        let hosts: Vec<String> = (0..attrs.len())
+            .map(|i| {
+                let entry = attrs.value(i);
+                entry.column(1).as_any().downcast_ref::<StringArray>().unwrap().value(0).to_owned()
+            })
+            .collect();
+        assert_eq!(hosts, ["a", "a", "b", "a", "a"]);
+        // The builders start over: a second batch is independent of the first.
+        spans.push(&rows[2], &Span::default());
+        let batch = spans.finish().unwrap();
+        assert_eq!(batch.num_rows(), 1);
+        let tenants = batch.column_by_name("service").unwrap().as_any().downcast_ref::<StringArray>().unwrap().clone();
+        assert_eq!(tenants.value(0), "db");
     }
 }

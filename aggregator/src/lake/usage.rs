@@ -112,7 +112,7 @@ fn write(
         max_file_bytes: u64::MAX,
         max_file_age_ms: i64::MAX,
         row_group_rows,
-        batch_rows: row_group_rows.clamp(1, 16_384),
+        max_buffered_bytes: 32 << 20,
         // Usage is small and kept longest: compress harder.
         zstd_level: 9,
     };

@@ -4,6 +4,10 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant, UNIX_EPOCH},
 };
 
@@ -19,6 +23,10 @@ use crate::RollupConfig;
 
 /// Longest a window reopened by late data waits before it is written again.
 const LATE_HOLD_MS: i64 = 10_000;
+/// Rows per partial flush: with 100,000 series open, a partial flush is
+/// written as a few of these (one at a time) rather than held as 100,000
+/// rows at once.
+const PARTIAL_CHUNK_ROWS: usize = 10_000;
 
 fn ms(d: Duration) -> i64 {
     d.as_millis().min(i64::MAX as u128) as i64
@@ -29,6 +37,8 @@ struct Flush {
     rows: Vec<RollupRow>,
     counts: Vec<IngestCount>,
     at_ms: i64,
+    /// Had rows when sent: the stage waits for these before a partial chunk.
+    with_rows: bool,
 }
 
 pub struct RollupStage {
@@ -40,6 +50,12 @@ pub struct RollupStage {
     counts: HashMap<(TenantId, Signal), u64>,
     /// The lake writer, passed each request once rolled up.
     lake: Option<mpsc::Sender<QueuedRequest>>,
+    /// Flushes with rows handed to the writer, and (its side) those it is
+    /// done with: the next chunk of a partial flush waits while they differ.
+    sent: u64,
+    done: Arc<AtomicU64>,
+    /// A partial flush is under way (more chunks to take).
+    partial_due: bool,
 }
 
 impl RollupStage {
@@ -53,6 +69,9 @@ impl RollupStage {
             flush_interval,
             counts: HashMap::new(),
             lake: None,
+            sent: 0,
+            done: Arc::new(AtomicU64::new(0)),
+            partial_due: false,
         }
     }
 
@@ -70,7 +89,8 @@ impl RollupStage {
     /// guarantees the queue is drained first.
     pub async fn run(mut self, mut rx: mpsc::Receiver<QueuedRequest>) {
         let (tx, writes) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(write_loop(self.store.clone(), writes, self.config.max_pending_rows));
+        let writer =
+            tokio::spawn(write_loop(self.store.clone(), writes, self.config.max_pending_rows, self.done.clone()));
         let mut tick = tokio::time::interval(self.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let partial_every = self.config.partial_flush_interval;
@@ -97,16 +117,16 @@ impl RollupStage {
                                         }
                                         break;
                                     }
-                                    _ = tick.tick() => self.flush_closed(&tx),
-                                    _ = partial.tick(), if !partial_every.is_zero() => self.flush_partial(&tx),
+                                    _ = tick.tick() => self.on_tick(&tx),
+                                    _ = partial.tick(), if !partial_every.is_zero() => self.start_partial(&tx),
                                 }
                             }
                         }
                     }
                     None => break,
                 },
-                _ = tick.tick() => self.flush_closed(&tx),
-                _ = partial.tick(), if !partial_every.is_zero() => self.flush_partial(&tx),
+                _ = tick.tick() => self.on_tick(&tx),
+                _ = partial.tick(), if !partial_every.is_zero() => self.start_partial(&tx),
             }
         }
         // The lake writer finishes its files once this sender is gone.
@@ -130,9 +150,31 @@ impl RollupStage {
         self.send(tx, rows, now);
     }
 
-    /// What the open windows gathered since the last time.
-    fn flush_partial(&mut self, tx: &mpsc::UnboundedSender<Flush>) {
-        let rows = self.windows.take_partial();
+    fn on_tick(&mut self, tx: &mpsc::UnboundedSender<Flush>) {
+        self.flush_closed(tx);
+        self.continue_partial(tx);
+    }
+
+    /// Starts writing what the open windows gathered since the last time;
+    /// a partial flush still under way (the database is slower than the
+    /// interval) is not started twice.
+    fn start_partial(&mut self, tx: &mpsc::UnboundedSender<Flush>) {
+        if self.partial_due {
+            metrics::counter!(metric_names::ROLLUP_PARTIAL_SKIPPED).increment(1);
+        }
+        self.partial_due = true;
+        self.continue_partial(tx);
+    }
+
+    /// The next chunk of a partial flush, once the writer is done with the
+    /// last: the windows keep gathering meanwhile, and rows wait there,
+    /// merged, rather than as a backlog of taken rows.
+    fn continue_partial(&mut self, tx: &mpsc::UnboundedSender<Flush>) {
+        if !self.partial_due || self.done.load(Ordering::Relaxed) < self.sent {
+            return;
+        }
+        let rows = self.windows.take_partial(PARTIAL_CHUNK_ROWS);
+        self.partial_due = rows.len() == PARTIAL_CHUNK_ROWS;
         self.send(tx, rows, now_ms());
     }
 
@@ -144,7 +186,10 @@ impl RollupStage {
             return;
         }
         // The writer only stops after this sender is dropped.
-        let _ = tx.send(Flush { rows, counts, at_ms });
+        let with_rows = !rows.is_empty();
+        if tx.send(Flush { rows, counts, at_ms, with_rows }).is_ok() && with_rows {
+            self.sent += 1;
+        }
     }
 
     fn add(&mut self, batches: &[TelemetryBatch]) {
@@ -182,7 +227,12 @@ fn refused(signal: Signal, seen: Observed) {
 /// Writes flushes in order; while the database fails, keeps them (up to
 /// `max_pending_rows` rows, dropping the oldest beyond) and retries with
 /// backoff. After the stage has gone, a few last attempts.
-async fn write_loop(store: Store, mut rx: mpsc::UnboundedReceiver<Flush>, max_pending_rows: usize) {
+async fn write_loop(
+    store: Store,
+    mut rx: mpsc::UnboundedReceiver<Flush>,
+    max_pending_rows: usize,
+    done: Arc<AtomicU64>,
+) {
     let mut pending: VecDeque<Flush> = VecDeque::new();
     let mut backoff = Duration::ZERO;
     let mut closed = false;
@@ -208,7 +258,9 @@ async fn write_loop(store: Store, mut rx: mpsc::UnboundedReceiver<Flush>, max_pe
         let Some(front) = pending.front_mut() else { continue };
         match write(&store, front).await {
             Ok(()) => {
-                pending.pop_front();
+                if pending.pop_front().is_some_and(|f| f.with_rows) {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
                 backoff = Duration::ZERO;
             }
             Err(e) if !e.is_retriable() => {
@@ -218,6 +270,9 @@ async fn write_loop(store: Store, mut rx: mpsc::UnboundedReceiver<Flush>, max_pe
                 tracing::error!(error = %e, "rollup flush refused by the database; isolating the bad rows");
                 if let Some(mut f) = pending.pop_front() {
                     write_isolated(&store, &mut f).await;
+                    if f.with_rows {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
             Err(e) => {

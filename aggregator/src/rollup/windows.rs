@@ -189,7 +189,7 @@ impl Windows {
     pub fn take_before(&mut self, before_ms: i64, opened_by_ms: i64) -> Vec<RollupRow> {
         let keep = self.open.split_off(&before_ms);
         let candidates = std::mem::replace(&mut self.open, keep);
-        let mut rows = Vec::new();
+        let mut rows = Vec::with_capacity(candidates.values().map(|w| w.series.len()).sum());
         for (start, window) in candidates {
             if window.opened_ms > opened_by_ms {
                 self.open.insert(start, window);
@@ -201,14 +201,19 @@ impl Windows {
         rows
     }
 
-    /// What every open window gathered since it was last taken, as rows,
-    /// leaving the windows open (their series still count against the
-    /// limits): written and merged into the stored rows, this is how queries
-    /// and alerts see the current window before it closes.
-    pub fn take_partial(&mut self) -> Vec<RollupRow> {
-        let mut rows = Vec::new();
+    /// What the open windows gathered since it was last taken, as at most
+    /// `max_rows` rows, leaving the windows open (their series still count
+    /// against the limits): written and merged into the stored rows, this is
+    /// how queries and alerts see the current window before it closes. Taken
+    /// series are clean until they gather again, so calls in a row go
+    /// through all of them; fewer than `max_rows` rows means all were taken.
+    pub fn take_partial(&mut self, max_rows: usize) -> Vec<RollupRow> {
+        let mut rows = Vec::with_capacity(max_rows.min(self.series));
         for (&start, window) in &mut self.open {
             for (key, values) in window.series.iter_mut() {
+                if rows.len() == max_rows {
+                    return rows;
+                }
                 if values.count > 0 || values.hist.is_some() || values.last_ms != i64::MIN {
                     rows.push(RollupRow { key: key.clone(), start_ms: start, values: std::mem::take(values) });
                 }
@@ -277,15 +282,40 @@ mod tests {
         let t = TenantId::parse("acme").unwrap();
         let mut w = Windows::new(60_000, Limits { per_tenant: 1, per_metric: 100 });
         span(&mut w, &t, "GET /a", 1_000, 5);
-        let first = w.take_partial();
+        let first = w.take_partial(10);
         assert_eq!((first.len(), first[0].values.count), (1, 1));
-        assert!(w.take_partial().is_empty(), "nothing new, nothing written");
+        assert!(w.take_partial(10).is_empty(), "nothing new, nothing written");
         span(&mut w, &t, "GET /a", 2_000, 7);
         span(&mut w, &t, "GET /b", 3_000, 9); // over the limit: overflow, as before the partial take
         let rest = w.take_all();
         let count = |name: &str| rest.iter().find(|r| &*r.key.name == name).map(|r| r.values.count);
         assert_eq!((count("GET /a"), count(OVERFLOW)), (Some(1), Some(1)));
         assert_eq!(first[0].values.sum + rest.iter().map(|r| r.values.sum).sum::<f64>(), 21.0);
+    }
+
+    #[test]
+    fn partial_takes_in_chunks_go_through_every_series_once() {
+        let t = TenantId::parse("acme").unwrap();
+        let mut w = Windows::new(60_000, Limits { per_tenant: 1000, per_metric: 100 });
+        for i in 0..25 {
+            span(&mut w, &t, &format!("GET /{i}"), 1_000, 5);
+            span(&mut w, &t, &format!("GET /{i}"), 61_000, 5); // and in the next window
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut chunks = Vec::new();
+        loop {
+            let rows = w.take_partial(20);
+            chunks.push(rows.len());
+            for r in &rows {
+                assert!(names.insert((r.start_ms, r.key.name.clone())), "taken twice: {:?}", r.key);
+            }
+            if rows.len() < 20 {
+                break;
+            }
+        }
+        assert_eq!(chunks, [20, 20, 10]);
+        assert_eq!(names.len(), 50);
+        assert_eq!(w.series(), 50, "the windows stay open");
     }
 
     #[test]

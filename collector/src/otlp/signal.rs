@@ -245,18 +245,6 @@ impl OtlpSignal for Logs {
     }
 }
 
-/// Number of data points of a metric, whatever its type.
-fn data_points(m: &Metric) -> u64 {
-    (match &m.data {
-        Some(Data::Gauge(g)) => g.data_points.len(),
-        Some(Data::Sum(s)) => s.data_points.len(),
-        Some(Data::Histogram(h)) => h.data_points.len(),
-        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
-        Some(Data::Summary(s)) => s.data_points.len(),
-        None => 0,
-    }) as u64
-}
-
 /// Splits a metric's data points by route, keeping name, unit and type.
 fn partition_metric<K: PartialEq>(
     m: Metric,
@@ -319,7 +307,7 @@ impl OtlpSignal for Metrics {
         res.resource.as_ref().map_or(&[], |r| &r.attributes)
     }
     fn count_items(res: &ResourceMetrics) -> u64 {
-        res.scope_metrics.iter().flat_map(|s| &s.metrics).map(data_points).sum()
+        res.scope_metrics.iter().flat_map(|s| &s.metrics).map(|m| tally_core::data_points(m) as u64).sum()
     }
     fn all_items_valid(_: &ResourceMetrics) -> bool {
         true
