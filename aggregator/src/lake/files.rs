@@ -59,6 +59,10 @@ struct OpenFile {
 const PAGE_BYTES: usize = 64 << 10;
 /// Files open at once; opening one more closes the oldest.
 const MAX_OPEN_FILES: usize = 512;
+/// Row groups per file: a file's row-group metadata stays in memory until
+/// it closes, so a file cut into many small row groups (many busy tenants
+/// sharing the row buffer) closes early rather than growing that.
+const MAX_ROW_GROUPS: usize = 128;
 
 /// File limits and batching.
 #[derive(Debug, Clone)]
@@ -91,7 +95,9 @@ fn properties(signal: LakeSignal, limits: &FileLimits) -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(zstd)
         .set_max_row_group_row_count(Some(row_group_rows.max(1)))
-        .set_statistics_enabled(EnabledStatistics::Page)
+        // The writer keeps every row group's metadata until the file closes:
+        // statistics only where readers filter (below), not on attributes.
+        .set_statistics_enabled(EnabledStatistics::None)
         // Every column of every open file buffers a page and a dictionary:
         // smaller limits keep many open files affordable.
         .set_data_page_size_limit(PAGE_BYTES)
@@ -104,6 +110,18 @@ fn properties(signal: LakeSignal, limits: &FileLimits) -> WriterProperties {
         LakeSignal::Metrics => (&["start_time", "time"], &[]),
         LakeSignal::Usage => (&["event_time"], &["event_id"]),
     };
+    // Statistics: per page on the time a row is filed under, per row group
+    // on the columns people filter on.
+    let (page_stats, chunk_stats): (&str, &[&str]) = match signal {
+        LakeSignal::Spans => ("start_time", &["tenant", "service", "name", "kind", "status_code", "duration_ns"]),
+        LakeSignal::Logs => ("time", &["tenant", "service", "severity_number"]),
+        LakeSignal::Metrics => ("time", &["tenant", "service", "name", "type"]),
+        LakeSignal::Usage => ("event_time", &["tenant", "meter", "source"]),
+    };
+    b = b.set_column_statistics_enabled(ColumnPath::from(page_stats), EnabledStatistics::Page);
+    for c in chunk_stats {
+        b = b.set_column_statistics_enabled(ColumnPath::from(*c), EnabledStatistics::Chunk);
+    }
     for c in times {
         b = b
             .set_column_encoding(ColumnPath::from(*c), Encoding::DELTA_BINARY_PACKED)
@@ -214,7 +232,8 @@ impl LakeFiles {
         let Some(f) = self.open.get_mut(key) else { return Ok(()) };
         self.buffered -= f.buffered;
         let size = write_rows(f, key.signal, &self.limits)?;
-        if size >= self.limits.max_file_bytes {
+        let groups = f.writer.as_ref().map_or(0, |w| w.flushed_row_groups().len());
+        if size >= self.limits.max_file_bytes || groups >= MAX_ROW_GROUPS {
             self.close(key)?;
         }
         Ok(())
