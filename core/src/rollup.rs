@@ -127,14 +127,17 @@ impl RollupValues {
     }
 
     /// Merges another window's aggregate of the same series: counts add,
-    /// extremes widen, the later `last` wins, histograms merge exactly.
+    /// extremes widen, the later `last` wins (on a tie, `other`, the one
+    /// merged in later, as in [`RollupValues::add_point`]: two points in
+    /// one millisecond give the same `last` whether they were written
+    /// together or by two flushes), histograms merge exactly.
     pub fn merge(&mut self, other: &RollupValues) {
         self.count += other.count;
         self.errors += other.errors;
         self.sum += other.sum;
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
-        if other.last_ms > self.last_ms {
+        if other.last_ms >= self.last_ms && other.last_ms != i64::MIN {
             self.last = other.last;
             self.last_ms = other.last_ms;
         }
@@ -202,5 +205,17 @@ mod tests {
         a.merge(&empty);
         assert_eq!(a.last_opt(), Some(1.0));
         assert_eq!(empty.min_opt(), None);
+    }
+
+    #[test]
+    fn a_tie_in_time_goes_to_what_is_merged_later_as_when_added() {
+        let mut together = RollupValues::default();
+        together.add_point(4.0, 10);
+        together.add_point(9.0, 10);
+        let (mut first, mut second) = (RollupValues::default(), RollupValues::default());
+        first.add_point(4.0, 10);
+        second.add_point(9.0, 10);
+        first.merge(&second);
+        assert_eq!((together.last, first.last), (9.0, 9.0));
     }
 }
