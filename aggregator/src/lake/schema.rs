@@ -898,7 +898,7 @@ mod tests {
         spans.push(&rows[2], &Span::default());
         let batch = spans.finish().unwrap();
         assert_eq!(batch.num_rows(), 1);
-        let tenants = batch.column_by_name("service").unwrap().as_any().downcast_ref::<StringArray>().unwrap().clone();
-        assert_eq!(tenants.value(0), "db");
+        let services = batch.column_by_name("service").unwrap().as_any().downcast_ref::<StringArray>().unwrap().clone();
+        assert_eq!(services.value(0), "db");
     }
 }
