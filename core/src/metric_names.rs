@@ -41,6 +41,9 @@ pub const ROLLUP_FLUSH_DURATION: &str = "tally_rollup_flush_seconds";
 /// Partial flushes of the open windows not started because the previous one
 /// was still being written (the database is slower than the interval).
 pub const ROLLUP_PARTIAL_SKIPPED: &str = "tally_rollup_partial_flushes_skipped_total";
+/// 1 while the rollup stage takes no requests because closed windows wait
+/// for the database (it is a window behind), else 0.
+pub const ROLLUP_BACKPRESSURE: &str = "tally_rollup_backpressure";
 /// Window rows dropped because the database stayed unreachable.
 pub const ROLLUP_DROPPED_ROWS: &str = "tally_rollup_dropped_rows_total";
 /// Rows moved to a coarser resolution or expired. Labels: `table`.

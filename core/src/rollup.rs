@@ -167,6 +167,11 @@ impl RollupValues {
         RollupValues { hist: None, ..*self }
     }
 
+    /// Nothing added since it was created (or taken).
+    pub fn is_empty(&self) -> bool {
+        self.count == 0 && self.errors == 0 && self.hist.is_none() && self.last_ms == i64::MIN
+    }
+
     pub fn min_opt(&self) -> Option<f64> {
         self.min.is_finite().then_some(self.min)
     }

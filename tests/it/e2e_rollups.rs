@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use sqlx::Connection;
 use tally_core::{
     Histogram, TenantId,
     rollup::{OVERFLOW, RollupKind, RollupRow, RollupValues, SeriesKey},
@@ -568,4 +569,74 @@ async fn bench_slo_query_24h() {
         }
         s.stop().await;
     }
+}
+
+/// A database that stops taking rollup rows (here: the table locked by
+/// another session) pauses ingestion once a closed window has waited a
+/// window's width: the queue fills and receivers answer 429, instead of
+/// rows piling up in memory. Once the lock goes, ingestion resumes and every
+/// accepted span is in the rollups.
+#[tokio::test]
+async fn a_database_a_window_behind_pauses_ingestion_and_loses_nothing() {
+    let _m = METRICS_LOCK.lock().await;
+    let s = TestServer::start(
+        Db::Postgres,
+        "[rollups]\nwindow = \"1s\"\nallowed_lateness = \"0s\"\npartial_flush_interval = \"0s\"\n\
+         [pipeline]\nqueue_capacity = 4\n[otlp]\nenqueue_timeout = \"10ms\"",
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let url = s.http_url("/v1/traces");
+    let t0 = now_ms();
+    let post = |n: usize| {
+        let body = encode(&spans_at("slowdb", "GET /a", n, now_ms(), 5, false));
+        http.post(&url).header("content-type", "application/x-protobuf").body(body).send()
+    };
+    // Rows for a first window are written (its partition exists).
+    assert_eq!(post(1).await.unwrap().status(), 200);
+    let path = slo_path("slowdb", t0 - 60_000, t0 + 600_000, "1h");
+    assert_eq!(wait_json(&s, &path, |v| v["total"]["requests"] == 1).await["total"]["requests"], 1);
+
+    let mut lock = sqlx::PgConnection::connect(&s.db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut lock).await.unwrap();
+    sqlx::query("LOCK TABLE rollup_windows IN ACCESS EXCLUSIVE MODE").execute(&mut lock).await.unwrap();
+
+    // Until pushed back: one request of 3 spans every 50 ms.
+    let mut accepted = 1u64;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let refused = loop {
+        let r = post(3).await.unwrap();
+        match r.status().as_u16() {
+            200 => accepted += 3,
+            429 => break true,
+            other => panic!("unexpected status {other}"),
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(refused, "never pushed back while the rollup table was locked");
+    assert_eq!(metric_value(&s.metrics().await, "tally_rollup_backpressure"), 1.0);
+
+    sqlx::query("COMMIT").execute(&mut lock).await.unwrap();
+    // Resumes: accepted again within a few seconds.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = post(3).await.unwrap();
+        if r.status() == 200 {
+            accepted += 3;
+            break;
+        }
+        assert!(Instant::now() < deadline, "ingestion did not resume");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let v = wait_json(&s, &path, |v| v["total"]["requests"] == accepted).await;
+    assert_eq!(v["total"]["requests"], accepted, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric_value(&s.metrics().await, "tally_rollup_backpressure") != 0.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric_value(&s.metrics().await, "tally_rollup_backpressure"), 0.0);
+    s.stop().await;
 }

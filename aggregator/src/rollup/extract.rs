@@ -396,7 +396,11 @@ mod tests {
             let mut all = tally_core::Histogram::new();
             for (i, (at_ms, micros, op, failed)) in spans.iter().enumerate() {
                 while flushes.first().is_some_and(|f| *f <= *at_ms as i64) {
-                    rows.extend(w.take_before(base_ms + flushes.remove(0), i64::MAX));
+                    // In chunks of 3 rows, as the stage takes them while the database keeps up.
+                    let before = base_ms + flushes.remove(0);
+                    while w.closed(before, i64::MAX).next().is_some() {
+                        rows.extend(w.take_before(before, i64::MAX, 3));
+                    }
                 }
                 let end = (base_ms as u64 + at_ms) * 1_000_000;
                 let span = Span {

@@ -13,7 +13,10 @@ use std::{
 
 use tally_core::{Payload, QueuedRequest, Signal, TelemetryBatch, TenantId, metric_names, now_ms, rollup::RollupRow};
 use tally_store::{IngestCount, RollupTable, Store};
-use tokio::sync::mpsc;
+use tokio::{
+    sync::{Notify, mpsc},
+    time::{Interval, MissedTickBehavior},
+};
 
 use super::{
     extract::{self, AttributeFilter, Observed, TimeRange},
@@ -23,10 +26,10 @@ use crate::RollupConfig;
 
 /// Longest a window reopened by late data waits before it is written again.
 const LATE_HOLD_MS: i64 = 10_000;
-/// Rows per partial flush: with 100,000 series open, a partial flush is
-/// written as a few of these (one at a time) rather than held as 100,000
-/// rows at once.
-const PARTIAL_CHUNK_ROWS: usize = 10_000;
+/// Rows handed to the writer at a time: with 100,000 series open, a window
+/// (or a partial flush) is written as a few of these, one after the other,
+/// rather than held as 100,000 rows at once.
+const CHUNK_ROWS: usize = 10_000;
 
 fn ms(d: Duration) -> i64 {
     d.as_millis().min(i64::MAX as u128) as i64
@@ -54,8 +57,57 @@ pub struct RollupStage {
     /// done with: the next chunk of a partial flush waits while they differ.
     sent: u64,
     done: Arc<AtomicU64>,
+    /// Signalled by the writer each time it is done with a flush.
+    written: Arc<Notify>,
     /// A partial flush is under way (more chunks to take).
     partial_due: bool,
+    /// Not taking requests: closed windows wait for the writer.
+    paused: bool,
+}
+
+/// What woke the stage, besides a request.
+enum Due {
+    /// `pipeline.flush_interval`: ingest counts, closed windows.
+    Tick,
+    /// `rollups.partial_flush_interval`.
+    Partial,
+    /// The writer is done with a flush: the next chunk can go.
+    Written,
+}
+
+struct Timers {
+    tick: Interval,
+    partial: Option<Interval>,
+    written: Arc<Notify>,
+}
+
+impl Timers {
+    fn new(flush_every: Duration, partial_every: Duration, written: Arc<Notify>) -> Timers {
+        let interval = |every: Duration| {
+            let mut i = tokio::time::interval(every.max(Duration::from_millis(100)));
+            i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            i
+        };
+        Timers {
+            tick: interval(flush_every),
+            partial: (!partial_every.is_zero()).then(|| interval(partial_every)),
+            written,
+        }
+    }
+
+    async fn next(&mut self) -> Due {
+        let partial = async {
+            match &mut self.partial {
+                Some(p) => p.tick().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.tick.tick() => Due::Tick,
+            _ = partial => Due::Partial,
+            _ = self.written.notified() => Due::Written,
+        }
+    }
 }
 
 impl RollupStage {
@@ -71,7 +123,9 @@ impl RollupStage {
             lake: None,
             sent: 0,
             done: Arc::new(AtomicU64::new(0)),
+            written: Arc::new(Notify::new()),
             partial_due: false,
+            paused: false,
         }
     }
 
@@ -87,46 +141,47 @@ impl RollupStage {
     /// then writes every open window and waits for the writer. It watches no
     /// shutdown signal of its own: stopping when the input closes is what
     /// guarantees the queue is drained first.
+    ///
+    /// Rows go to the writer one chunk at a time, closed windows before
+    /// partial flushes, so what waits for the database waits in the windows
+    /// (merged) rather than as a growing list of rows. While a closed window
+    /// has waited longer than a window's width, the database is not keeping
+    /// up: the stage stops taking requests until it has caught up, the queue
+    /// fills and the receivers push back (429 / UNAVAILABLE).
     pub async fn run(mut self, mut rx: mpsc::Receiver<QueuedRequest>) {
         let (tx, writes) = mpsc::unbounded_channel();
-        let writer =
-            tokio::spawn(write_loop(self.store.clone(), writes, self.config.max_pending_rows, self.done.clone()));
-        let mut tick = tokio::time::interval(self.flush_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let partial_every = self.config.partial_flush_interval;
-        let mut partial = tokio::time::interval(partial_every.max(Duration::from_millis(100)));
-        partial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let writer = tokio::spawn(write_loop(
+            self.store.clone(),
+            writes,
+            self.config.max_pending_rows,
+            self.done.clone(),
+            self.written.clone(),
+        ));
+        let mut timers = Timers::new(self.flush_interval, self.config.partial_flush_interval, self.written.clone());
+        metrics::gauge!(metric_names::ROLLUP_BACKPRESSURE).set(0.0);
         loop {
+            let paused = self.behind() && !rx.is_closed();
+            if paused != self.paused {
+                self.paused = paused;
+                metrics::gauge!(metric_names::ROLLUP_BACKPRESSURE).set(f64::from(u8::from(paused)));
+                if paused {
+                    tracing::warn!(
+                        "rollup writes are a window behind; pausing ingestion until the database catches up"
+                    );
+                } else {
+                    tracing::info!("rollup writes caught up; ingestion resumes");
+                }
+            }
             tokio::select! {
-                request = rx.recv() => match request {
+                request = rx.recv(), if !paused => match request {
                     Some(request) => {
                         self.add(&request.batches);
                         metrics::gauge!(metric_names::QUEUE_DEPTH).set(rx.len() as f64);
-                        if let Some(lake) = self.lake.clone() {
-                            // Windows keep being written while the lake holds back.
-                            let mut request = Some(request);
-                            loop {
-                                tokio::select! {
-                                    permit = lake.reserve() => {
-                                        match permit {
-                                            Ok(p) => p.send(request.take().expect("sent once")),
-                                            Err(_) => {
-                                                tracing::error!("the lake writer has stopped; telemetry is no longer written to the lake");
-                                                self.lake = None;
-                                            }
-                                        }
-                                        break;
-                                    }
-                                    _ = tick.tick() => self.on_tick(&tx),
-                                    _ = partial.tick(), if !partial_every.is_zero() => self.start_partial(&tx),
-                                }
-                            }
-                        }
+                        self.pass_to_lake(request, &mut timers, &tx).await;
                     }
                     None => break,
                 },
-                _ = tick.tick() => self.on_tick(&tx),
-                _ = partial.tick(), if !partial_every.is_zero() => self.start_partial(&tx),
+                due = timers.next() => self.on(due, &tx),
             }
         }
         // The lake writer finishes its files once this sender is gone.
@@ -139,43 +194,81 @@ impl RollupStage {
         }
     }
 
-    /// Windows that have ended and whose lateness has passed.
-    fn flush_closed(&mut self, tx: &mpsc::UnboundedSender<Flush>) {
-        let now = now_ms();
+    /// Hands a rolled-up request to the lake writer; windows keep being
+    /// written while the lake holds back (its spool is full).
+    async fn pass_to_lake(&mut self, request: QueuedRequest, timers: &mut Timers, tx: &mpsc::UnboundedSender<Flush>) {
+        let Some(lake) = self.lake.clone() else { return };
+        loop {
+            tokio::select! {
+                permit = lake.reserve() => {
+                    match permit {
+                        Ok(p) => p.send(request),
+                        Err(_) => {
+                            tracing::error!("the lake writer has stopped; telemetry is no longer written to the lake");
+                            self.lake = None;
+                        }
+                    }
+                    return;
+                }
+                due = timers.next() => self.on(due, tx),
+            }
+        }
+    }
+
+    fn on(&mut self, due: Due, tx: &mpsc::UnboundedSender<Flush>) {
+        match due {
+            Due::Partial => {
+                if self.partial_due {
+                    metrics::counter!(metric_names::ROLLUP_PARTIAL_SKIPPED).increment(1);
+                }
+                self.partial_due = true;
+            }
+            Due::Tick => self.send_counts(tx),
+            Due::Written => {}
+        }
+        self.next_chunk(tx);
+    }
+
+    /// Where closed windows are taken from: those ended more than the
+    /// allowed lateness ago, and (reopened by late data) gathering for a while.
+    fn closed_bounds(&self, now: i64) -> (i64, i64) {
         let lateness = ms(self.config.allowed_lateness);
-        let cutoff = now - lateness - self.windows.width_ms() + 1;
-        // Windows reopened by late data gather it this long first.
-        let hold = lateness.min(LATE_HOLD_MS);
-        let rows = self.windows.take_before(cutoff, now - hold);
+        let before = now - lateness - self.windows.width_ms() + 1;
+        (before, now - lateness.min(LATE_HOLD_MS))
+    }
+
+    /// A closed window has waited for the writer longer than a window's
+    /// width past when it was due.
+    fn behind(&self) -> bool {
+        let now = now_ms();
+        let (before, opened_by) = self.closed_bounds(now);
+        let width = self.windows.width_ms();
+        let lateness = ms(self.config.allowed_lateness);
+        self.windows.closed(before, opened_by).any(|(start, opened_ms, _)| {
+            let due = (start + width + lateness).max(opened_ms + lateness.min(LATE_HOLD_MS));
+            now - due > width
+        })
+    }
+
+    /// The next chunk of rows, once the writer is done with the last:
+    /// closed windows first, then the partial flush under way, if any.
+    /// Meanwhile the windows keep gathering, and rows wait there, merged.
+    fn next_chunk(&mut self, tx: &mpsc::UnboundedSender<Flush>) {
+        if self.done.load(Ordering::Relaxed) < self.sent {
+            return;
+        }
+        let now = now_ms();
+        let (before, opened_by) = self.closed_bounds(now);
+        let mut rows = self.windows.take_before(before, opened_by, CHUNK_ROWS);
+        if rows.is_empty() && self.partial_due {
+            rows = self.windows.take_partial(CHUNK_ROWS);
+            self.partial_due = rows.len() == CHUNK_ROWS;
+        }
         self.send(tx, rows, now);
     }
 
-    fn on_tick(&mut self, tx: &mpsc::UnboundedSender<Flush>) {
-        self.flush_closed(tx);
-        self.continue_partial(tx);
-    }
-
-    /// Starts writing what the open windows gathered since the last time;
-    /// a partial flush still under way (the database is slower than the
-    /// interval) is not started twice.
-    fn start_partial(&mut self, tx: &mpsc::UnboundedSender<Flush>) {
-        if self.partial_due {
-            metrics::counter!(metric_names::ROLLUP_PARTIAL_SKIPPED).increment(1);
-        }
-        self.partial_due = true;
-        self.continue_partial(tx);
-    }
-
-    /// The next chunk of a partial flush, once the writer is done with the
-    /// last: the windows keep gathering meanwhile, and rows wait there,
-    /// merged, rather than as a backlog of taken rows.
-    fn continue_partial(&mut self, tx: &mpsc::UnboundedSender<Flush>) {
-        if !self.partial_due || self.done.load(Ordering::Relaxed) < self.sent {
-            return;
-        }
-        let rows = self.windows.take_partial(PARTIAL_CHUNK_ROWS);
-        self.partial_due = rows.len() == PARTIAL_CHUNK_ROWS;
-        self.send(tx, rows, now_ms());
+    fn send_counts(&mut self, tx: &mpsc::UnboundedSender<Flush>) {
+        self.send(tx, Vec::new(), now_ms());
     }
 
     fn send(&mut self, tx: &mpsc::UnboundedSender<Flush>, rows: Vec<RollupRow>, at_ms: i64) {
@@ -232,6 +325,7 @@ async fn write_loop(
     mut rx: mpsc::UnboundedReceiver<Flush>,
     max_pending_rows: usize,
     done: Arc<AtomicU64>,
+    written: Arc<Notify>,
 ) {
     let mut pending: VecDeque<Flush> = VecDeque::new();
     let mut backoff = Duration::ZERO;
@@ -260,6 +354,7 @@ async fn write_loop(
             Ok(()) => {
                 if pending.pop_front().is_some_and(|f| f.with_rows) {
                     done.fetch_add(1, Ordering::Relaxed);
+                    written.notify_one();
                 }
                 backoff = Duration::ZERO;
             }
@@ -272,6 +367,7 @@ async fn write_loop(
                     write_isolated(&store, &mut f).await;
                     if f.with_rows {
                         done.fetch_add(1, Ordering::Relaxed);
+                        written.notify_one();
                     }
                 }
             }

@@ -181,24 +181,49 @@ impl Windows {
         }
     }
 
-    /// Takes out the windows that start before `before_ms` and opened at
-    /// or before `opened_by_ms`, as rows. The second bound makes late data
-    /// (a window reopened after it was written, e.g. by a client whose
-    /// clock is behind) gather for a while rather than cost a database
-    /// merge on every flush.
-    pub fn take_before(&mut self, before_ms: i64, opened_by_ms: i64) -> Vec<RollupRow> {
-        let keep = self.open.split_off(&before_ms);
-        let candidates = std::mem::replace(&mut self.open, keep);
-        let mut rows = Vec::with_capacity(candidates.values().map(|w| w.series.len()).sum());
-        for (start, window) in candidates {
-            if window.opened_ms > opened_by_ms {
-                self.open.insert(start, window);
-                continue;
+    /// Takes out the series of the windows that start before `before_ms`
+    /// and opened at or before `opened_by_ms`, oldest window first, as at
+    /// most `max_rows` rows; a window goes once all its series are taken.
+    /// The second bound makes late data (a window reopened after it was
+    /// written, e.g. by a client whose clock is behind) gather for a while
+    /// rather than cost a database merge on every flush. Series a partial
+    /// take left clean are dropped here: their rows are already written.
+    pub fn take_before(&mut self, before_ms: i64, opened_by_ms: i64, max_rows: usize) -> Vec<RollupRow> {
+        let closed = self.closed(before_ms, opened_by_ms).map(|(start, _, n)| (start, n)).collect::<Vec<_>>();
+        let mut rows = Vec::with_capacity(closed.iter().map(|&(_, n)| n).sum::<usize>().min(max_rows));
+        for (start, _) in closed {
+            let Some(window) = self.open.get_mut(&start) else { continue };
+            let mut left = max_rows - rows.len();
+            let taken = window.series.extract_if(|_| {
+                let take = left > 0;
+                left = left.saturating_sub(1);
+                take
+            });
+            let mut n = 0;
+            for (key, values) in taken {
+                n += 1;
+                if !values.is_empty() {
+                    rows.push(RollupRow { key, start_ms: start, values });
+                }
             }
-            self.series -= window.series.len();
-            rows.extend(window.series.into_iter().map(|(key, values)| RollupRow { key, start_ms: start, values }));
+            self.series -= n;
+            if window.series.is_empty() {
+                self.open.remove(&start);
+            }
+            if rows.len() == max_rows {
+                break;
+            }
         }
         rows
+    }
+
+    /// The windows [`Windows::take_before`] would take from: start, opening
+    /// time and series held, oldest first.
+    pub fn closed(&self, before_ms: i64, opened_by_ms: i64) -> impl Iterator<Item = (i64, i64, usize)> + '_ {
+        self.open
+            .range(..before_ms)
+            .filter(move |(_, w)| w.opened_ms <= opened_by_ms)
+            .map(|(&start, w)| (start, w.opened_ms, w.series.len()))
     }
 
     /// What the open windows gathered since it was last taken, as at most
@@ -214,7 +239,7 @@ impl Windows {
                 if rows.len() == max_rows {
                     return rows;
                 }
-                if values.count > 0 || values.hist.is_some() || values.last_ms != i64::MIN {
+                if !values.is_empty() {
                     rows.push(RollupRow { key: key.clone(), start_ms: start, values: std::mem::take(values) });
                 }
             }
@@ -224,7 +249,7 @@ impl Windows {
 
     /// Every open window, as rows (shutdown).
     pub fn take_all(&mut self) -> Vec<RollupRow> {
-        self.take_before(i64::MAX, i64::MAX)
+        self.take_before(i64::MAX, i64::MAX, usize::MAX)
     }
 }
 
@@ -269,7 +294,7 @@ mod tests {
         span(&mut w, &t, "GET /a", 59_999, 7);
         span(&mut w, &t, "GET /b", 60_000, 9);
         assert_eq!(w.series(), 2);
-        let first = w.take_before(60_000, i64::MAX);
+        let first = w.take_before(60_000, i64::MAX, usize::MAX);
         assert_eq!(first.len(), 1);
         assert_eq!((first[0].values.count, first[0].values.sum), (2, 12.0));
         let rest = w.take_all();
@@ -324,8 +349,8 @@ mod tests {
         let mut w = Windows::new(60_000, Limits { per_tenant: 100, per_metric: 100 });
         w.set_clock(1_000_000);
         span(&mut w, &t, "GET /a", 0, 5); // a long-closed window, opened now
-        assert!(w.take_before(500_000, 1_000_000 - 10_000).is_empty());
-        assert_eq!(w.take_before(500_000, 1_000_000).len(), 1);
+        assert!(w.take_before(500_000, 1_000_000 - 10_000, 10).is_empty());
+        assert_eq!(w.take_before(500_000, 1_000_000, 10).len(), 1);
     }
 
     #[test]
