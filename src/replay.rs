@@ -76,8 +76,9 @@ pub async fn run(config: &Config, args: &ReplayArgs, env: EnvLookup<'_>) -> anyh
     let mut summary = serde_json::Map::new();
     let (mut rollup_rows, mut accepted, mut duplicates, mut conflicts) = (0usize, 0usize, 0usize, 0usize);
     for signal in signals {
-        // Metric files are partitioned by the hour they were received: an
-        // hour of slack on either side.
+        // A metric's points share the file of its first point's hour (files
+        // before 2026-11-22: the hour it was received): an hour of slack on
+        // either side.
         let slack = if signal == LakeSignal::Metrics { HOUR_MS } else { 0 };
         let prefix = match lake.prefix.as_ref() {
             "" => ObjectPath::from(signal.as_str()),

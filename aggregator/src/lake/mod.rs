@@ -276,8 +276,9 @@ fn add(files: &mut LakeFiles, request: &QueuedRequest) -> std::io::Result<()> {
                             scope: sm.scope.as_ref(),
                         };
                         for metric in &sm.metrics {
-                            // A metric's points share a file: the hour it was received.
-                            key.hour_ms = hour(0);
+                            // A metric's points share a file: the hour of its first
+                            // point (an exporter's points of one collection share a time).
+                            key.hour_ms = hour(first_point_time(metric));
                             let points = tally_core::data_points(metric).max(1);
                             add_row(files, &key, now, metric.encoded_len() + points * ROW_BYTES, |r| {
                                 if let Rows::Metrics(r) = r {
@@ -291,6 +292,20 @@ fn add(files: &mut LakeFiles, request: &QueuedRequest) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The time of a metric's first data point (0 with none).
+fn first_point_time(m: &tally_core::otlp::metrics::v1::Metric) -> u64 {
+    use tally_core::otlp::metrics::v1::metric::Data;
+    match &m.data {
+        Some(Data::Gauge(g)) => g.data_points.first().map(|p| p.time_unix_nano),
+        Some(Data::Sum(s)) => s.data_points.first().map(|p| p.time_unix_nano),
+        Some(Data::Histogram(h)) => h.data_points.first().map(|p| p.time_unix_nano),
+        Some(Data::ExponentialHistogram(h)) => h.data_points.first().map(|p| p.time_unix_nano),
+        Some(Data::Summary(s)) => s.data_points.first().map(|p| p.time_unix_nano),
+        None => None,
+    }
+    .unwrap_or(0)
 }
 
 /// One row of about `bytes` into the file for `key`; `push` writes it into
@@ -353,6 +368,46 @@ mod tests {
         assert!(files.open_files() <= 2, "{} files open", files.open_files());
         let closed = files.close_all().unwrap();
         assert!(!closed.is_empty());
+        let _ = std::fs::remove_dir_all(&spool);
+    }
+
+    #[test]
+    fn metric_points_go_to_the_hour_of_their_time() {
+        use tally_core::otlp::metrics::v1::{Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric};
+        let spool = std::env::temp_dir().join(format!("tally-lake-unit-metrics-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&spool);
+        let limits = FileLimits {
+            max_file_bytes: u64::MAX,
+            max_file_age_ms: i64::MAX,
+            row_group_rows: 100,
+            max_buffered_bytes: 1 << 20,
+            zstd_level: 3,
+        };
+        let mut files = LakeFiles::new(&spool, "w", limits, Arc::new(AtomicU64::new(0))).unwrap();
+        let now = SystemTime::now();
+        let five_hours_ago =
+            now.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 - 5 * 3_600_000_000_000;
+        let point = NumberDataPoint { time_unix_nano: five_hours_ago, ..Default::default() };
+        let metric = Metric {
+            name: "queue.depth".into(),
+            data: Some(metric::Data::Gauge(Gauge { data_points: vec![point.clone(), point] })),
+            ..Default::default()
+        };
+        let batch = TelemetryBatch {
+            tenant: TenantId::parse("acme").unwrap(),
+            received_at: now,
+            items: 2,
+            payload: Payload::Metrics(vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics { metrics: vec![metric], ..Default::default() }],
+                ..Default::default()
+            }]),
+        };
+        add(&mut files, &QueuedRequest::new(vec![batch], ())).unwrap();
+        let closed = files.close_all().unwrap();
+        let want = tally_core::lake::lake_path(LakeSignal::Metrics, "acme", hour_of_ns(five_hours_ago), "w", 0);
+        let want_dir = want.rsplit_once('/').unwrap().0;
+        assert_eq!(closed.len(), 1);
+        assert!(closed[0].0.to_string_lossy().contains(want_dir), "{:?} not under {want_dir}", closed[0].0);
         let _ = std::fs::remove_dir_all(&spool);
     }
 }
