@@ -71,6 +71,7 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
             config.otlp.enqueue_timeout,
         )
         .with_auth(auth.clone())
+        .with_retry_after(std::time::Duration::from_secs(config.otlp.retry_after_secs.into()))
         .with_otlp_usage(OtlpMeters::new(&config.meters), ledger.clone()),
     );
     let bind = |addr: SocketAddr, what: &'static str| async move {

@@ -6,7 +6,7 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// Requests the queue holds before receivers push back (429/UNAVAILABLE).
+    /// Requests the queue holds before receivers push back (429 / RESOURCE_EXHAUSTED).
     pub queue_capacity: usize,
     /// Request bytes (decompressed wire size) the queue may hold; bounds
     /// tally's memory under load, decoded data taking a few times this.

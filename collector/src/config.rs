@@ -15,7 +15,7 @@ pub struct OtlpConfig {
     /// Largest request accepted, in bytes, as received (before decompression).
     pub max_compressed_request_bytes: usize,
     /// How long a request may wait for room in the pipeline queue before it
-    /// is refused with 429 / UNAVAILABLE.
+    /// is refused with 429 / RESOURCE_EXHAUSTED.
     #[serde(with = "humantime_serde")]
     pub enqueue_timeout: Duration,
     /// Seconds a refused sender is told to wait (`Retry-After`).

@@ -65,10 +65,14 @@ impl IngestError {
         }
     }
 
-    /// OTLP/gRPC status: UNAVAILABLE, which every OTLP client retries
-    /// (RESOURCE_EXHAUSTED is retried only with RetryInfo).
-    pub fn grpc_status(self) -> tonic::Status {
-        tonic::Status::unavailable(self.to_string())
+    /// OTLP/gRPC status: overloaded is RESOURCE_EXHAUSTED with a RetryInfo
+    /// of `retry_after` (clients retry that code only with one); the rest
+    /// UNAVAILABLE, which every OTLP client retries.
+    pub fn grpc_status(self, retry_after: Duration) -> tonic::Status {
+        match self {
+            IngestError::Overloaded => crate::otlp::retry_info::resource_exhausted(self.to_string(), retry_after),
+            IngestError::ShuttingDown | IngestError::UsageUnavailable => tonic::Status::unavailable(self.to_string()),
+        }
     }
 }
 
@@ -80,6 +84,8 @@ pub struct Ingest {
     pipeline: Pipeline,
     in_flight: Arc<Semaphore>,
     admission_timeout: Duration,
+    /// What push-back answers tell clients to wait (`otlp.retry_after_secs`).
+    retry_after: Duration,
     /// `None`: no authentication (embedding, tests).
     auth: Option<Authenticator>,
     /// Span meters and the ledger their usage goes to, if any are declared.
@@ -122,10 +128,22 @@ impl Ingest {
             pipeline,
             in_flight: Arc::new(Semaphore::new(max_concurrent_requests.max(1))),
             admission_timeout,
+            retry_after: Duration::from_secs(1),
             auth: None,
             otlp_usage: None,
             sampled_logged: Arc::default(),
         }
+    }
+
+    /// The wait push-back answers ask of clients (gRPC RetryInfo; HTTP
+    /// sends its own Retry-After).
+    pub fn with_retry_after(mut self, retry_after: Duration) -> Ingest {
+        self.retry_after = retry_after;
+        self
+    }
+
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
     }
 
     /// Derives usage from spans for `meters` (if any), written to `ledger`

@@ -1,5 +1,6 @@
 //! Push-back instead of loss: a full queue or too many requests in flight
-//! answer 429 + Retry-After (HTTP) / UNAVAILABLE (gRPC); a request is
+//! answer 429 + Retry-After (HTTP) / RESOURCE_EXHAUSTED with RetryInfo
+//! (gRPC); a request is
 //! enqueued whole or not at all; slow senders are cut off.
 
 use std::{sync::Arc, time::Duration};
@@ -24,12 +25,15 @@ async fn receivers(queue_capacity: usize, max_concurrent_requests: usize, reques
         host_pattern: String::new(),
         default_tenant: String::new(),
     };
-    let ingest = Arc::new(Ingest::new(
-        TenantResolver::new(&tenancy).unwrap(),
-        pipeline,
-        max_concurrent_requests,
-        Duration::from_millis(20),
-    ));
+    let ingest = Arc::new(
+        Ingest::new(
+            TenantResolver::new(&tenancy).unwrap(),
+            pipeline,
+            max_concurrent_requests,
+            Duration::from_millis(20),
+        )
+        .with_retry_after(Duration::from_secs(3)),
+    );
     let config = OtlpConfig {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
@@ -73,7 +77,8 @@ async fn full_queue_refuses_whole_requests_with_retry_after_and_recovers() {
     assert_eq!(refused.headers()["retry-after"], "3");
     let mut grpc = grpc_client(&r.grpc_url).await;
     let err = grpc_export_traces(&mut grpc, two_tenants.clone(), &[]).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(otlp::retry_info::retry_delay(&err), Some(Duration::from_secs(3)), "{err:?}");
 
     // Only the first request is queued: nothing of the refused ones.
     let queued = r.rx.recv().await.unwrap();
@@ -104,7 +109,9 @@ async fn requests_in_flight_are_bounded_and_slow_senders_time_out() {
     let refused = post(&r.http_url, body.clone()).await;
     assert_eq!(refused.status(), 429);
     let mut grpc = grpc_client(&r.grpc_url).await;
-    assert_eq!(grpc_export_traces(&mut grpc, body.clone(), &[]).await.unwrap_err().code(), tonic::Code::Unavailable);
+    let err = grpc_export_traces(&mut grpc, body.clone(), &[]).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(otlp::retry_info::retry_delay(&err), Some(Duration::from_secs(3)));
 
     // The slow sender is cut off with 408, which frees the slot.
     assert_eq!(slow.await.unwrap(), 408);

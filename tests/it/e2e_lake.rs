@@ -264,7 +264,7 @@ async fn a_full_spool_pushes_back_on_ingestion_instead_of_dropping() {
         match grpc_export_traces(&mut client, encode(&req), &[]).await {
             Ok(_) => accepted += 50,
             Err(status) => {
-                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
                 refused += 1;
             }
         }

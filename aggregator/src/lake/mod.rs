@@ -7,7 +7,7 @@
 //! spool holds `lake.max_spool_bytes` (the object store has been
 //! unreachable for long), it stops taking requests: the rollup stage then
 //! waits, the pipeline queue fills, and the receivers answer 429 /
-//! UNAVAILABLE — telemetry pushes back rather than being dropped.
+//! RESOURCE_EXHAUSTED — telemetry pushes back rather than being dropped.
 
 mod files;
 mod replay;

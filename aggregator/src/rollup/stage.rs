@@ -147,7 +147,7 @@ impl RollupStage {
     /// (merged) rather than as a growing list of rows. While a closed window
     /// has waited longer than a window's width, the database is not keeping
     /// up: the stage stops taking requests until it has caught up, the queue
-    /// fills and the receivers push back (429 / UNAVAILABLE).
+    /// fills and the receivers push back (429 / RESOURCE_EXHAUSTED).
     pub async fn run(mut self, mut rx: mpsc::Receiver<QueuedRequest>) {
         let (tx, writes) = mpsc::unbounded_channel();
         let writer = tokio::spawn(write_loop(

@@ -159,7 +159,7 @@ where
                 Ok(permit) => permit,
                 Err(e) => {
                     count_refused_request::<S>(e.reason());
-                    return Ok(e.grpc_status().into_http());
+                    return Ok(e.grpc_status(this.ingest.retry_after()).into_http());
                 }
             };
             let mut grpc = tonic::server::Grpc::new(WireCodec::<Proto<S::Response>, RawMessage>::default())
@@ -196,6 +196,7 @@ impl<S: OtlpSignal> UnaryService<RawMessage> for OtlpGrpc<S> {
         Box::pin(async move {
             let start = Instant::now();
             let authorization = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+            let retry_after = ingest.retry_after();
             let principal = ingest.authenticate(authorization).await.map_err(|e| {
                 count_refused_request::<S>(reason::UNAUTHENTICATED);
                 e.grpc_status()
@@ -222,7 +223,7 @@ impl<S: OtlpSignal> UnaryService<RawMessage> for OtlpGrpc<S> {
                 Ok(ok) => Ok(tonic::Response::new(Proto(S::response(ok.rejected as i64, ok.message)))),
                 Err(e) => {
                     count_refused_request::<S>(e.reason());
-                    Err(e.grpc_status())
+                    Err(e.grpc_status(retry_after))
                 }
             }
         })
