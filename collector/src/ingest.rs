@@ -70,7 +70,7 @@ impl IngestError {
     /// UNAVAILABLE, which every OTLP client retries.
     pub fn grpc_status(self, retry_after: Duration) -> tonic::Status {
         match self {
-            IngestError::Overloaded => crate::otlp::retry_info::resource_exhausted(self.to_string(), retry_after),
+            IngestError::Overloaded => crate::otlp::rpc_status::resource_exhausted(self.to_string(), retry_after),
             IngestError::ShuttingDown | IngestError::UsageUnavailable => tonic::Status::unavailable(self.to_string()),
         }
     }

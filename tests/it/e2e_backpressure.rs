@@ -78,7 +78,7 @@ async fn full_queue_refuses_whole_requests_with_retry_after_and_recovers() {
     let mut grpc = grpc_client(&r.grpc_url).await;
     let err = grpc_export_traces(&mut grpc, two_tenants.clone(), &[]).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
-    assert_eq!(otlp::retry_info::retry_delay(&err), Some(Duration::from_secs(3)), "{err:?}");
+    assert_eq!(otlp::rpc_status::retry_delay(&err), Some(Duration::from_secs(3)), "{err:?}");
 
     // Only the first request is queued: nothing of the refused ones.
     let queued = r.rx.recv().await.unwrap();
@@ -111,7 +111,7 @@ async fn requests_in_flight_are_bounded_and_slow_senders_time_out() {
     let mut grpc = grpc_client(&r.grpc_url).await;
     let err = grpc_export_traces(&mut grpc, body.clone(), &[]).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
-    assert_eq!(otlp::retry_info::retry_delay(&err), Some(Duration::from_secs(3)));
+    assert_eq!(otlp::rpc_status::retry_delay(&err), Some(Duration::from_secs(3)));
 
     // The slow sender is cut off with 408, which frees the slot.
     assert_eq!(slow.await.unwrap(), 408);

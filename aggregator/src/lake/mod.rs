@@ -332,9 +332,9 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn implausible_times_go_to_the_hour_received_and_open_no_file_each() {
-        let spool = std::env::temp_dir().join(format!("tally-lake-unit-{}", std::process::id()));
+    /// Files in a fresh spool of this test process, never closed by size or age.
+    fn unit_files(name: &str) -> (std::path::PathBuf, LakeFiles) {
+        let spool = std::env::temp_dir().join(format!("tally-lake-unit-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&spool);
         let limits = FileLimits {
             max_file_bytes: u64::MAX,
@@ -343,7 +343,13 @@ mod tests {
             max_buffered_bytes: 1 << 20,
             zstd_level: 3,
         };
-        let mut files = LakeFiles::new(&spool, "w", limits, Arc::new(AtomicU64::new(0))).unwrap();
+        let files = LakeFiles::new(&spool, "w", limits, Arc::new(AtomicU64::new(0))).unwrap();
+        (spool, files)
+    }
+
+    #[test]
+    fn implausible_times_go_to_the_hour_received_and_open_no_file_each() {
+        let (spool, mut files) = unit_files("spans");
         let now = SystemTime::now();
         let now_ns = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
         // A hostile request: one span per hour of 40 years, plus times of 0 and far future.
@@ -374,16 +380,7 @@ mod tests {
     #[test]
     fn metric_points_go_to_the_hour_of_their_time() {
         use tally_core::otlp::metrics::v1::{Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric};
-        let spool = std::env::temp_dir().join(format!("tally-lake-unit-metrics-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&spool);
-        let limits = FileLimits {
-            max_file_bytes: u64::MAX,
-            max_file_age_ms: i64::MAX,
-            row_group_rows: 100,
-            max_buffered_bytes: 1 << 20,
-            zstd_level: 3,
-        };
-        let mut files = LakeFiles::new(&spool, "w", limits, Arc::new(AtomicU64::new(0))).unwrap();
+        let (spool, mut files) = unit_files("metrics");
         let now = SystemTime::now();
         let five_hours_ago =
             now.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 - 5 * 3_600_000_000_000;

@@ -23,6 +23,7 @@ use crate::{
     Ingest, IngestError, OtlpConfig, RequestContext,
     otlp::{
         body::{BodyError, Encoding, compress, decode_json, decode_protobuf, decompress},
+        rpc_status::RpcStatus,
         signal::{Logs, Metrics, OtlpSignal, Traces},
     },
 };
@@ -101,15 +102,6 @@ impl From<BodyError> for Refusal {
         };
         Refusal::new(status, why, e.to_string())
     }
-}
-
-/// `google.rpc.Status`, the body of OTLP error responses.
-#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
 }
 
 async fn export<S: OtlpSignal>(State(st): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
@@ -261,7 +253,7 @@ fn refuse<S: OtlpSignal>(st: &HttpState, format: Format, r: Refusal) -> Response
         StatusCode::UNAUTHORIZED => tonic::Code::Unauthenticated,
         _ => tonic::Code::InvalidArgument,
     };
-    let status = RpcStatus { code: code as i32, message: r.message };
+    let status = RpcStatus { code: code as i32, message: r.message, details: Vec::new() };
     let body = match format {
         Format::Protobuf => prost::Message::encode_to_vec(&status),
         Format::Json => serde_json::to_vec(&status).unwrap_or_default(),

@@ -4,7 +4,7 @@
 mod body;
 mod grpc;
 mod http;
-pub mod retry_info;
+pub mod rpc_status;
 pub mod signal;
 
 pub use body::{BodyError, Encoding, compress, decode_json, decode_protobuf, decompress};

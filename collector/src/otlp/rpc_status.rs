@@ -1,25 +1,27 @@
-//! RESOURCE_EXHAUSTED with `google.rpc.RetryInfo`: the OTLP spec has
-//! clients retry that code only when the server says when (Go's exporter
-//! drops the data otherwise), so the push-back answer carries the delay.
+//! `google.rpc.Status`: the body of OTLP/HTTP error responses, and the
+//! details of gRPC push-back answers. Overloaded is RESOURCE_EXHAUSTED with
+//! a `google.rpc.RetryInfo`: the OTLP spec has clients retry that code only
+//! when the server says when (Go's exporter drops the data otherwise).
 
 use std::time::Duration;
 
 use prost::Message;
 
-/// `google.rpc.Status`, sent as the `grpc-status-details-bin` trailer.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
+/// `google.rpc.Status`.
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+pub(crate) struct RpcStatus {
     #[prost(int32, tag = "1")]
-    code: i32,
+    pub code: i32,
     #[prost(string, tag = "2")]
-    message: String,
+    pub message: String,
     #[prost(message, repeated, tag = "3")]
-    details: Vec<Any>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<Any>,
 }
 
 /// `google.protobuf.Any`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct Any {
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+pub(crate) struct Any {
     #[prost(string, tag = "1")]
     type_url: String,
     #[prost(bytes = "vec", tag = "2")]
