@@ -238,16 +238,10 @@ impl RollupStage {
     }
 
     /// A closed window has waited for the writer longer than a window's
-    /// width past when it was due.
+    /// width past when it was due: it would have been taken a width ago.
     fn behind(&self) -> bool {
-        let now = now_ms();
-        let (before, opened_by) = self.closed_bounds(now);
-        let width = self.windows.width_ms();
-        let lateness = ms(self.config.allowed_lateness);
-        self.windows.closed(before, opened_by).any(|(start, opened_ms, _)| {
-            let due = (start + width + lateness).max(opened_ms + lateness.min(LATE_HOLD_MS));
-            now - due > width
-        })
+        let (before, opened_by) = self.closed_bounds(now_ms() - self.windows.width_ms());
+        self.windows.closed(before, opened_by).next().is_some()
     }
 
     /// The next chunk of rows, once the writer is done with the last:

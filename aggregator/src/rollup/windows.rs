@@ -189,14 +189,15 @@ impl Windows {
     /// rather than cost a database merge on every flush. Series a partial
     /// take left clean are dropped here: their rows are already written.
     pub fn take_before(&mut self, before_ms: i64, opened_by_ms: i64, max_rows: usize) -> Vec<RollupRow> {
-        let closed = self.closed(before_ms, opened_by_ms).map(|(start, _, n)| (start, n)).collect::<Vec<_>>();
-        let mut rows = Vec::with_capacity(closed.iter().map(|&(_, n)| n).sum::<usize>().min(max_rows));
-        for (start, _) in closed {
+        let closed: Vec<i64> = self.closed(before_ms, opened_by_ms).collect();
+        let mut rows = Vec::with_capacity(max_rows.min(self.series));
+        for start in closed {
             let Some(window) = self.open.get_mut(&start) else { continue };
             let mut left = max_rows - rows.len();
-            let taken = window.series.extract_if(|_| {
-                let take = left > 0;
-                left = left.saturating_sub(1);
+            // Clean series go whatever the limit: they cost no row.
+            let taken = window.series.extract_if(|(_, values)| {
+                let take = values.is_empty() || left > 0;
+                left -= usize::from(!values.is_empty() && left > 0);
                 take
             });
             let mut n = 0;
@@ -217,13 +218,10 @@ impl Windows {
         rows
     }
 
-    /// The windows [`Windows::take_before`] would take from: start, opening
-    /// time and series held, oldest first.
-    pub fn closed(&self, before_ms: i64, opened_by_ms: i64) -> impl Iterator<Item = (i64, i64, usize)> + '_ {
-        self.open
-            .range(..before_ms)
-            .filter(move |(_, w)| w.opened_ms <= opened_by_ms)
-            .map(|(&start, w)| (start, w.opened_ms, w.series.len()))
+    /// The starts of the windows [`Windows::take_before`] would take from,
+    /// oldest first.
+    pub fn closed(&self, before_ms: i64, opened_by_ms: i64) -> impl Iterator<Item = i64> + '_ {
+        self.open.range(..before_ms).filter(move |(_, w)| w.opened_ms <= opened_by_ms).map(|(&start, _)| start)
     }
 
     /// What the open windows gathered since it was last taken, as at most
@@ -341,6 +339,21 @@ mod tests {
         assert_eq!(chunks, [20, 20, 10]);
         assert_eq!(names.len(), 50);
         assert_eq!(w.series(), 50, "the windows stay open");
+    }
+
+    #[test]
+    fn series_a_partial_take_left_clean_do_not_count_against_a_chunk() {
+        let t = TenantId::parse("acme").unwrap();
+        let mut w = Windows::new(60_000, Limits { per_tenant: 1000, per_metric: 100 });
+        for i in 0..25 {
+            span(&mut w, &t, &format!("GET /{i}"), 1_000, 5);
+        }
+        assert_eq!(w.take_partial(100).len(), 25);
+        span(&mut w, &t, "GET /0", 2_000, 5);
+        // One chunk of 1 row: the 24 clean series go with it, not one per call.
+        let rows = w.take_before(60_000, i64::MAX, 1);
+        assert_eq!((rows.len(), &*rows[0].key.name), (1, "GET /0"));
+        assert_eq!((w.series(), w.closed(60_000, i64::MAX).count()), (0, 0));
     }
 
     #[test]
