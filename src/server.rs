@@ -124,6 +124,7 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
             meters: Arc::new(events::Meters::new(&meters)),
             ledger,
             config: config.events.clone(),
+            retry_after_secs: config.otlp.retry_after_secs,
         }))
         .merge(usage_api::router(usage_api::UsageState { store: store.clone(), meters }))
         .merge(rollup_api::router(rollup_api::RollupState {

@@ -2,14 +2,22 @@
 //!
 //! Keys live in the database as a hash and a public id; this cache holds
 //! the active ones in memory (the OTLP hot path must not query per request)
-//! and reloads them every `auth.refresh_interval`, or sooner when an unknown
-//! id shows up, so new keys work at once and revocations within the interval.
-//! With no active key at all tally runs open (see `server`: only on
-//! loopback unless `auth.open` says otherwise).
+//! and reloads them every `auth.refresh_interval`, and at once when an
+//! unknown id shows up, so a new key works on its first request and a
+//! revocation takes effect within the interval.
+//!
+//! Open mode (no key needed) is decided when tally starts: with no active
+//! key then, tally runs open (see `server`: only on loopback unless
+//! `auth.open` says otherwise). It ends for good as soon as a key exists
+//! (looked for every second while open): revoking every key later does not
+//! reopen a running tally, it refuses everyone until a key is created.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -74,8 +82,18 @@ struct KeySet {
 pub struct Authenticator {
     store: Store,
     keys: Arc<RwLock<Arc<KeySet>>>,
+    /// When the keys were last loaded; held while an unknown id reloads.
     last_load: Arc<Mutex<Instant>>,
+    /// Running open: set at start when no key existed, cleared for good
+    /// once one does.
+    open: Arc<AtomicBool>,
 }
+
+/// The least time between two reloads caused by unknown key ids: unknown
+/// ids cannot make tally query the database more often than this.
+const MIN_RELOAD: Duration = Duration::from_millis(200);
+/// How often the keys are looked for while tally runs open.
+const OPEN_POLL: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -84,65 +102,96 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
+    /// Loads the active keys; with none, tally runs open until one exists.
     pub async fn load(store: Store) -> Result<Authenticator, tally_store::StoreError> {
-        let keys = Arc::new(RwLock::new(Arc::new(load_keys(&store).await?)));
-        Ok(Authenticator { store, keys, last_load: Arc::new(Mutex::new(Instant::now())) })
+        let set = load_keys(&store).await?;
+        let open = Arc::new(AtomicBool::new(set.by_id.is_empty()));
+        let keys = Arc::new(RwLock::new(Arc::new(set)));
+        Ok(Authenticator { store, keys, last_load: Arc::new(Mutex::new(Instant::now())), open })
     }
 
     fn snapshot(&self) -> Arc<KeySet> {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// No active key exists: requests are not authenticated.
+    /// Requests are not authenticated (no key existed at start, and none
+    /// has been created since).
     pub fn is_open(&self) -> bool {
-        self.snapshot().by_id.is_empty()
+        self.open.load(Ordering::Relaxed)
     }
 
-    /// Reloads the active keys (periodically, and on an unknown id at most
-    /// once a second).
+    /// Reloads the active keys; the first key seen ends open mode.
     pub async fn reload(&self) -> Result<(), tally_store::StoreError> {
         let set = load_keys(&self.store).await?;
+        let any = !set.by_id.is_empty();
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
-        *self.last_load.lock().await = Instant::now();
+        if any && self.open.swap(false, Ordering::Relaxed) {
+            tracing::warn!("an API key exists now: tally no longer runs open, every request needs a key");
+        }
         Ok(())
+    }
+
+    /// Reloads because `id` is unknown, unless a reload began after this
+    /// request arrived (`since`): concurrent unknown ids share one reload,
+    /// and reloads are at least [`MIN_RELOAD`] apart.
+    async fn reload_for_unknown(&self, since: Instant) -> Result<(), tally_store::StoreError> {
+        let mut last = self.last_load.lock().await;
+        if *last >= since {
+            return Ok(());
+        }
+        let wait = MIN_RELOAD.saturating_sub(last.elapsed());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        *last = Instant::now();
+        self.reload().await
     }
 
     /// The caller behind an `Authorization` header value: `Ok(None)` when
     /// tally runs open.
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Option<Principal>, AuthError> {
+        let arrived = Instant::now();
+        let key = authorization.and_then(|value| match value.trim().split_once(' ') {
+            Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") => Some(key.trim()),
+            _ => None,
+        });
         if self.is_open() {
-            return Ok(None);
+            // A tally key while open: perhaps one was just created, which
+            // ends open mode now rather than at the next poll.
+            match key.and_then(key_id) {
+                Some(id) if !self.snapshot().by_id.contains_key(id) => {
+                    self.reload_for_unknown(arrived).await.map_err(|_| AuthError::Unavailable)?;
+                    if self.is_open() {
+                        return Ok(None);
+                    }
+                }
+                _ => return Ok(None),
+            }
         }
-        let value = authorization.ok_or(AuthError::Missing)?.trim();
-        let key = match value.split_once(' ') {
-            Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") => key.trim(),
-            _ => return Err(AuthError::Missing),
-        };
+        let key = key.ok_or(AuthError::Missing)?;
         let id = key_id(key).ok_or(AuthError::Invalid)?;
         let mut entry = self.snapshot().by_id.get(id).cloned();
         if entry.is_none() {
-            // Perhaps created since the last load.
-            let mut last = self.last_load.lock().await;
-            if last.elapsed() >= Duration::from_secs(1) {
-                *last = Instant::now();
-                drop(last);
-                self.reload().await.map_err(|_| AuthError::Unavailable)?;
-                entry = self.snapshot().by_id.get(id).cloned();
-            }
+            // Perhaps created since the last load: it works on first use.
+            self.reload_for_unknown(arrived).await.map_err(|_| AuthError::Unavailable)?;
+            entry = self.snapshot().by_id.get(id).cloned();
         }
         let (stored, principal) = entry.ok_or(AuthError::Invalid)?;
         let given: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         if constant_time_eq(&given, &stored) { Ok(Some(principal)) } else { Err(AuthError::Invalid) }
     }
 
-    /// Reloads every `every` until `shutdown`, so revocations take effect.
+    /// Reloads every `every` (every second while open) until `shutdown`,
+    /// so revocations take effect and a first key ends open mode.
     pub fn spawn_refresh(&self, every: Duration, shutdown: tokio_util::sync::CancellationToken) {
         let this = self.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
+            let mut last = Instant::now();
             loop {
+                let due = if this.is_open() { OPEN_POLL.min(every) } else { every };
                 tokio::select! {
-                    _ = tick.tick() => {
+                    _ = tokio::time::sleep(due.saturating_sub(last.elapsed())) => {
+                        last = Instant::now();
                         if let Err(e) = this.reload().await {
                             tracing::warn!(error = %e, "reloading api keys failed; keeping the previous set");
                         }

@@ -45,6 +45,8 @@ pub enum IngestError {
     ShuttingDown,
     #[error("usage derived from this request could not be recorded (database unavailable), retry later")]
     UsageUnavailable,
+    #[error("usage derived from this request was refused by the database; the request was not accepted")]
+    UsageRefused,
 }
 
 impl IngestError {
@@ -54,6 +56,7 @@ impl IngestError {
             IngestError::Overloaded => reason::OVERLOADED,
             IngestError::ShuttingDown => reason::SHUTTING_DOWN,
             IngestError::UsageUnavailable => reason::USAGE_UNAVAILABLE,
+            IngestError::UsageRefused => reason::MALFORMED,
         }
     }
 
@@ -62,6 +65,7 @@ impl IngestError {
         match self {
             IngestError::Overloaded => http::StatusCode::TOO_MANY_REQUESTS,
             IngestError::ShuttingDown | IngestError::UsageUnavailable => http::StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::UsageRefused => http::StatusCode::BAD_REQUEST,
         }
     }
 
@@ -72,6 +76,7 @@ impl IngestError {
         match self {
             IngestError::Overloaded => crate::otlp::rpc_status::resource_exhausted(self.to_string(), retry_after),
             IngestError::ShuttingDown | IngestError::UsageUnavailable => tonic::Status::unavailable(self.to_string()),
+            IngestError::UsageRefused => tonic::Status::invalid_argument(self.to_string()),
         }
     }
 }
@@ -231,8 +236,12 @@ impl Ingest {
                 && let Err(e) = ledger.record_with_streams(usage.records, usage.cumulative).await
             {
                 tracing::warn!(error = %e, "usage from telemetry not recorded; refusing the request");
-                count_refused(S::SIGNAL, reason::USAGE_UNAVAILABLE, accepted);
-                return Err(IngestError::UsageUnavailable);
+                let err = match e {
+                    crate::LedgerError::Refused(_) => IngestError::UsageRefused,
+                    _ => IngestError::UsageUnavailable,
+                };
+                count_refused(S::SIGNAL, err.reason(), accepted);
+                return Err(err);
             }
         }
         if !groups.is_empty() {

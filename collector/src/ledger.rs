@@ -16,8 +16,12 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 /// Why records could not be written; nothing of the request was stored.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LedgerError {
+    /// Worth retrying later (the database is busy or unreachable).
     #[error("usage ledger unavailable: {0}")]
     Unavailable(String),
+    /// Refused for what the records hold; retrying the same will not help.
+    #[error("usage not recorded: {0}")]
+    Refused(String),
     #[error("tally is shutting down")]
     ShuttingDown,
 }
@@ -108,47 +112,75 @@ async fn run(store: Store, rx: Arc<Mutex<mpsc::Receiver<Job>>>, max_batch: usize
 async fn commit(store: &Store, jobs: Vec<Job>) {
     let mut all = Vec::with_capacity(jobs.iter().map(|j| j.records.len()).sum());
     let mut cumulative = Vec::new();
-    let mut replies = Vec::with_capacity(jobs.len());
+    let mut parts = Vec::with_capacity(jobs.len());
     for job in jobs {
-        replies.push((job.records.len(), job.reply));
+        parts.push((job.records.len(), job.cumulative.len(), job.reply));
         all.extend(job.records);
         cumulative.extend(job.cumulative);
     }
+    let result = write(store, &all, &cumulative).await;
+    match result {
+        Ok(outcomes) => {
+            let mut outcomes = outcomes.into_iter();
+            for (n, _, reply) in parts {
+                let _ = reply.send(Ok(outcomes.by_ref().take(n).collect()));
+            }
+        }
+        // The database refuses something in this group (events are checked
+        // before they get here, so this should not happen): commit each
+        // request on its own, so only the one carrying it fails and its
+        // neighbours are not answered 503 because of it.
+        Err(e) if !e.is_retriable() && parts.len() > 1 => {
+            tracing::warn!(error = %e, requests = parts.len(), "usage ledger commit refused; committing its requests one by one");
+            let (mut records, mut points) = (all.into_iter(), cumulative.into_iter());
+            for (n, c, reply) in parts {
+                let mine: Vec<UsageRecord> = records.by_ref().take(n).collect();
+                let my_points: Vec<CumulativePoint> = points.by_ref().take(c).collect();
+                let result = write(store, &mine, &my_points).await.map_err(|e| failed(&e, mine.len()));
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            let err = failed(&e, all.len());
+            for (_, _, reply) in parts {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
+/// One transaction; a retriable failure (busy, connection lost) is retried
+/// briefly here, otherwise the requests get an error and their senders
+/// retry, which is safe: ids make the retry exactly-once.
+async fn write(
+    store: &Store,
+    records: &[UsageRecord],
+    cumulative: &[CumulativePoint],
+) -> Result<Vec<UsageOutcome>, tally_store::StoreError> {
     let now_ms = tally_core::now_ms();
     let start = Instant::now();
-    // A retriable failure (busy, connection lost) is retried briefly here;
-    // otherwise the requests get an error and their senders retry, which is
-    // safe: ids make the retry exactly-once.
-    let mut result = store.record_usage(&all, &cumulative, now_ms).await;
+    let mut result = store.record_usage(records, cumulative, now_ms).await;
     for backoff in [50, 200, 800] {
         match &result {
             Err(e) if e.is_retriable() => {
                 tokio::time::sleep(Duration::from_millis(backoff)).await;
-                result = store.record_usage(&all, &cumulative, now_ms).await;
+                result = store.record_usage(records, cumulative, now_ms).await;
             }
             _ => break,
         }
     }
     metrics::histogram!(metric_names::LEDGER_COMMIT_DURATION).record(start.elapsed().as_secs_f64());
-    metrics::histogram!(metric_names::LEDGER_COMMIT_RECORDS).record(all.len() as f64);
-    match result {
-        Ok(outcomes) => {
-            let mut outcomes = outcomes.into_iter();
-            for (n, reply) in replies {
-                let _ = reply.send(Ok(outcomes.by_ref().take(n).collect()));
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, records = all.len(), "usage ledger commit failed");
-            metrics::counter!(metric_names::LEDGER_ERRORS).increment(1);
-            let err = LedgerError::Unavailable(if e.is_retriable() {
-                "database busy or unreachable, retry".into()
-            } else {
-                "database error, see tally's log".into()
-            });
-            for (_, reply) in replies {
-                let _ = reply.send(Err(err.clone()));
-            }
-        }
+    metrics::histogram!(metric_names::LEDGER_COMMIT_RECORDS).record(records.len() as f64);
+    result
+}
+
+/// The error a request gets for a failed commit (logged and counted here).
+fn failed(e: &tally_store::StoreError, records: usize) -> LedgerError {
+    tracing::error!(error = %e, records, "usage ledger commit failed");
+    metrics::counter!(metric_names::LEDGER_ERRORS).increment(1);
+    if e.is_retriable() {
+        LedgerError::Unavailable("database busy or unreachable, retry".into())
+    } else {
+        LedgerError::Refused("the database refused these records (see tally's log); they were not recorded".into())
     }
 }

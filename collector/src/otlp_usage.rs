@@ -18,12 +18,12 @@ use std::{collections::BTreeMap, sync::Arc};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tally_core::{
-    Aggregation, CumulativePoint, MeterConfig, TenantId, UsageRecord,
+    Aggregation, CumulativePoint, LegacyKeys, MeterConfig, TenantId, UsageRecord,
     attributes::{get as attr, number, text},
-    metric_names,
+    canonical, metric_names,
     otlp::{
         common::v1::KeyValue,
-        logs::v1::ResourceLogs,
+        logs::v1::{LogRecord, ResourceLogs},
         metrics::v1::{
             AggregationTemporality, Gauge, NumberDataPoint, ResourceMetrics, Sum, metric::Data, number_data_point,
         },
@@ -80,7 +80,7 @@ impl OtlpMeters {
         }
         let resource_attrs: &[KeyValue] = res.resource.as_ref().map_or(&[], |r| &r.attributes);
         for rec in res.scope_logs.iter().flat_map(|s| &s.log_records) {
-            let mut id: Option<String> = None;
+            let mut ids: Option<(String, String)> = None;
             for meter in &self.log_meters {
                 let Some(raw) = meter.log_attribute.as_deref().and_then(|a| attr(&rec.attributes, a)).and_then(number)
                 else {
@@ -88,24 +88,12 @@ impl OtlpMeters {
                 };
                 let Some(group_key) = group_key(meter, &rec.attributes, resource_attrs) else { continue };
                 let value = if meter.aggregation == Aggregation::Count { 1.0 } else { raw };
-                if !value.is_finite() || value < 0.0 {
+                if !meter.accepts(value) {
+                    out_of_range(meter, value);
                     continue;
                 }
-                let id = id
-                    .get_or_insert_with(|| {
-                        let mut h = Sha256::new();
-                        h.update(format!(
-                            "{resource_attrs:?}|{}|{}|{}|{:?}|{:?}|",
-                            rec.time_unix_nano,
-                            rec.observed_time_unix_nano,
-                            rec.severity_number,
-                            rec.body,
-                            rec.attributes
-                        ));
-                        h.update(&rec.trace_id);
-                        h.update(&rec.span_id);
-                        hex::encode(&h.finalize()[..16])
-                    })
+                let (id, legacy_id) = ids
+                    .get_or_insert_with(|| (log_id(resource_attrs, rec), legacy::log_id(resource_attrs, rec)))
                     .clone();
                 let time_ns = if rec.time_unix_nano > 0 { rec.time_unix_nano } else { rec.observed_time_unix_nano };
                 let event_time_ms = (time_ns / 1_000_000) as i64;
@@ -119,6 +107,7 @@ impl OtlpMeters {
                     distinct_key: None,
                     event_time_ms,
                     group_key,
+                    legacy: Some(Box::new(LegacyKeys { event_id: Some(legacy_id), content_hash: None })),
                 });
             }
         }
@@ -197,7 +186,8 @@ impl OtlpMeters {
             }
         };
         let value = if meter.aggregation == Aggregation::Count { 1.0 } else { value };
-        if !value.is_finite() || value < 0.0 {
+        if !meter.accepts(value) {
+            out_of_range(meter, value);
             return None;
         }
         let event_time_ms = (span.end_time_unix_nano / 1_000_000) as i64;
@@ -212,6 +202,7 @@ impl OtlpMeters {
             event_time_ms,
             group_key,
             content_hash: hex::encode(Sha256::digest(content.as_bytes())),
+            legacy: None,
         })
     }
 }
@@ -226,6 +217,19 @@ struct StreamCtx<'a> {
 }
 
 impl StreamCtx<'_> {
+    /// The stream's identity: tenant, meter, scope, metric, then the
+    /// resource's and the point's attributes, canonically encoded
+    /// ([`tally_core::canonical`]), SHA-256 as 64 hex digits.
+    fn stream_id(&self, point_attrs: &[KeyValue]) -> String {
+        let mut b = b"tally.stream.v2".to_vec();
+        for part in [self.tenant.as_str(), &self.meter.name, self.scope_name, self.metric] {
+            canonical::string(&mut b, part);
+        }
+        canonical::attributes(&mut b, self.resource_attrs);
+        canonical::attributes(&mut b, point_attrs);
+        canonical::sha256_hex(&b, 64)
+    }
+
     fn point(&self, p: &NumberDataPoint, cumulative: bool, out: &mut UsageOut) {
         let value = match p.value {
             Some(number_data_point::Value::AsInt(i)) => i as f64,
@@ -235,29 +239,15 @@ impl StreamCtx<'_> {
         if !value.is_finite() || value < 0.0 {
             return;
         }
+        // A cumulative total may grow past max_value; its deltas are checked
+        // by the ledger, which computes them.
+        let delta_by_ledger = cumulative && self.meter.aggregation != Aggregation::Count;
+        if !delta_by_ledger && self.meter.aggregation != Aggregation::Count && !self.meter.accepts(value) {
+            out_of_range(self.meter, value);
+            return;
+        }
         let Some(group_key) = group_key(self.meter, &p.attributes, self.resource_attrs) else { return };
-        // The stream: tenant, meter, resource, scope, metric and the point's
-        // own attributes, in a canonical order.
-        let mut h = Sha256::new();
-        for part in [self.tenant.as_str(), &self.meter.name, self.scope_name, self.metric] {
-            h.update(part.as_bytes());
-            h.update([0]);
-        }
-        for attrs in [self.resource_attrs, &p.attributes] {
-            let mut kv: Vec<(&str, String)> = attrs
-                .iter()
-                .map(|a| (a.key.as_str(), a.value.as_ref().map_or_else(String::new, |v| format!("{v:?}"))))
-                .collect();
-            kv.sort();
-            for (k, v) in kv {
-                h.update(k.as_bytes());
-                h.update([1]);
-                h.update(v.as_bytes());
-                h.update([2]);
-            }
-            h.update([0]);
-        }
-        let stream_id = hex::encode(h.finalize());
+        let stream_id = self.stream_id(&p.attributes);
         let (start, time) = (p.start_time_unix_nano as i64, p.time_unix_nano as i64);
         let value = if self.meter.aggregation == Aggregation::Count { 1.0 } else { value };
         let record = UsageRecord {
@@ -270,13 +260,16 @@ impl StreamCtx<'_> {
             event_time_ms: time / 1_000_000,
             group_key,
             content_hash: String::new(),
+            legacy: None,
         };
-        if cumulative && self.meter.aggregation != Aggregation::Count {
+        if delta_by_ledger {
             // The delta is only known against the stream's state: the ledger
             // computes it (and the content hash is of the delta's inputs).
             let content_hash = hex::encode(Sha256::digest(format!("{stream_id}|{start}|{time}|{value}")));
             out.cumulative.push(CumulativePoint {
                 record: UsageRecord { content_hash, ..record },
+                legacy_stream_id: Some(legacy::stream_id(self, &p.attributes)),
+                max_value: self.meter.max_value(),
                 stream_id,
                 start_time_ns: start,
                 time_ns: time,
@@ -286,6 +279,28 @@ impl StreamCtx<'_> {
             out.records.push(UsageRecord { content_hash, ..record });
         }
     }
+}
+
+/// A metered value outside the meter's bounds: not billed, counted.
+fn out_of_range(meter: &MeterConfig, value: f64) {
+    metrics::counter!(metric_names::USAGE_SKIPPED, "reason" => "out_of_range").increment(1);
+    tracing::debug!(meter = %meter.name, value, max = meter.max_value(), "usage value out of range; not billed");
+}
+
+/// A log record's usage id: its resource, times, severity, body,
+/// attributes and trace context, canonically encoded
+/// ([`tally_core::canonical`]), SHA-256 cut to 32 hex digits.
+fn log_id(resource_attrs: &[KeyValue], rec: &LogRecord) -> String {
+    let mut b = b"tally.log.v2".to_vec();
+    canonical::attributes(&mut b, resource_attrs);
+    b.extend_from_slice(&rec.time_unix_nano.to_le_bytes());
+    b.extend_from_slice(&rec.observed_time_unix_nano.to_le_bytes());
+    b.extend_from_slice(&rec.severity_number.to_le_bytes());
+    canonical::any_value(&mut b, rec.body.as_ref());
+    canonical::attributes(&mut b, &rec.attributes);
+    canonical::string(&mut b, &hex::encode(&rec.trace_id));
+    canonical::string(&mut b, &hex::encode(&rec.span_id));
+    canonical::sha256_hex(&b, 32)
 }
 
 /// An item's group key for `meter` (its `group_by` attributes as a JSON
@@ -333,9 +348,129 @@ fn tracestate_probability(trace_state: &str) -> Option<f64> {
     Some(1.0 - threshold as f64 / (1u64 << 56) as f64)
 }
 
+/// Ids as tally ≤ 0.1 built them, from `Debug` text (not stable across
+/// prost/opentelemetry-proto/compiler versions). Only used to find state
+/// and records an earlier version stored, so that an upgrade neither bills
+/// a cumulative stream's running total again nor a resent log record
+/// twice. They match what was stored only while `Debug` prints as it did
+/// for the dependencies in this release's Cargo.lock; remove this module
+/// once every deployment has run this release (see the README's upgrade notes).
+mod legacy {
+    use super::*;
+
+    pub fn log_id(resource_attrs: &[KeyValue], rec: &LogRecord) -> String {
+        let mut h = Sha256::new();
+        h.update(format!(
+            "{resource_attrs:?}|{}|{}|{}|{:?}|{:?}|",
+            rec.time_unix_nano, rec.observed_time_unix_nano, rec.severity_number, rec.body, rec.attributes
+        ));
+        h.update(&rec.trace_id);
+        h.update(&rec.span_id);
+        hex::encode(&h.finalize()[..16])
+    }
+
+    pub fn stream_id(ctx: &StreamCtx<'_>, point_attrs: &[KeyValue]) -> String {
+        let mut h = Sha256::new();
+        for part in [ctx.tenant.as_str(), &ctx.meter.name, ctx.scope_name, ctx.metric] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        for attrs in [ctx.resource_attrs, point_attrs] {
+            let mut kv: Vec<(&str, String)> = attrs
+                .iter()
+                .map(|a| (a.key.as_str(), a.value.as_ref().map_or_else(String::new, |v| format!("{v:?}"))))
+                .collect();
+            kv.sort();
+            for (k, v) in kv {
+                h.update(k.as_bytes());
+                h.update([1]);
+                h.update(v.as_bytes());
+                h.update([2]);
+            }
+            h.update([0]);
+        }
+        hex::encode(h.finalize())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use tally_core::otlp::common::v1::{AnyValue, any_value::Value};
+
+    fn kv(key: &str, value: Value) -> KeyValue {
+        KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
+    }
+
+    fn meter() -> MeterConfig {
+        serde_json::from_value(serde_json::json!({"name": "tasks", "aggregation": "sum", "otlp_metric": "tasks.done"}))
+            .unwrap()
+    }
+
+    /// The fixed stream of the golden tests (and of tests/it's upgrade test).
+    fn golden_stream<R>(f: impl FnOnce(&StreamCtx<'_>, &[KeyValue]) -> R) -> R {
+        let tenant = TenantId::parse("acme").unwrap();
+        let meter = meter();
+        let resource = [
+            kv("service.name", Value::StringValue("worker".into())),
+            kv("tenant.id", Value::StringValue("acme".into())),
+        ];
+        let point = [kv("queue", Value::StringValue("emails".into())), kv("shard", Value::IntValue(3))];
+        let ctx = StreamCtx {
+            tenant: &tenant,
+            meter: &meter,
+            resource_attrs: &resource,
+            scope_name: "app",
+            metric: "tasks.done",
+        };
+        f(&ctx, &point)
+    }
+
+    fn golden_log() -> (Vec<KeyValue>, LogRecord) {
+        let resource = vec![kv("service.name", Value::StringValue("worker".into()))];
+        let rec = LogRecord {
+            time_unix_nano: 1_794_000_000_000_000_000,
+            observed_time_unix_nano: 1_794_000_000_500_000_000,
+            severity_number: 9,
+            body: Some(AnyValue { value: Some(Value::StringValue("job done".into())) }),
+            attributes: vec![
+                kv("app.bytes", Value::IntValue(1024)),
+                kv("event.name", Value::StringValue("job.done".into())),
+            ],
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            ..Default::default()
+        };
+        (resource, rec)
+    }
+
+    /// Stored ids: fixed inputs give these ids, now and after any upgrade
+    /// (the values were also computed from the documented encoding by an
+    /// independent implementation).
+    #[test]
+    fn usage_ids_are_pinned() {
+        let stream = golden_stream(|ctx, attrs| ctx.stream_id(attrs));
+        let (resource, rec) = golden_log();
+        assert_eq!(stream, "ba231d47037c08fb125793c44f93032b65f45b043b31d4d358546211a6f5297a");
+        assert_eq!(log_id(&resource, &rec), "5e49acdbbb1a2989baf4734c20fd5170");
+        // Attribute order does not change an identity.
+        let mut reversed = rec.clone();
+        reversed.attributes.reverse();
+        assert_eq!(log_id(&resource, &reversed), log_id(&resource, &rec));
+    }
+
+    /// The ids tally ≤ 0.1 stored, for the same inputs: while these hold,
+    /// state and records stored by that version are found. If a dependency
+    /// upgrade changes them, `Debug` printing changed and the legacy lookup
+    /// no longer matches: it is time to remove it (see `legacy`).
+    #[test]
+    fn legacy_ids_match_what_the_previous_version_stored() {
+        let stream = golden_stream(|ctx, attrs| legacy::stream_id(ctx, attrs));
+        let (resource, rec) = golden_log();
+        assert_eq!(stream, "81a1e2edab64dbcffa40725872d8cb9ab4e09cf954dfa1ebe1e9222874236c9e");
+        assert_eq!(legacy::log_id(&resource, &rec), "1ba8d6d97224dbf6fbaee86aaa979982");
+    }
 
     #[test]
     fn tracestate_thresholds() {

@@ -118,12 +118,8 @@ impl AlertInstance {
 /// Alertmanager's `fingerprint`, PagerDuty's `dedup_key`. FNV-1a 64 over
 /// the rule name and the canonical group, as 16 hex digits.
 pub fn fingerprint(rule: &str, group_key: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in rule.bytes().chain([0u8]).chain(group_key.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    let bytes: Vec<u8> = rule.bytes().chain([0u8]).chain(group_key.bytes()).collect();
+    format!("{:016x}", crate::canonical::fnv1a64(&bytes))
 }
 
 /// What a receiver is told, stored as JSON in the outbox when the state

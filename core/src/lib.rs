@@ -6,11 +6,13 @@ pub mod alert;
 pub mod attributes;
 mod auth;
 mod batch;
+pub mod canonical;
 pub mod histogram;
 pub mod lake;
 pub mod lenient;
 pub mod meter;
 pub mod metric_names;
+pub mod redact;
 pub mod rollup;
 mod secret;
 mod signal;
@@ -24,7 +26,7 @@ pub use meter::{Aggregation, JsonPath, MeterConfig};
 pub use secret::Secret;
 pub use signal::{Signal, Transport};
 pub use tenant::{TenantError, TenantId};
-pub use usage::{CumulativePoint, DAY_MS, HOUR_MS, UsageOutcome, UsageRecord, hour_start, now_ms};
+pub use usage::{CumulativePoint, DAY_MS, HOUR_MS, LegacyKeys, UsageOutcome, UsageRecord, hour_start, now_ms};
 
 /// The OTLP protobuf types tally works with, re-exported so downstream crates
 /// agree on one version.

@@ -75,12 +75,38 @@ pub struct MeterConfig {
     /// Numeric log-record attribute feeding this meter; each record carrying
     /// it is one usage record, identified by a hash of its content.
     pub log_attribute: Option<String>,
+    /// Largest value one event (span, log record, metric point or delta)
+    /// may carry; larger ones are refused. Default [`DEFAULT_MAX_VALUE`];
+    /// at most [`MAX_EXACT`], so sums stay exact integers and no stored
+    /// aggregate can overflow.
+    pub max_value: Option<f64>,
 }
 
+/// The default largest value of one usage event: 10^15.
+pub const DEFAULT_MAX_VALUE: f64 = 1e15;
+/// 2^53: integers up to this are exact in an f64.
+pub const MAX_EXACT: f64 = 9_007_199_254_740_992.0;
+
 impl MeterConfig {
+    /// The largest value one event may carry.
+    pub fn max_value(&self) -> f64 {
+        self.max_value.unwrap_or(DEFAULT_MAX_VALUE)
+    }
+
+    /// Whether one event's value is within the meter's bounds (finite,
+    /// ≥ 0, ≤ `max_value`).
+    pub fn accepts(&self, value: f64) -> bool {
+        value.is_finite() && value >= 0.0 && value <= self.max_value()
+    }
+
     /// Checks one meter on its own; `validate_meters` checks them together.
     pub fn validate(&self) -> Result<(), String> {
         let name = &self.name;
+        if let Some(max) = self.max_value
+            && !(max > 0.0 && max <= MAX_EXACT)
+        {
+            return Err(format!("meters.{name}.max_value: must be > 0 and at most 2^53 (9007199254740992)"));
+        }
         let ok_name = !name.is_empty()
             && name.len() <= 100
             && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));

@@ -53,7 +53,8 @@ pub const ROLLUP_DOWNSAMPLED_ROWS: &str = "tally_rollup_downsampled_rows_total";
 /// `conflict`, `rejected`).
 pub const USAGE_EVENTS: &str = "tally_usage_events_total";
 /// Telemetry that would have produced usage but did not. Labels: `reason`
-/// (`sampled`: the trace was sampled below 100 %).
+/// (`sampled`: the trace was sampled below 100 %; `out_of_range`: the value
+/// was negative, not finite or above the meter's `max_value`).
 pub const USAGE_SKIPPED: &str = "tally_usage_skipped_total";
 /// Time to commit one group of usage records.
 pub const LEDGER_COMMIT_DURATION: &str = "tally_ledger_commit_seconds";

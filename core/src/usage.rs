@@ -22,6 +22,19 @@ pub struct UsageRecord {
     /// Hex sha256 of the event's content: same id and hash is a duplicate,
     /// same id and another hash a conflict.
     pub content_hash: String,
+    /// How an earlier version of tally keyed this record, when that differs:
+    /// a resend across an upgrade is then still recognised as a duplicate.
+    pub legacy: Option<Box<LegacyKeys>>,
+}
+
+/// A record's id and content hash as an earlier tally version computed
+/// them (see [`crate::canonical`] for why they changed).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LegacyKeys {
+    /// The event id under which an earlier version may have stored it.
+    pub event_id: Option<String>,
+    /// The content hash an earlier version stored for the same content.
+    pub content_hash: Option<String>,
 }
 
 /// One point of a cumulative OTLP Sum feeding a meter. The ledger turns it
@@ -33,6 +46,11 @@ pub struct CumulativePoint {
     pub record: UsageRecord,
     /// Identity of the stream: tenant, meter, resource, scope, metric, attributes.
     pub stream_id: String,
+    /// The stream's id as an earlier version computed it: its state carries
+    /// over to `stream_id` rather than the running total counting again.
+    pub legacy_stream_id: Option<String>,
+    /// The meter's `max_value`: a larger delta is not billed.
+    pub max_value: f64,
     pub start_time_ns: i64,
     pub time_ns: i64,
 }

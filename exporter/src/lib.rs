@@ -6,4 +6,5 @@
 //! of their own.
 
 pub mod alerts;
+pub mod body;
 pub mod lake;

@@ -49,6 +49,7 @@ impl Store {
                             event_time_ms: r.try_get(6)?,
                             group_key: r.try_get(7)?,
                             content_hash: r.try_get(8)?,
+                            legacy: None,
                         })
                     })
                     .collect()

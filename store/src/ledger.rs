@@ -66,11 +66,24 @@ type StreamState = (i64, i64, f64);
 /// Turns cumulative points into delta records against `state`, updating it.
 /// Points at or before a stream's last time are resends or stale: nothing.
 /// A new start time or a lower value is a reset: the whole value counts.
-/// Returns the delta records (zero deltas dropped) and the changed streams.
+/// A delta above the point's `max_value` is not billed (the stream still
+/// moves on). A stream an earlier version stored under its legacy id
+/// continues from that state, and the legacy row is kept in step (replicas
+/// of the earlier version may still read it). Returns the delta records
+/// (zero deltas dropped) and the changed streams.
 fn apply_cumulative(
     state: &mut HashMap<String, StreamState>,
     points: &[CumulativePoint],
 ) -> (Vec<UsageRecord>, Vec<String>) {
+    let mut legacy_rows: Vec<(&str, &str)> = Vec::new();
+    for p in points {
+        let Some(legacy) = p.legacy_stream_id.as_deref() else { continue };
+        let Some(&old) = state.get(legacy) else { continue };
+        legacy_rows.push((legacy, &p.stream_id));
+        if old.1 >= 0 && state.get(&p.stream_id).is_none_or(|s| s.1 < old.1) {
+            state.insert(p.stream_id.clone(), old);
+        }
+    }
     let mut order: Vec<&CumulativePoint> = points.iter().collect();
     order.sort_by(|a, b| (&a.stream_id, a.time_ns).cmp(&(&b.stream_id, b.time_ns)));
     let mut records = Vec::new();
@@ -86,8 +99,19 @@ fn apply_cumulative(
         if changed.last() != Some(&p.stream_id) {
             changed.push(p.stream_id.clone());
         }
-        if delta > 0.0 {
+        if delta > p.max_value {
+            tracing::warn!(meter = %p.record.meter, tenant = %p.record.tenant, delta, max = p.max_value,
+                "cumulative usage delta above the meter's max_value; not billed");
+        } else if delta > 0.0 {
             records.push(UsageRecord { value: delta, ..p.record.clone() });
+        }
+    }
+    legacy_rows.sort_unstable();
+    legacy_rows.dedup();
+    for (legacy, id) in legacy_rows {
+        if let Some(&now) = state.get(id).filter(|_| changed.iter().any(|c| c == id)) {
+            state.insert(legacy.to_owned(), now);
+            changed.push(legacy.to_owned());
         }
     }
     (records, changed)
@@ -135,10 +159,24 @@ impl Store {
                 tenants.sort();
                 tenants.dedup();
                 $db::ensure_tenants(&mut tx, &tenants, now_ms).await?;
-                let inserted = $db::insert_events(&mut tx, &unique, now_ms).await?;
+                // Records an earlier version stored under their legacy id
+                // are not inserted again: they are judged against that row.
+                let legacy_probes = legacy_probes(&unique);
+                let probes: Vec<&UsageRecord> = legacy_probes.iter().map(|(_, p)| p).collect();
+                let mut existing = $db::stored_hashes(&mut tx, &probes).await?;
+                let mut to_insert = unique.clone();
+                if !existing.is_empty() {
+                    existing = legacy_probes
+                        .iter()
+                        .filter_map(|(k, p)| Some((k.clone(), existing.get(&owned(key(p)))?.clone())))
+                        .collect();
+                    to_insert.retain(|r| !existing.contains_key(&owned(key(r))));
+                }
+                let inserted = $db::insert_events(&mut tx, &to_insert, now_ms).await?;
                 let inserted_deltas = $db::insert_events(&mut tx, &delta_refs, now_ms).await?;
-                let existing =
-                    $db::stored_hashes(&mut tx, unique.iter().filter(|r| !inserted.contains(&key(r)))).await?;
+                let stored: Vec<&UsageRecord> =
+                    to_insert.iter().copied().filter(|r| !inserted.contains(&key(r))).collect();
+                existing.extend($db::stored_hashes(&mut tx, &stored).await?);
                 let hourly = hourly_deltas(
                     unique
                         .iter()
@@ -175,13 +213,30 @@ impl Store {
                         None => return UsageOutcome::Conflict,
                     }
                 };
-                if *stored_hash == r.content_hash { UsageOutcome::Duplicate } else { UsageOutcome::Conflict }
+                let legacy_hash = r.legacy.as_ref().and_then(|l| l.content_hash.as_ref());
+                if *stored_hash == r.content_hash || Some(stored_hash) == legacy_hash {
+                    UsageOutcome::Duplicate
+                } else {
+                    UsageOutcome::Conflict
+                }
             })
             .collect())
     }
 }
 
 type OwnedKey = (String, String, String, String);
+
+/// For each record carrying a legacy event id: its own key, and a copy of it
+/// under the legacy id (to look that row up).
+fn legacy_probes(records: &[&UsageRecord]) -> Vec<(OwnedKey, UsageRecord)> {
+    records
+        .iter()
+        .filter_map(|r| {
+            let id = r.legacy.as_ref()?.event_id.as_ref()?;
+            Some((owned(key(r)), UsageRecord { event_id: id.clone(), legacy: None, ..(*r).clone() }))
+        })
+        .collect()
+}
 
 fn owned(k: Key<'_>) -> OwnedKey {
     (k.0.to_owned(), k.1.to_owned(), k.2.to_owned(), k.3.to_owned())
@@ -198,6 +253,12 @@ mod pg {
         let mut ids: Vec<&str> = points.iter().map(|p| p.stream_id.as_str()).collect();
         ids.sort_unstable();
         ids.dedup();
+        // Rows an earlier version kept under legacy ids are read (and
+        // locked) too, never created.
+        let mut read: Vec<&str> =
+            ids.iter().copied().chain(points.iter().filter_map(|p| p.legacy_stream_id.as_deref())).collect();
+        read.sort_unstable();
+        read.dedup();
         // A row per stream to lock, even for new streams, so two writers
         // cannot both take a new stream's first point as its whole value.
         sqlx::query(
@@ -211,7 +272,7 @@ mod pg {
             "SELECT stream_id, start_time_ns, time_ns, value FROM usage_streams \
              WHERE stream_id = ANY($1) ORDER BY stream_id FOR UPDATE",
         )
-        .bind(&ids)
+        .bind(&read)
         .fetch_all(&mut *tx)
         .await?;
         let mut state = HashMap::new();
@@ -284,11 +345,7 @@ mod pg {
         Ok(rows.iter().map(|r| key(r)).filter(|k| returned.contains(&owned(*k))).collect())
     }
 
-    pub async fn stored_hashes<'a>(
-        tx: &mut PgConnection,
-        rows: impl Iterator<Item = &'a &'a UsageRecord>,
-    ) -> Result<HashMap<OwnedKey, String>> {
-        let rows: Vec<&UsageRecord> = rows.copied().collect();
+    pub async fn stored_hashes(tx: &mut PgConnection, rows: &[&UsageRecord]) -> Result<HashMap<OwnedKey, String>> {
         if rows.is_empty() {
             return Ok(HashMap::new());
         }
@@ -359,16 +416,17 @@ mod lite {
     /// inside the transaction is already serialized.
     pub async fn cumulative_deltas(tx: &mut SqliteConnection, points: &[CumulativePoint]) -> Result<Vec<UsageRecord>> {
         let mut state = HashMap::new();
-        for p in points {
-            if state.contains_key(&p.stream_id) {
-                continue;
-            }
+        let mut ids: Vec<&String> =
+            points.iter().flat_map(|p| std::iter::once(&p.stream_id).chain(&p.legacy_stream_id)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
             let row = sqlx::query("SELECT start_time_ns, time_ns, value FROM usage_streams WHERE stream_id = $1")
-                .bind(&p.stream_id)
+                .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
             if let Some(r) = row {
-                state.insert(p.stream_id.clone(), (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
+                state.insert(id.clone(), (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
             }
         }
         let (records, changed) = apply_cumulative(&mut state, points);
@@ -431,10 +489,7 @@ mod lite {
         Ok(rows.iter().map(|r| key(r)).filter(|k| returned.contains(&owned(*k))).collect())
     }
 
-    pub async fn stored_hashes<'a>(
-        tx: &mut SqliteConnection,
-        rows: impl Iterator<Item = &'a &'a UsageRecord>,
-    ) -> Result<HashMap<OwnedKey, String>> {
+    pub async fn stored_hashes(tx: &mut SqliteConnection, rows: &[&UsageRecord]) -> Result<HashMap<OwnedKey, String>> {
         let mut out = HashMap::new();
         for r in rows {
             let hash: Option<String> = sqlx::query_scalar(
@@ -648,8 +703,11 @@ mod tests {
                 event_time_ms: time,
                 group_key: "{}".into(),
                 content_hash: String::new(),
+                legacy: None,
             },
             stream_id: stream.into(),
+            legacy_stream_id: None,
+            max_value: 1e15,
             start_time_ns: start,
             time_ns: time,
         }
@@ -673,5 +731,23 @@ mod tests {
         // A lock-target row (time -1) is no state yet.
         state.insert("b".into(), (-1, -1, 0.0));
         assert_eq!(billed(&mut state, &[point("b", 7, 70, 4.0)]), 4.0);
+    }
+
+    #[test]
+    fn a_stream_under_its_legacy_id_continues_and_big_deltas_are_not_billed() {
+        let mut state = HashMap::new();
+        state.insert("old".to_owned(), (1, 10, 100.0));
+        state.insert("new".to_owned(), (-1, -1, 0.0)); // the lock target just created
+        let mut p = point("new", 1, 20, 130.0);
+        p.legacy_stream_id = Some("old".into());
+        let (records, changed) = apply_cumulative(&mut state, &[p]);
+        assert_eq!(records.iter().map(|r| r.value).sum::<f64>(), 30.0);
+        // Both rows move on, so a replica of the earlier version stays right.
+        assert_eq!((state["new"], state["old"]), ((1, 20, 130.0), (1, 20, 130.0)));
+        assert_eq!(changed, ["new", "old"]);
+        let mut big = point("new", 1, 30, 130.0 + 2e15);
+        big.max_value = 1e15;
+        assert!(apply_cumulative(&mut state, &[big]).0.is_empty());
+        assert_eq!(state["new"].1, 30); // the stream moved past it
     }
 }

@@ -14,6 +14,7 @@ mod keys;
 mod lake;
 mod ledger;
 mod rollups;
+mod schema;
 mod store;
 
 pub use alerts::{Attempt, NewNotification, OutboxRow};
@@ -22,6 +23,7 @@ pub use ingest::IngestCount;
 pub use keys::ApiKeyRow;
 pub use ledger::{HourlyUsage, TenantRow};
 pub use rollups::{KeyMatch, RecentFilter, RollupFilter, RollupTable};
+pub use schema::Column;
 pub use store::{Backend, Store};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

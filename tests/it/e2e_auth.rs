@@ -177,3 +177,34 @@ async fn s_counts_eventually(s: &TestServer, admin: &str, tenant: &str, want: u6
     }
     0
 }
+
+/// Open mode is decided at start: a key created while open ends it within
+/// a second (and at once for a request carrying that key); revoking every
+/// key afterwards does not reopen tally; a new key works on its first use,
+/// without waiting for the periodic reload.
+#[tokio::test]
+async fn open_mode_ends_with_the_first_key_and_never_returns() {
+    // Keys reload rarely, so only the mechanisms above can explain what follows.
+    let s = TestServer::start(Db::Sqlite, &CONFIG.replace("100ms", "1h")).await;
+    assert_eq!(send_events(&s, None, json!([event("o-1", Some("acme"))])).await.0, 200);
+    let admin = add_key(&s, "adminkey0001", "admin", None).await;
+    // The new key is accepted on its first request, which also ends open mode.
+    assert_eq!(get(&s, Some(&admin), "/v1/tenants").await, 200);
+    assert_eq!(send_events(&s, None, json!([event("o-2", Some("acme"))])).await.0, 401);
+
+    // Every key revoked: still closed; a new key works at once.
+    s.server.as_ref().unwrap().store.revoke_api_key("adminkey0001", 2).await.unwrap();
+    assert_eq!(get(&s, None, "/v1/tenants").await, 401);
+    let fresh = add_key(&s, "adminkey0002", "admin", None).await;
+    assert_eq!(get(&s, Some(&fresh), "/v1/tenants").await, 200);
+    s.stop().await;
+
+    // Started open, a key created elsewhere: unauthenticated requests are
+    // refused within about a second, with no request carrying the key.
+    let s = TestServer::start(Db::Sqlite, &CONFIG.replace("100ms", "1h")).await;
+    assert_eq!(get(&s, None, "/v1/tenants").await, 200);
+    add_key(&s, "adminkey0003", "admin", None).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(get(&s, None, "/v1/tenants").await, 401);
+    s.stop().await;
+}

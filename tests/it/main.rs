@@ -18,3 +18,4 @@ mod e2e_span_usage;
 mod e2e_storage;
 mod e2e_tenancy;
 mod e2e_usage;
+mod e2e_usage_limits;

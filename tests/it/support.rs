@@ -59,6 +59,9 @@ async fn start_server(url: &str, dir: &tempfile::TempDir, overrides: &str, env: 
         [lake]
         # Only the lake tests write one (they enable it).
         enabled = false
+        [events]
+        # Fixtures carry fixed dates; the tests of max_age set their own.
+        max_age = "3650d"
         "#,
         dir = dir.path().display(),
     );
@@ -207,6 +210,20 @@ impl TestServer {
         v["total"].as_f64().unwrap_or_else(|| panic!("{v}"))
     }
 
+    /// Runs `sql` on this tally's database directly (to set up state an
+    /// earlier version would have left, or to inspect tables).
+    pub async fn exec_sql(&self, sql: &str) {
+        use sqlx::Connection;
+        if self.db.url.is_empty() {
+            let path = self.dir.path().join("tally.db");
+            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite:{}", path.display())).await.unwrap();
+            c.execute(sqlx::AssertSqlSafe(sql.to_owned())).await.unwrap();
+        } else {
+            let mut c = PgConnection::connect(&self.db.url).await.unwrap();
+            c.execute(sqlx::AssertSqlSafe(sql.to_owned())).await.unwrap();
+        }
+    }
+
     pub async fn metrics(&self) -> String {
         self.http.get(self.api_url("/metrics")).send().await.unwrap().text().await.unwrap()
     }
@@ -230,6 +247,10 @@ pub fn kv(key: &str, value: &str) -> KeyValue {
         value: Some(AnyValue { value: Some(Value::StringValue(value.into())) }),
         ..Default::default()
     }
+}
+
+pub fn int_kv(key: &str, value: i64) -> KeyValue {
+    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(Value::IntValue(value)) }), ..Default::default() }
 }
 
 /// A trace request: one resource with `resource_attrs`, `n` valid spans each

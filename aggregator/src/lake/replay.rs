@@ -388,6 +388,7 @@ impl Replay {
                 event_time_ms: t,
                 group_key: text(groups, i),
                 content_hash: text(hashes, i),
+                legacy: None,
             });
             n += 1;
         }

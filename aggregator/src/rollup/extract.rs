@@ -2,11 +2,7 @@
 //! series, log records to severity counts, metric points to gauge and
 //! histogram series. Reads only the fields a rollup needs.
 
-use std::{
-    borrow::Cow,
-    collections::BTreeMap,
-    hash::{Hash, Hasher},
-};
+use std::{borrow::Cow, collections::BTreeMap};
 
 use tally_core::{
     TenantId, attributes,
@@ -225,10 +221,9 @@ impl AttributeFilter {
         if json.len() <= MAX_DETAIL_BYTES {
             return json;
         }
-        // Too long for a database key: distinct sets stay distinct by hash.
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        json.hash(&mut h);
-        format!(r#"{{"otel.attributes.hash":"{:016x}"}}"#, h.finish())
+        // Too long for a database key: distinct sets stay distinct by hash
+        // (a specified one: this key is stored, and std's hasher may change).
+        format!(r#"{{"otel.attributes.hash":"{:016x}"}}"#, tally_core::canonical::fnv1a64(json.as_bytes()))
     }
 }
 
@@ -432,6 +427,21 @@ mod tests {
 
     fn spans_of(w: &mut Windows, t: &TenantId, r: &TimeRange, d: &[ResourceSpans]) {
         assert_eq!(spans(w, t, r, d).items, 1);
+    }
+
+    /// Long attribute sets are stored as a hash: a specified one, pinned.
+    #[test]
+    fn long_attribute_sets_hash_to_a_stable_key() {
+        let long = tally_core::otlp::common::v1::KeyValue {
+            key: "q".into(),
+            value: Some(tally_core::otlp::common::v1::AnyValue {
+                value: Some(tally_core::otlp::common::v1::any_value::Value::StringValue("x".repeat(2000))),
+            }),
+            ..Default::default()
+        };
+        let detail = AttributeFilter::new(&[]).detail(&[long]);
+        // FNV-1a 64 of {"q":"xx…x"} (2,000 x), computed independently.
+        assert_eq!(detail, r#"{"otel.attributes.hash":"ead72bb78d888bea"}"#);
     }
 
     #[test]

@@ -12,8 +12,8 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
 use tally_core::{TenantId, UsageOutcome, metric_names};
 
-use super::{EventOutcome, EventsConfig, Meters, check_event};
-use crate::{Caller, ledger::UsageLedger};
+use super::{EventClock, EventOutcome, EventsConfig, Meters, check_event};
+use crate::{Caller, LedgerError, ledger::UsageLedger};
 
 /// What the events route needs.
 #[derive(Debug, Clone)]
@@ -21,6 +21,8 @@ pub struct EventsState {
     pub meters: Arc<Meters>,
     pub ledger: UsageLedger,
     pub config: EventsConfig,
+    /// Seconds a 503 tells the sender to wait (`Retry-After`).
+    pub retry_after_secs: u32,
 }
 
 /// `POST /v1/events`.
@@ -96,10 +98,12 @@ async fn post_events(
     // mode) take the tenant from `subject`.
     let principal = caller.and_then(|axum::Extension(Caller(p))| p);
     let pinned: Option<&TenantId> = principal.as_ref().and_then(|p| p.pinned_tenant());
-    let now_ms = tally_core::now_ms();
-    let max_future_ms = st.config.max_future.as_millis() as i64;
-    let checked: Vec<EventOutcome> =
-        events.iter().map(|e| check_event(e, &st.meters, pinned, now_ms, max_future_ms)).collect();
+    let clock = EventClock {
+        now_ms: tally_core::now_ms(),
+        max_future_ms: st.config.max_future.as_millis() as i64,
+        max_age_ms: st.config.max_age.as_millis().min(i64::MAX as u128) as i64,
+    };
+    let checked: Vec<EventOutcome> = events.iter().map(|e| check_event(e, &st.meters, pinned, &clock)).collect();
 
     let records: Vec<_> = checked
         .iter()
@@ -111,8 +115,14 @@ async fn post_events(
         .collect();
     let outcomes = match st.ledger.record(records).await {
         Ok(o) => o,
+        // Nothing of the request was stored: it is not worth sending again.
+        Err(e @ LedgerError::Refused(_)) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
         // Nothing of the request was stored; a retry is safe.
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => {
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(st.retry_after_secs));
+            return r;
+        }
     };
 
     let mut outcomes = outcomes.into_iter();

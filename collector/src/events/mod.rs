@@ -8,5 +8,5 @@ mod event;
 mod http;
 
 pub use config::EventsConfig;
-pub use event::{EventOutcome, Meters, check_event};
+pub use event::{EventClock, EventOutcome, Meters, check_event};
 pub use http::{EventsState, events_router};

@@ -172,12 +172,13 @@ impl Dispatcher {
                 if status.is_success() {
                     return Sent::Ok;
                 }
-                let text: String = resp.text().await.unwrap_or_default().chars().take(300).collect();
+                let text = crate::body::read_prefix(resp, 300).await;
                 let error = format!("HTTP {status}: {text}");
                 let transient = status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
                 if transient { Sent::Transient(error) } else { Sent::Refused(error) }
             }
-            Err(e) => Sent::Transient(error_chain(&e)),
+            // Without the URL: it may carry a token, and this goes to the log.
+            Err(e) => Sent::Transient(error_chain(&e.without_url())),
         }
     }
 }

@@ -24,7 +24,7 @@ pub enum ReceiverKind {
 }
 
 /// One `[[receivers]]` entry as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiverConfig {
     pub name: String,
@@ -40,6 +40,20 @@ pub struct ReceiverConfig {
     /// rule cannot be used to probe the internal network).
     #[serde(default)]
     pub allow_private: bool,
+}
+
+impl std::fmt::Debug for ReceiverConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `check-config` prints this: no token from a URL.
+        f.debug_struct("ReceiverConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("url", &self.url.as_deref().map(tally_core::redact::url))
+            .field("secret_env", &self.secret_env)
+            .field("routing_key_env", &self.routing_key_env)
+            .field("allow_private", &self.allow_private)
+            .finish()
+    }
 }
 
 pub const PAGERDUTY_URL: &str = "https://events.pagerduty.com/v2/enqueue";
@@ -62,7 +76,7 @@ impl std::fmt::Debug for Receiver {
         f.debug_struct("Receiver")
             .field("name", &self.name)
             .field("kind", &self.kind)
-            .field("url", &self.url.as_str())
+            .field("url", &tally_core::redact::url(self.url.as_str()))
             .finish()
     }
 }
@@ -81,7 +95,8 @@ impl ReceiverConfig {
             (ReceiverKind::Pagerduty, None) => PAGERDUTY_URL.into(),
             (ReceiverKind::Webhook, None) => return Err(format!("{at}.url: a webhook needs a url")),
         };
-        let url = Url::parse(&url).map_err(|e| format!("{at}.url: {url:?} is not a URL: {e}"))?;
+        let url =
+            Url::parse(&url).map_err(|e| format!("{at}.url: {:?} is not a URL: {e}", tally_core::redact::url(&url)))?;
         if !["http", "https"].contains(&url.scheme()) {
             return Err(format!("{at}.url: scheme must be http or https"));
         }

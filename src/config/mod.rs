@@ -22,10 +22,11 @@ use tally_collector::{OtlpConfig, TenancyConfig, TenantResolver, events::EventsC
 use tally_core::{MeterConfig, Secret, meter::validate_meters};
 use tally_exporter::alerts::{Receiver, ReceiverConfig, check_receivers};
 
-pub const DEFAULTS: &str = include_str!("../tally.default.toml");
+mod env;
 
-/// Config sections; `TALLY_<SECTION>_<KEY>` maps to `<section>.<key>`.
-const SECTIONS: [&str; 9] = ["api", "otlp", "tenancy", "pipeline", "rollups", "events", "auth", "alerting", "lake"];
+pub use env::{EnvKey, EnvKeys};
+
+pub const DEFAULTS: &str = include_str!("../../tally.default.toml");
 
 /// Reads an environment variable (secrets named by `*_env` keys).
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -60,6 +61,10 @@ pub struct Config {
     /// `[[receivers]]`: where alert notifications go.
     #[serde(default)]
     pub receivers: Vec<ReceiverConfig>,
+    /// What loading the config noticed but did not refuse (unknown
+    /// `TALLY_*` variables), logged once logging is set up.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -102,7 +107,10 @@ impl Config {
             None if Path::new("tally.toml").is_file() => figment = figment.merge(Toml::file_exact("tally.toml")),
             None => {}
         }
-        Config::extract(figment.merge(env_provider()))
+        let (env, warnings) = env_provider(&figment)?;
+        let mut config = Config::extract(figment.merge(env))?;
+        config.warnings = warnings;
+        Ok(config)
     }
 
     /// Defaults overridden by TOML snippets, later ones winning, ignoring
@@ -216,15 +224,23 @@ impl Config {
     }
 }
 
-/// `TALLY_OTLP_GRPC_ADDR` → `otlp.grpc_addr`; `TALLY_DATA_DIR` → `data_dir`.
-fn env_provider() -> Env {
-    Env::prefixed("TALLY_").map(|key| {
-        let key = key.as_str().to_ascii_lowercase();
-        match SECTIONS.iter().find(|s| key.starts_with(&format!("{s}_"))) {
-            Some(section) => format!("{section}.{}", &key[section.len() + 1..]).into(),
-            None => key.into(),
+/// The `TALLY_*` variables that are config (see [`env`]), for the layers
+/// in `figment`; and a warning for each that tally does not know.
+fn env_provider(figment: &Figment) -> anyhow::Result<(Env, Vec<String>)> {
+    let dict = |f: &Figment| f.extract::<figment::value::Dict>().map_err(|e| anyhow::anyhow!("{e}"));
+    let keys = std::sync::Arc::new(EnvKeys::new(&dict(&Figment::from(Toml::string(DEFAULTS)))?, &dict(figment)?));
+    let warnings = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| keys.classify(name) == EnvKey::Unknown)
+        .map(|name| format!("environment variable {name} is not a tally setting (see tally.default.toml); ignored"))
+        .collect();
+    let env = Env::prefixed("TALLY_").filter_map(move |key| {
+        match keys.classify(&format!("TALLY_{}", key.as_str().to_ascii_uppercase())) {
+            EnvKey::Config(path) => Some(path.into()),
+            _ => None,
         }
-    })
+    });
+    Ok((env, warnings))
 }
 
 #[cfg(test)]
@@ -311,9 +327,53 @@ mod tests {
             let c = Config::load(None).map_err(|e| e.to_string())?;
             assert_eq!(c.tenancy.default_tenant, "42");
             assert_eq!(c.tenancy.resource_attributes, ["tenant.id", "org.id"]);
-            jail.set_env("TALLY_NO_SUCH_KEY", "1");
+            // A typo in a known section is refused by name; a variable of no
+            // section is only warned about.
+            jail.set_env("TALLY_OTLP_GRCP_ADDR", "1");
             let err = Config::load(None).unwrap_err().to_string();
-            assert!(err.contains("no_such_key"), "{err}");
+            assert!(err.contains("grcp_addr"), "{err}");
+            Ok(())
+        });
+    }
+
+    /// Every variable name DESIGN lists, the README's and the defaults'
+    /// secrets, and a Kubernetes Service named tally: tally starts.
+    #[test]
+    fn ordinary_environments_start() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                "tally.toml",
+                "[[receivers]]\nname = \"oncall\"\ntype = \"webhook\"\nurl = \"https://oncall.example.com/hook\"\n\
+                 secret_env = \"TALLY_ONCALL_SECRET\"\n",
+            )?;
+            for (k, v) in [
+                ("TALLY_DATABASE_URL", "postgres://db:5432/t"),
+                ("TALLY_DATA_DIR", "/tmp/x"),
+                ("TALLY_OTLP_GRPC_ADDR", "127.0.0.1:14317"),
+                ("TALLY_OTLP_HTTP_ADDR", "127.0.0.1:14318"),
+                ("TALLY_API_ADDR", "127.0.0.1:18080"),
+                ("TALLY_LAKE_URL", "az://telemetry/tally"),
+                ("TALLY_LOG_FORMAT", "json"),
+                ("TALLY_ONCALL_SECRET", "whsec_c2VjcmV0"),
+                ("TALLY_PAGERDUTY_ROUTING_KEY", "R0UT1NG"),
+                ("TALLY_SERVICE_HOST", "10.0.0.7"),
+                ("TALLY_SERVICE_PORT", "8080"),
+                ("TALLY_PORT", "tcp://10.0.0.7:8080"),
+                ("TALLY_PORT_8080_TCP", "tcp://10.0.0.7:8080"),
+                ("TALLY_PORT_8080_TCP_ADDR", "10.0.0.7"),
+                ("TALLY_PORT_8080_TCP_PORT", "8080"),
+                ("TALLY_PORT_8080_TCP_PROTO", "tcp"),
+            ] {
+                jail.set_env(k, v);
+            }
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.lake_url, "az://telemetry/tally");
+            assert_eq!(c.log_format, LogFormat::Json);
+            assert_eq!(c.api.addr.to_string(), "127.0.0.1:18080");
+            // The only warning: a variable no config names.
+            assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+            assert!(c.warnings[0].contains("TALLY_PAGERDUTY_ROUTING_KEY"), "{:?}", c.warnings);
             Ok(())
         });
     }
