@@ -363,9 +363,11 @@ def gtime_format_interval(inter: int) -> str:
 
 #: sqlmacro.Expr — a complete macro call ``$name(args)``; args cannot hold ``)``.
 MACRO_RE = re.compile(r"\$([_a-zA-Z0-9]+)\(([^\)]*)\)")
-_MACRO_TOKEN_RE = re.compile(r"\$(__[a-zA-Z0-9_]*|[_a-zA-Z0-9]+\s*\()")
+# Go's RE2 \s is [\t\n\f\r ] and its $ (no multiline) is the end of the text.
+_GO_SPACE = r"[\t\n\f\r ]"
+_MACRO_TOKEN_RE = re.compile(r"\$(__[a-zA-Z0-9_]*|[_a-zA-Z0-9]+" + _GO_SPACE + r"*\()")
 _SQLCOMMENTER_RE = re.compile(
-    r"^/\*\s*[a-zA-Z0-9%_.-]+='[^'*]*'(\s*,\s*[a-zA-Z0-9%_.-]+='[^'*]*')*\s*\*/$"
+    r"^/\*{s}*[a-zA-Z0-9%_.-]+='[^'*]*'({s}*,{s}*[a-zA-Z0-9%_.-]+='[^'*]*')*{s}*\*/\Z".format(s=_GO_SPACE)
 )
 
 

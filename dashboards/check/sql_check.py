@@ -643,7 +643,8 @@ class Checker:
                 raw = variable_query_text(v)
                 unknown: list[str] = []
                 # metricFindQuery: templateSrv.replace(query, scopedVars, interpolateVariable),
-                # a table query with the time range; no interval in the request (1 s assumed).
+                # a table query with the time range and no intervalMs, which the query
+                # service defaults to 1000 ms (pkg/services/query/query.go: MustInt64(1000)).
                 fe = gm.scene_interpolate(
                     raw, variables, {"__from": gm.TimeMacro("__from", from_ms), "__to": gm.TimeMacro("__to", to_ms)},
                     gm.sql_legacy_interpolate_variable if self.args.legacy else gm.postgres_interpolate_variable, unknown,
@@ -664,7 +665,8 @@ class Checker:
                         seen = set()
                         if "__text" in names and "__value" in names:
                             ti, vi = names.index("__text"), names.index("__value")
-                            cand = [("" if r[ti] is None else r[ti], "" if r[vi] is None else r[vi]) for r in res.rows]
+                            # ResponseParser: text: '' + value (a NULL becomes "null")
+                            cand = [("null" if r[ti] is None else r[ti], "null" if r[vi] is None else r[vi]) for r in res.rows]
                         else:
                             cand = [(x, x) for r in res.rows for x in r if x is not None]
                         for text, value in cand:
