@@ -14,6 +14,12 @@
 //! Stripe stand-in on its own, for clients in other languages
 //! (`tally-standins stripe --addr 127.0.0.1:12111 --meter tokens:sum`).
 //!
+//! The Stripe stand-in is checked against the official client:
+//! `scripts/test-deps && cargo build -p tally-standins &&
+//! tests/clients/.venv/bin/python tests/clients/stripe_standin_check.py`
+//! (it starts the binary, drives faults through `/_standin/…`, and ends with
+//! an "N passed, M failed" line).
+//!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use tally_standins::stripe::{FakeStripe, MeterSpec, StripeConfig};

@@ -14,6 +14,9 @@
 //! | `POST /v2/billing/meter_event_session` | 15-minute tokens (configurable) |
 //! | `POST /v2/billing/meter_event_stream` | ≤ 100 events, session token, async validation |
 //!
+//! `/_standin/…` is a control API for clients in other languages (see
+//! `control.rs`): inject faults, change settings, read the state.
+//!
 //! Every answer carries `Request-Id: req_…`; errors use Stripe's
 //! `{"error":{…}}` shape. What Stripe reports asynchronously (unknown meter
 //! or customer, bad stream events) lands in [`FakeStripe::async_errors`].
@@ -21,6 +24,7 @@
 mod api_meters;
 mod api_v1;
 mod api_v2;
+mod control;
 mod http;
 mod limits;
 mod model;
@@ -320,6 +324,12 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/billing/meters/{id}/event_summaries", get(api_meters::event_summaries))
         .route("/v2/billing/meter_event_session", post(api_v2::create_session))
         .route("/v2/billing/meter_event_stream", post(api_v2::stream))
+        .route("/_standin/inject", post(control::inject))
+        .route("/_standin/settings", post(control::settings))
+        .route("/_standin/clock", post(control::clock))
+        .route("/_standin/customers", post(control::customers))
+        .route("/_standin/reset", post(control::reset))
+        .route("/_standin/state", get(control::state))
         .fallback(unknown_route)
         .layer(axum::middleware::from_fn(request_id))
         .with_state(shared)
