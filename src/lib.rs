@@ -11,6 +11,7 @@ pub mod loadgen;
 pub mod observability;
 pub mod replay;
 pub mod rollup_api;
+pub mod serve;
 pub mod server;
 pub mod usage_api;
 

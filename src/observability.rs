@@ -17,6 +17,9 @@ pub fn init_logging(config: &Config) {
         LogFormat::Json => registry.with(fmt::layer().json().flatten_event(true).with_current_span(false)).try_init(),
         LogFormat::Text => registry.with(fmt::layer()).try_init(),
     };
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
 }
 
 /// The process-wide Prometheus recorder. Metrics are process-global in the
@@ -53,4 +56,7 @@ fn describe() {
     describe_gauge!(m::QUEUE_BYTES_CAPACITY, "Byte budget of the pipeline queue");
     describe_counter!(m::PROCESSED_ITEMS, "Items taken off the queue by the downstream stage");
     describe_counter!(m::FLUSH_ERRORS, "Failed writes of downstream state (retried)");
+    describe_gauge!(m::CONNECTIONS, "Connections open, per listener");
+    describe_counter!(m::CONNECTIONS_REFUSED, "Connections closed at once: the listener was at server.max_connections");
+    describe_counter!(m::CONNECTIONS_IDLE_CLOSED, "Connections closed after server.idle_timeout without traffic");
 }

@@ -16,7 +16,7 @@ use tally_store::Store;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Config, alerts_api, api, config::EnvLookup, rollup_api, usage_api};
+use crate::{Config, alerts_api, api, config::EnvLookup, rollup_api, serve, usage_api};
 
 /// A running tally. Dropping it does not stop it; call [`Server::shutdown`].
 pub struct Server {
@@ -72,16 +72,30 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
         )
         .with_auth(auth.clone())
         .with_retry_after(std::time::Duration::from_secs(config.otlp.retry_after_secs.into()))
+        .with_decode_limits(config.otlp.decode_limits())
+        .with_caller_share(
+            config.otlp.max_concurrent_requests,
+            config.otlp.max_concurrent_requests_per_caller,
+            config.otlp.enqueue_timeout,
+        )
         .with_otlp_usage(OtlpMeters::new(&config.meters), ledger.clone()),
     );
-    let bind = |addr: SocketAddr, what: &'static str| async move {
-        TcpListener::bind(addr).await.with_context(|| format!("binding {what} on {addr}"))
+    // Bound before anything else starts, so a taken port fails the start
+    // cleanly (and port 0 resolves to the address reported).
+    let one_port = config.listen_addr();
+    let mut bound = Vec::new();
+    let specs = match one_port {
+        Some(addr) => vec![(addr, "all")],
+        None => {
+            vec![(config.otlp.grpc_addr, "otlp_grpc"), (config.otlp.http_addr, "otlp_http"), (config.api.addr, "api")]
+        }
     };
-    let grpc_listener = bind(config.otlp.grpc_addr, "otlp grpc").await?;
-    let http_listener = bind(config.otlp.http_addr, "otlp http").await?;
-    let api_listener = bind(config.api.addr, "api").await?;
-    let (grpc_addr, http_addr, api_addr) =
-        (grpc_listener.local_addr()?, http_listener.local_addr()?, api_listener.local_addr()?);
+    for (addr, name) in specs {
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {name} on {addr}"))?;
+        bound.push((listener.local_addr()?, name, listener));
+    }
+    let addr_of = |i: usize| bound[i.min(bound.len() - 1)].0;
+    let (grpc_addr, http_addr, api_addr) = (addr_of(0), addr_of(1), addr_of(2));
 
     let shutdown = CancellationToken::new();
     let maintenance =
@@ -108,15 +122,9 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
     )
     .context("building the alert receivers' HTTP clients")?;
     let delivery = tokio::spawn(dispatcher.run(outbox, shutdown.clone()));
-    let grpc = tonic::transport::Server::builder()
-        .timeout(config.otlp.request_timeout)
-        .add_routes(otlp::grpc_routes(ingest.clone(), config.otlp.max_request_bytes))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-            shutdown.clone().cancelled_owned(),
-        );
-    let http = axum::serve(nodelay(http_listener), otlp::http_router(ingest, &config.otlp))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let grpc_router = otlp::grpc_routes(ingest.clone(), config.otlp.max_request_bytes, config.otlp.request_timeout)
+        .into_axum_router();
+    let http_router = otlp::http_router(ingest, &config.otlp);
     let draining = Arc::new(AtomicBool::new(false));
     let api_state = api::ApiState { store: store.clone(), draining: draining.clone() };
     let v1 = api::v1_router(api_state.clone())
@@ -125,6 +133,7 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
             ledger,
             config: config.events.clone(),
             retry_after_secs: config.otlp.retry_after_secs,
+            body_timeout: config.server.body_timeout,
         }))
         .merge(usage_api::router(usage_api::UsageState { store: store.clone(), meters }))
         .merge(rollup_api::router(rollup_api::RollupState {
@@ -135,11 +144,20 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
         .merge(alerts_api::router(store.clone()))
         .layer(axum::middleware::from_fn_with_state(auth, tally_collector::auth::require_caller));
     let api_router = api::public_router(api_state).merge(v1);
-    let api = axum::serve(nodelay(api_listener), api_router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
 
-    let grpc = tokio::spawn(grpc);
-    let http = tokio::spawn(async move { http.await });
-    let api = tokio::spawn(async move { api.await });
+    // The listeners: three ports, or everything on one (routes do not
+    // overlap: gRPC paths are /opentelemetry.proto…, OTLP/HTTP /v1/traces,
+    // /v1/logs and /v1/metrics, the API the rest).
+    let routers = match one_port {
+        Some(_) => vec![api_router.merge(http_router).merge(grpc_router)],
+        None => vec![grpc_router, http_router, api_router],
+    };
+    let limits = config.server.limits(bound.len());
+    let mut servers = Vec::new();
+    for ((_, name, listener), router) in bound.into_iter().zip(routers) {
+        let serving = serve::serve(listener, router, limits, name, shutdown.clone(), config.otlp.request_timeout);
+        servers.push((name, tokio::spawn(serving)));
+    }
     let token = shutdown.clone();
     let task_store = store.clone();
     let shutdown_timeout = config.shutdown_timeout;
@@ -147,12 +165,14 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
         token.cancelled().await;
         draining.store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::info!("shutting down: draining receivers");
-        // Receivers first: once both have finished their in-flight requests
+        // Listeners first: once they have finished their in-flight requests
         // (bounded by otlp.request_timeout) every queue sender is gone, so
         // the rollup stage drains and writes every open window. Each step runs whatever the
-        // previous ones returned, so a failed receiver cannot skip the flush.
-        let grpc = joined(grpc.await, "otlp grpc server");
-        let http = joined(http.await, "otlp http server");
+        // previous ones returned, so a failed listener cannot skip the flush.
+        let mut listeners = Ok(());
+        for (name, server) in servers {
+            listeners = listeners.and(joined(server.await, name));
+        }
         if let Some(l) = &lake {
             l.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -164,11 +184,10 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
         let maintenance = maintenance.await.context("rollup maintenance");
         let alerts = alerts.await.context("alert evaluation");
         let delivery = delivery.await.context("alert delivery");
-        let api = joined(api.await, "api server");
         let ledger = ledger_task.await.context("usage ledger writer");
         task_store.close().await;
         tracing::info!("shutdown complete");
-        grpc.and(http).and(rollups).and(lake).and(maintenance).and(alerts).and(delivery).and(api).and(ledger)
+        listeners.and(rollups).and(lake).and(maintenance).and(alerts).and(delivery).and(ledger)
     });
 
     tracing::info!(
@@ -274,25 +293,17 @@ fn joined<E: Into<anyhow::Error>>(
     r.context(what)?.map_err(Into::into).context(what)
 }
 
-/// Small responses go out at once: without TCP_NODELAY, Nagle's algorithm
-/// and the client's delayed ACK add ~40 ms to a request/response exchange.
-fn nodelay(listener: TcpListener) -> impl axum::serve::Listener<Addr = SocketAddr> {
-    use axum::serve::ListenerExt;
-    listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    })
-}
-
 /// With no API key, tally accepts anyone: fine on loopback, refused on
 /// other addresses unless `auth.open` says so. Said loudly either way.
 fn check_open_mode(config: &Config, auth: &Authenticator) -> anyhow::Result<()> {
     if !auth.is_open() {
         return Ok(());
     }
-    let exposed: Vec<SocketAddr> = [config.otlp.grpc_addr, config.otlp.http_addr, config.api.addr]
-        .into_iter()
-        .filter(|a| !a.ip().is_loopback())
-        .collect();
+    let addrs = match config.listen_addr() {
+        Some(addr) => vec![addr],
+        None => vec![config.otlp.grpc_addr, config.otlp.http_addr, config.api.addr],
+    };
+    let exposed: Vec<SocketAddr> = addrs.into_iter().filter(|a| !a.ip().is_loopback()).collect();
     if exposed.is_empty() {
         tracing::warn!(
             "no API keys exist: OTLP and the API accept unauthenticated requests (loopback only); create one with `tally keys create`"

@@ -14,6 +14,11 @@ pub struct OtlpConfig {
     pub max_request_bytes: usize,
     /// Largest request accepted, in bytes, as received (before decompression).
     pub max_compressed_request_bytes: usize,
+    /// Most spans, log records or data points in one request.
+    pub max_items_per_request: u64,
+    /// Most memory one request may take once decoded (an upper bound,
+    /// computed before decoding).
+    pub max_decoded_bytes: u64,
     /// How long a request may wait for room in the pipeline queue before it
     /// is refused with 429 / RESOURCE_EXHAUSTED.
     #[serde(with = "humantime_serde")]
@@ -24,10 +29,20 @@ pub struct OtlpConfig {
     /// up to `enqueue_timeout`, then are refused like a full queue. With
     /// `max_request_bytes` this bounds the memory of requests in flight.
     pub max_concurrent_requests: usize,
+    /// Of those, at most this many from one caller (API key, or address
+    /// when tally runs open): one caller's stalled uploads cannot take
+    /// every slot.
+    pub max_concurrent_requests_per_caller: usize,
     /// Longest time to receive and handle one request (slow senders are cut
     /// off with 408 / DEADLINE_EXCEEDED).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+}
+
+impl OtlpConfig {
+    pub fn decode_limits(&self) -> crate::otlp::DecodeLimits {
+        crate::otlp::DecodeLimits { max_items: self.max_items_per_request, max_decoded_bytes: self.max_decoded_bytes }
+    }
 }
 
 /// `[tenancy]`: how the tenant of each resource or item is found.

@@ -5,12 +5,15 @@ use std::{
 };
 
 use tally_core::{Principal, Signal, TelemetryBatch, TenantId, Transport, metric_names, metric_names::reason};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::{
     Authenticator, Pipeline, TenantResolver, UsageLedger,
+    admission::{Admission, Admissions, Refused},
     auth::AuthError,
-    otlp::signal::{OtlpSignal, Reason, Route},
+    otlp::{
+        DecodeLimits,
+        signal::{OtlpSignal, Reason, Route},
+    },
     otlp_usage::{OtlpMeters, UsageOut},
     pipeline::EnqueueError,
     tenancy::Lookup,
@@ -87,8 +90,7 @@ impl IngestError {
 pub struct Ingest {
     resolver: TenantResolver,
     pipeline: Pipeline,
-    in_flight: Arc<Semaphore>,
-    admission_timeout: Duration,
+    admissions: Arc<Admissions>,
     /// What push-back answers tell clients to wait (`otlp.retry_after_secs`).
     retry_after: Duration,
     /// `None`: no authentication (embedding, tests).
@@ -97,6 +99,8 @@ pub struct Ingest {
     otlp_usage: Option<(OtlpMeters, UsageLedger)>,
     /// Tenants already logged as sending sampled metered spans (bounded).
     sampled_logged: Arc<std::sync::Mutex<std::collections::HashSet<TenantId>>>,
+    /// What one request may decode into.
+    decode_limits: DecodeLimits,
 }
 
 /// Counts of refused items per reason, for the partial-success message.
@@ -120,24 +124,36 @@ impl Refusals {
 }
 
 impl Ingest {
-    /// `max_concurrent_requests` requests are handled at once; more wait up
-    /// to `admission_timeout`.
+    /// `max_concurrent_requests` requests are handled at once, half of them
+    /// at most from one caller (see [`Ingest::with_caller_share`]); more wait
+    /// up to `admission_timeout`.
     pub fn new(
         resolver: TenantResolver,
         pipeline: Pipeline,
         max_concurrent_requests: usize,
         admission_timeout: Duration,
     ) -> Ingest {
+        let share = max_concurrent_requests.div_ceil(2);
         Ingest {
             resolver,
             pipeline,
-            in_flight: Arc::new(Semaphore::new(max_concurrent_requests.max(1))),
-            admission_timeout,
+            admissions: Arc::new(Admissions::new(max_concurrent_requests, share, admission_timeout)),
             retry_after: Duration::from_secs(1),
             auth: None,
             otlp_usage: None,
             sampled_logged: Arc::default(),
+            decode_limits: DecodeLimits::NONE,
         }
+    }
+
+    /// Bounds what one request may decode into (items, bytes).
+    pub fn with_decode_limits(mut self, limits: DecodeLimits) -> Ingest {
+        self.decode_limits = limits;
+        self
+    }
+
+    pub fn decode_limits(&self) -> DecodeLimits {
+        self.decode_limits
     }
 
     /// The wait push-back answers ask of clients (gRPC RetryInfo; HTTP
@@ -180,20 +196,19 @@ impl Ingest {
         }
     }
 
-    /// Admits one request before its body is read; the permit is held until
-    /// the request is answered.
-    pub async fn admit(&self) -> Result<OwnedSemaphorePermit, IngestError> {
-        match self.in_flight.clone().try_acquire_owned() {
-            Ok(p) => Ok(p),
-            Err(TryAcquireError::Closed) => Err(IngestError::ShuttingDown),
-            Err(TryAcquireError::NoPermits) => {
-                match tokio::time::timeout(self.admission_timeout, self.in_flight.clone().acquire_owned()).await {
-                    Ok(Ok(p)) => Ok(p),
-                    Ok(Err(_)) => Err(IngestError::ShuttingDown),
-                    Err(_) => Err(IngestError::Overloaded),
-                }
-            }
-        }
+    /// At most `per_caller` of `max_concurrent_requests` from one caller.
+    pub fn with_caller_share(mut self, max_concurrent_requests: usize, per_caller: usize, wait: Duration) -> Ingest {
+        self.admissions = Arc::new(Admissions::new(max_concurrent_requests, per_caller, wait));
+        self
+    }
+
+    /// Admits one request of an authenticated `caller` ([`caller_key`])
+    /// before its body is read; the slots are held until it is answered.
+    pub async fn admit(&self, caller: &str) -> Result<Admission, IngestError> {
+        self.admissions.admit(caller).await.map_err(|r| match r {
+            Refused::Busy => IngestError::Overloaded,
+            Refused::Closed => IngestError::ShuttingDown,
+        })
     }
 
     pub fn resolver(&self) -> &TenantResolver {

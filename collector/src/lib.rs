@@ -10,6 +10,7 @@
 //! - [`OtlpConfig`] and [`TenancyConfig`] are the `[otlp]` and `[tenancy]`
 //!   config sections.
 
+mod admission;
 pub mod auth;
 mod config;
 pub mod events;
@@ -20,6 +21,7 @@ pub mod otlp_usage;
 mod pipeline;
 mod tenancy;
 
+pub use admission::{Admission, caller_key};
 pub use auth::{Authenticator, Caller};
 pub use config::{OtlpConfig, TenancyConfig};
 pub use ingest::{Accepted, Ingest, IngestError, RequestContext};

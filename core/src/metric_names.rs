@@ -117,3 +117,12 @@ pub const LAKE_FILES_UPLOADED: &str = "tally_lake_files_uploaded_total";
 pub const LAKE_BYTES_UPLOADED: &str = "tally_lake_bytes_uploaded_total";
 /// Failed upload attempts (retried with backoff).
 pub const LAKE_UPLOAD_ERRORS: &str = "tally_lake_upload_errors_total";
+
+/// Connections open, per listener. Labels: `listener` (`otlp_grpc`,
+/// `otlp_http`, `api`, or `all` in one-port mode).
+pub const CONNECTIONS: &str = "tally_connections";
+/// Connections closed at once because the listener was at
+/// `server.max_connections`. Labels: `listener`.
+pub const CONNECTIONS_REFUSED: &str = "tally_connections_refused_total";
+/// Connections closed after `server.idle_timeout` without traffic. Labels: `listener`.
+pub const CONNECTIONS_IDLE_CLOSED: &str = "tally_connections_idle_closed_total";

@@ -44,6 +44,7 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     pub api: ApiConfig,
+    pub server: crate::serve::ServerConfig,
     pub otlp: OtlpConfig,
     pub tenancy: TenancyConfig,
     pub pipeline: PipelineConfig,
@@ -145,6 +146,7 @@ impl Config {
         anyhow::ensure!(!self.shutdown_timeout.is_zero(), "shutdown_timeout must be greater than 0");
         anyhow::ensure!(!self.auth.refresh_interval.is_zero(), "auth.refresh_interval must be greater than 0");
         TenantResolver::new(&self.tenancy)?;
+        self.server.validate().map_err(anyhow::Error::msg)?;
         self.rollups.validate().map_err(anyhow::Error::msg)?;
         self.lake.validate().map_err(anyhow::Error::msg)?;
         validate_meters(&self.meters).map_err(anyhow::Error::msg)?;
@@ -172,6 +174,11 @@ impl Config {
             "database_url: expected postgres://…, sqlite:… or empty for the embedded database"
         );
         Ok(())
+    }
+
+    /// One-port mode's address (`server.addr`), if set.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.server.addr.parse().ok()
     }
 
     /// Where complete lake files wait for upload.

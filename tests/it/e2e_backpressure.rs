@@ -39,9 +39,12 @@ async fn receivers(queue_capacity: usize, max_concurrent_requests: usize, reques
         http_addr: "127.0.0.1:0".parse().unwrap(),
         max_request_bytes: 1 << 20,
         max_compressed_request_bytes: 1 << 20,
+        max_items_per_request: 100_000,
+        max_decoded_bytes: 64 << 20,
         enqueue_timeout: Duration::from_millis(20),
         retry_after_secs: 3,
         max_concurrent_requests,
+        max_concurrent_requests_per_caller: max_concurrent_requests,
         request_timeout,
     };
     let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -51,7 +54,7 @@ async fn receivers(queue_capacity: usize, max_concurrent_requests: usize, reques
     let grpc_url = format!("http://{}", grpc_listener.local_addr().unwrap());
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_routes(otlp::grpc_routes(ingest, 1 << 20))
+            .add_routes(otlp::grpc_routes(ingest, 1 << 20, request_timeout))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(grpc_listener)),
     );
     Receivers { http_url, grpc_url, rx }

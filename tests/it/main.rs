@@ -9,6 +9,7 @@ mod e2e_auth;
 mod e2e_backpressure;
 mod e2e_bad_input;
 mod e2e_cli;
+mod e2e_hostile;
 mod e2e_lake;
 mod e2e_metric_usage;
 mod e2e_real_clients;

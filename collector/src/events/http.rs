@@ -23,6 +23,8 @@ pub struct EventsState {
     pub config: EventsConfig,
     /// Seconds a 503 tells the sender to wait (`Retry-After`).
     pub retry_after_secs: u32,
+    /// Time a client has to send the body (`server.body_timeout`).
+    pub body_timeout: std::time::Duration,
 }
 
 /// `POST /v1/events`.
@@ -68,12 +70,19 @@ async fn post_events(
         }
     };
     let limit = st.config.max_body_bytes;
-    let bytes = match Limited::new(body, limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => {
+    let bytes = match tokio::time::timeout(st.body_timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => {
             return error(StatusCode::PAYLOAD_TOO_LARGE, format!("body exceeds events.max_body_bytes ({limit} bytes)"));
         }
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
+        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
+        Err(_) => {
+            let secs = st.body_timeout.as_secs_f64();
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("body not received within server.body_timeout ({secs}s)"),
+            );
+        }
     };
     let parsed: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,

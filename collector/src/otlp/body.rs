@@ -4,7 +4,10 @@ use std::io::Read;
 
 use bytes::Bytes;
 
-use crate::otlp::signal::OtlpSignal;
+use crate::otlp::{
+    budget::{self, BudgetError, DecodeLimits},
+    signal::OtlpSignal,
+};
 
 /// `Content-Encoding` values tally accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +53,21 @@ pub enum BodyError {
          and the body must be an Export{{Trace,Logs,Metrics}}ServiceRequest"
     )]
     JsonEmpty { field: &'static str },
+    /// Refused before decoding: too many items, too large decoded, or not
+    /// protobuf at all.
+    #[error("{0}")]
+    Budget(#[from] BudgetError),
+}
+
+impl BodyError {
+    /// Over a size limit (413 / RESOURCE_EXHAUSTED), as opposed to malformed.
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self,
+            BodyError::TooLarge { .. }
+                | BodyError::Budget(BudgetError::TooLarge { .. } | BudgetError::TooManyItems { .. })
+        )
+    }
 }
 
 /// Decompresses `body`, reading at most `limit` bytes of output, so a
@@ -89,14 +107,18 @@ pub fn compress(body: &[u8], encoding: Encoding) -> Option<Vec<u8>> {
     }
 }
 
-pub fn decode_protobuf<S: OtlpSignal>(body: &[u8]) -> Result<S::Request, BodyError> {
+/// Decodes protobuf, once [`budget`](super::budget) has found that it
+/// fits `limits`.
+pub fn decode_protobuf<S: OtlpSignal>(body: &[u8], limits: DecodeLimits) -> Result<S::Request, BodyError> {
+    budget::protobuf::check(body, S::ROOT, limits, S::NOUN)?;
     prost::Message::decode(body).map_err(|e| BodyError::Protobuf(e.to_string()))
 }
 
 /// Decodes OTLP/JSON, naming the path of the first bad field. A non-empty
 /// object without the signal's top-level field is refused: it is almost
 /// always snake_case keys, which would otherwise decode to nothing.
-pub fn decode_json<S: OtlpSignal>(body: &[u8]) -> Result<S::Request, BodyError> {
+pub fn decode_json<S: OtlpSignal>(body: &[u8], limits: DecodeLimits) -> Result<S::Request, BodyError> {
+    budget::json::check(body, S::ROOT, limits, S::NOUN)?;
     let de = &mut serde_json::Deserializer::from_slice(body);
     let req: S::Request = serde_path_to_error::deserialize(de).map_err(|e| BodyError::Json {
         path: match e.path().to_string() {
@@ -156,7 +178,7 @@ mod tests {
             "spanId":"eee19b7ec3c1b174","name":"GET /","kind":2,"startTimeUnixNano":"1544712660000000000",
             "endTimeUnixNano":1544712661000000000,"attributes":[{"key":"n","value":{"intValue":"42"}}],
             "status":{"code":2}}]}]}]}"#;
-        let req = decode_json::<Traces>(body).unwrap();
+        let req = decode_json::<Traces>(body, DecodeLimits::NONE).unwrap();
         let span = &req.resource_spans[0].scope_spans[0].spans[0];
         assert_eq!(span.trace_id.len(), 16);
         assert_eq!(span.kind, 2);
@@ -167,25 +189,29 @@ mod tests {
     #[test]
     fn json_errors_name_the_field() {
         let body = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz","spanId":"eee19b7ec3c1b174"}]}]}]}"#;
-        let err = decode_json::<Traces>(body).unwrap_err().to_string();
+        let err = decode_json::<Traces>(body, DecodeLimits::NONE).unwrap_err().to_string();
         assert!(err.contains("resourceSpans[0].scopeSpans[0].spans[0].traceId"), "{err}");
-        let err = decode_json::<Traces>(b"{not json").unwrap_err().to_string();
+        let err = decode_json::<Traces>(b"{not json", DecodeLimits::NONE).unwrap_err().to_string();
         assert!(err.starts_with("invalid OTLP/JSON"), "{err}");
     }
 
     #[test]
     fn snake_case_json_is_refused_not_silently_empty() {
-        let err = decode_json::<Logs>(br#"{"resource_logs":[{"scope_logs":[]}]}"#).unwrap_err();
+        let err = decode_json::<Logs>(br#"{"resource_logs":[{"scope_logs":[]}]}"#, DecodeLimits::NONE).unwrap_err();
         assert!(err.to_string().contains("`resourceLogs`"), "{err}");
-        assert!(decode_json::<Logs>(b" { } ").unwrap().resource_logs.is_empty());
-        assert!(decode_json::<Logs>(br#"{"resourceLogs":[]}"#).is_ok());
+        assert!(decode_json::<Logs>(b" { } ", DecodeLimits::NONE).unwrap().resource_logs.is_empty());
+        assert!(decode_json::<Logs>(br#"{"resourceLogs":[]}"#, DecodeLimits::NONE).is_ok());
     }
 
     #[test]
     fn truncated_protobuf_is_an_error() {
-        let req = decode_json::<Traces>(br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"name":"x"}]}]}]}"#).unwrap();
+        let req = decode_json::<Traces>(
+            br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"name":"x"}]}]}]}"#,
+            DecodeLimits::NONE,
+        )
+        .unwrap();
         let bytes = prost::Message::encode_to_vec(&req);
-        assert!(decode_protobuf::<Traces>(&bytes[..bytes.len() - 2]).is_err());
-        assert_eq!(decode_protobuf::<Traces>(&bytes).unwrap(), req);
+        assert!(decode_protobuf::<Traces>(&bytes[..bytes.len() - 2], DecodeLimits::NONE).is_err());
+        assert_eq!(decode_protobuf::<Traces>(&bytes, DecodeLimits::NONE).unwrap(), req);
     }
 }

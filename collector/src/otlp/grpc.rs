@@ -11,7 +11,7 @@ use std::{
     marker::PhantomData,
     sync::Arc,
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use bytes::{Buf, BufMut, Bytes};
@@ -32,12 +32,24 @@ use crate::{
     },
 };
 
-/// Builds the gRPC routes for the three OTLP services.
-pub fn grpc_routes(ingest: Arc<Ingest>, max_request_bytes: usize) -> Routes {
-    Routes::new(OtlpGrpc::<Traces>::new(ingest.clone(), max_request_bytes))
-        .add_service(OtlpGrpc::<Logs>::new(ingest.clone(), max_request_bytes))
-        .add_service(OtlpGrpc::<Metrics>::new(ingest, max_request_bytes))
+/// Builds the gRPC routes for the three OTLP services. A request must be
+/// received and handled within `request_timeout`.
+pub fn grpc_routes(ingest: Arc<Ingest>, max_request_bytes: usize, request_timeout: Duration) -> Routes {
+    let limits = Limits { max_request_bytes, request_timeout };
+    Routes::new(OtlpGrpc::<Traces>::new(ingest.clone(), limits))
+        .add_service(OtlpGrpc::<Logs>::new(ingest.clone(), limits))
+        .add_service(OtlpGrpc::<Metrics>::new(ingest, limits))
 }
+
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_request_bytes: usize,
+    request_timeout: Duration,
+}
+
+/// The caller, authenticated before the request was admitted.
+#[derive(Clone)]
+struct Authenticated(Option<tally_core::Principal>);
 
 /// A message as bytes on the wire.
 pub struct RawMessage(pub Bytes);
@@ -113,19 +125,70 @@ impl<E: Wire, D: Wire> Decoder for WireCodec<E, D> {
 /// One OTLP `Export` service.
 struct OtlpGrpc<S> {
     ingest: Arc<Ingest>,
-    max_request_bytes: usize,
+    limits: Limits,
     _signal: PhantomData<fn() -> S>,
 }
 
 impl<S> Clone for OtlpGrpc<S> {
     fn clone(&self) -> Self {
-        OtlpGrpc { ingest: self.ingest.clone(), max_request_bytes: self.max_request_bytes, _signal: PhantomData }
+        OtlpGrpc { ingest: self.ingest.clone(), limits: self.limits, _signal: PhantomData }
     }
 }
 
 impl<S: OtlpSignal> OtlpGrpc<S> {
-    fn new(ingest: Arc<Ingest>, max_request_bytes: usize) -> Self {
-        OtlpGrpc { ingest, max_request_bytes, _signal: PhantomData }
+    fn new(ingest: Arc<Ingest>, limits: Limits) -> Self {
+        OtlpGrpc { ingest, limits, _signal: PhantomData }
+    }
+
+    /// Authenticates, admits, then lets tonic read the message and call
+    /// [`UnaryService::call`].
+    async fn handle<B>(self, mut req: http::Request<B>) -> http::Response<Body>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
+        // Authenticated before admitted: a request without a valid key never
+        // holds one of the slots the others need.
+        let authorization = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let principal = match self.ingest.authenticate(authorization).await {
+            Ok(p) => p,
+            Err(e) => {
+                count_refused_request::<S>(reason::UNAUTHENTICATED);
+                return e.grpc_status().into_http();
+            }
+        };
+        let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
+        let caller = crate::caller_key(principal.as_ref(), peer);
+        // Admitted before the message is read, held until answered.
+        let _admitted = match self.ingest.admit(&caller).await {
+            Ok(admission) => admission,
+            Err(e) => {
+                count_refused_request::<S>(e.reason());
+                return e.grpc_status(self.ingest.retry_after()).into_http();
+            }
+        };
+        req.extensions_mut().insert(Authenticated(principal));
+        let mut grpc = tonic::server::Grpc::new(WireCodec::<Proto<S::Response>, RawMessage>::default())
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd)
+            .send_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Zstd)
+            .max_decoding_message_size(self.limits.max_request_bytes);
+        let mut res = grpc.unary(self, req).await;
+        // Statuses tonic itself answers before the handler runs, mapped
+        // to what OTLP clients expect (the handler never answers these):
+        // a length prefix over the limit is OUT_OF_RANGE and a message
+        // inflating past it RESOURCE_EXHAUSTED → RESOURCE_EXHAUSTED; a
+        // corrupt compressed frame is INTERNAL → INVALID_ARGUMENT.
+        let status = res.headers().get("grpc-status").and_then(|v| v.to_str().ok());
+        let (code, why) = match status {
+            Some("11") | Some("8") => ("8", reason::TOO_LARGE),
+            Some("13") => ("3", reason::MALFORMED),
+            _ => return res,
+        };
+        res.headers_mut().insert("grpc-status", http::HeaderValue::from_static(code));
+        count_refused_request::<S>(why);
+        res
     }
 }
 
@@ -153,36 +216,18 @@ where
             return Box::pin(async { Ok(Status::unimplemented("unknown method").into_http()) });
         }
         let this = self.clone();
+        let timeout = self.limits.request_timeout;
         Box::pin(async move {
-            // Admitted before the message is read, held until answered.
-            let _admitted = match this.ingest.admit().await {
-                Ok(permit) => permit,
-                Err(e) => {
-                    count_refused_request::<S>(e.reason());
-                    return Ok(e.grpc_status(this.ingest.retry_after()).into_http());
+            // One deadline for receiving and handling the request: a slow
+            // or stalled sender is cut off and its slot freed.
+            match tokio::time::timeout(timeout, this.handle(req)).await {
+                Ok(res) => Ok(res),
+                Err(_) => {
+                    count_refused_request::<S>(reason::TIMEOUT);
+                    let msg = format!("request not received and handled within otlp.request_timeout ({timeout:?})");
+                    Ok(Status::deadline_exceeded(msg).into_http())
                 }
-            };
-            let mut grpc = tonic::server::Grpc::new(WireCodec::<Proto<S::Response>, RawMessage>::default())
-                .accept_compressed(CompressionEncoding::Gzip)
-                .accept_compressed(CompressionEncoding::Zstd)
-                .send_compressed(CompressionEncoding::Gzip)
-                .send_compressed(CompressionEncoding::Zstd)
-                .max_decoding_message_size(this.max_request_bytes);
-            let mut res = grpc.unary(this, req).await;
-            // Statuses tonic itself answers before the handler runs, mapped
-            // to what OTLP clients expect (the handler never answers these):
-            // a length prefix over the limit is OUT_OF_RANGE and a message
-            // inflating past it RESOURCE_EXHAUSTED → RESOURCE_EXHAUSTED; a
-            // corrupt compressed frame is INTERNAL → INVALID_ARGUMENT.
-            let status = res.headers().get("grpc-status").and_then(|v| v.to_str().ok());
-            let (code, why) = match status {
-                Some("11") | Some("8") => ("8", reason::TOO_LARGE),
-                Some("13") => ("3", reason::MALFORMED),
-                _ => return Ok(res),
-            };
-            res.headers_mut().insert("grpc-status", http::HeaderValue::from_static(code));
-            count_refused_request::<S>(why);
-            Ok(res)
+            }
         })
     }
 }
@@ -195,12 +240,8 @@ impl<S: OtlpSignal> UnaryService<RawMessage> for OtlpGrpc<S> {
         let ingest = self.ingest.clone();
         Box::pin(async move {
             let start = Instant::now();
-            let authorization = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
             let retry_after = ingest.retry_after();
-            let principal = ingest.authenticate(authorization).await.map_err(|e| {
-                count_refused_request::<S>(reason::UNAUTHENTICATED);
-                e.grpc_status()
-            })?;
+            let principal = request.extensions().get::<Authenticated>().and_then(|a| a.0.clone());
             let ctx = RequestContext {
                 principal,
                 header_tenant: ingest
@@ -212,9 +253,14 @@ impl<S: OtlpSignal> UnaryService<RawMessage> for OtlpGrpc<S> {
             let body = request.into_inner().0;
             metrics::counter!(metric_names::RECEIVED_BYTES, "signal" => S::SIGNAL.as_str(), "transport" => "grpc")
                 .increment(body.len() as u64);
-            let req = decode_protobuf::<S>(&body).map_err(|e| {
-                count_refused_request::<S>(reason::MALFORMED);
-                Status::invalid_argument(e.to_string())
+            let req = decode_protobuf::<S>(&body, ingest.decode_limits()).map_err(|e| {
+                if e.is_too_large() {
+                    count_refused_request::<S>(reason::TOO_LARGE);
+                    Status::resource_exhausted(e.to_string())
+                } else {
+                    count_refused_request::<S>(reason::MALFORMED);
+                    Status::invalid_argument(e.to_string())
+                }
             })?;
             let result = ingest.export::<S>(req, body.len(), &ctx, Transport::Grpc).await;
             metrics::histogram!(metric_names::REQUEST_DURATION, "signal" => S::SIGNAL.as_str(), "transport" => "grpc")

@@ -96,7 +96,7 @@ impl From<IngestError> for Refusal {
 impl From<BodyError> for Refusal {
     fn from(e: BodyError) -> Refusal {
         let (status, why) = match e {
-            BodyError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, reason::TOO_LARGE),
+            _ if e.is_too_large() => (StatusCode::PAYLOAD_TOO_LARGE, reason::TOO_LARGE),
             BodyError::JsonEmpty { .. } => (StatusCode::BAD_REQUEST, reason::EMPTY),
             _ => (StatusCode::BAD_REQUEST, reason::MALFORMED),
         };
@@ -104,7 +104,13 @@ impl From<BodyError> for Refusal {
     }
 }
 
-async fn export<S: OtlpSignal>(State(st): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
+async fn export<S: OtlpSignal>(
+    State(st): State<Arc<HttpState>>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let peer = peer.map(|axum::Extension(c)| c.0);
     let start = Instant::now();
     let format = match media_type(&headers).map(|m| m.to_ascii_lowercase()).as_deref() {
         Some("application/x-protobuf") | Some("application/protobuf") => Format::Protobuf,
@@ -122,7 +128,7 @@ async fn export<S: OtlpSignal>(State(st): State<Arc<HttpState>>, headers: Header
             );
         }
     };
-    let response = match handle::<S>(&st, &headers, body, format).await {
+    let response = match handle::<S>(&st, &headers, body, format, peer).await {
         Ok(response) => response,
         Err(refusal) => refuse::<S>(&st, format, refusal),
     };
@@ -136,6 +142,7 @@ async fn handle<S: OtlpSignal>(
     headers: &HeaderMap,
     body: Body,
     format: Format,
+    peer: Option<std::net::SocketAddr>,
 ) -> Result<Response, Refusal> {
     let encoding_header = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
     let encoding = Encoding::parse(encoding_header).ok_or_else(|| {
@@ -150,8 +157,8 @@ async fn handle<S: OtlpSignal>(
         _ => st.max_compressed_request_bytes,
     };
     let principal = st.ingest.authenticate(crate::auth::authorization(headers)).await?;
-    // Admitted before the body is read, held until answered.
-    let _admitted = st.ingest.admit().await?;
+    // Admitted before the body is read (and after authentication), held until answered.
+    let _admitted = st.ingest.admit(&crate::caller_key(principal.as_ref(), peer)).await?;
     let body =
         tokio::time::timeout(st.request_timeout, read_body(body, headers, wire_limit)).await.map_err(|_| {
             Refusal::new(
@@ -164,8 +171,8 @@ async fn handle<S: OtlpSignal>(
     metrics::counter!(metric_names::RECEIVED_BYTES, "signal" => S::SIGNAL.as_str(), "transport" => "http")
         .increment(body.len() as u64);
     let req = match format {
-        Format::Protobuf => decode_protobuf::<S>(&body)?,
-        Format::Json => decode_json::<S>(&body)?,
+        Format::Protobuf => decode_protobuf::<S>(&body, st.ingest.decode_limits())?,
+        Format::Json => decode_json::<S>(&body, st.ingest.decode_limits())?,
     };
     let ctx = RequestContext {
         principal,

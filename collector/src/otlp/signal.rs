@@ -17,7 +17,10 @@ use tally_core::{
     },
 };
 
-use crate::otlp_usage::{OtlpMeters, UsageOut};
+use crate::{
+    otlp::budget::Msg,
+    otlp_usage::{OtlpMeters, UsageOut},
+};
 
 /// Why one item was refused; also the `reason` label in `/metrics`.
 pub type Reason = &'static str;
@@ -43,6 +46,8 @@ pub trait OtlpSignal: Send + Sync + 'static {
     const JSON_FIELD: &'static str;
     /// Plural noun for messages ("spans", "log records", "data points").
     const NOUN: &'static str;
+    /// The request's message type, for the decode budget.
+    const ROOT: Msg;
 
     fn into_resources(req: Self::Request) -> Vec<Self::Resource>;
     fn resource_attributes(res: &Self::Resource) -> &[KeyValue];
@@ -122,6 +127,7 @@ impl OtlpSignal for Traces {
     const GRPC_PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
     const JSON_FIELD: &'static str = "resourceSpans";
     const NOUN: &'static str = "spans";
+    const ROOT: Msg = Msg::TraceRequest;
 
     fn into_resources(req: Self::Request) -> Vec<ResourceSpans> {
         req.resource_spans
@@ -186,6 +192,7 @@ impl OtlpSignal for Logs {
     const GRPC_PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
     const JSON_FIELD: &'static str = "resourceLogs";
     const NOUN: &'static str = "log records";
+    const ROOT: Msg = Msg::LogsRequest;
 
     fn into_resources(req: Self::Request) -> Vec<ResourceLogs> {
         req.resource_logs
@@ -299,6 +306,7 @@ impl OtlpSignal for Metrics {
     const GRPC_PATH: &'static str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
     const JSON_FIELD: &'static str = "resourceMetrics";
     const NOUN: &'static str = "data points";
+    const ROOT: Msg = Msg::MetricsRequest;
 
     fn into_resources(req: Self::Request) -> Vec<ResourceMetrics> {
         req.resource_metrics
