@@ -2,18 +2,14 @@
 //! tenant-scoped like the other queries; an admin may leave out the tenant
 //! to see all.
 
-use axum::{
-    Extension, Json, Router,
-    extract::{Query, State},
-    routing::get,
-};
+use axum::{Extension, Json, Router, extract::State, routing::get};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tally_collector::Caller;
 use tally_core::alert::AlertState;
 use tally_store::Store;
 
-use crate::api::{ApiError, check_read, check_read_all, parse_tenant, rfc3339};
+use crate::api::{ApiError, Query, check_read, check_read_all, parse_tenant, rfc3339};
 
 pub fn router(store: Store) -> Router {
     Router::new().route("/v1/alerts", get(alerts)).with_state(store)

@@ -7,8 +7,8 @@ use std::sync::{
 
 use axum::{
     Extension, Json, Router,
-    extract::{Query, State},
-    http::{StatusCode, header},
+    extract::{FromRequestParts, State},
+    http::{StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -48,7 +48,8 @@ pub fn check_read(caller: &Caller, tenant: &TenantId) -> Result<(), ApiError> {
     }
 }
 
-/// Refuses reads across all tenants to anything but admin keys.
+/// Refuses reads across all tenants to anything but admin keys (where the
+/// query may name a tenant instead: `?tenant=…`).
 pub fn check_read_all(caller: &Caller) -> Result<(), ApiError> {
     match &caller.0 {
         Some(p) if *p != Principal::Admin => {
@@ -61,6 +62,47 @@ pub fn check_read_all(caller: &Caller) -> Result<(), ApiError> {
 /// The `tenant` query parameter, checked.
 pub fn parse_tenant(s: &str) -> Result<TenantId, ApiError> {
     TenantId::parse(s).map_err(|e| ApiError::bad_request(format!("tenant: {e}")))
+}
+
+/// Longest text query parameter (service, operation, metric names).
+pub const MAX_TEXT_PARAM: usize = 1024;
+
+/// A text query parameter the database can compare: no NUL (PostgreSQL
+/// refuses it in text), at most [`MAX_TEXT_PARAM`] bytes.
+pub fn check_text<'a>(field: &str, s: &'a str) -> Result<&'a str, ApiError> {
+    if s.contains('\0') {
+        return Err(ApiError::bad_request(format!("{field}: must not contain NUL (%00) characters")));
+    }
+    if s.len() > MAX_TEXT_PARAM {
+        return Err(ApiError::bad_request(format!("{field}: longer than {MAX_TEXT_PARAM} bytes")));
+    }
+    Ok(s)
+}
+
+/// A billing period `YYYY-MM` (exactly: no sign, no extra digits), as its
+/// first day.
+pub fn parse_period(p: &str) -> Result<chrono::NaiveDate, ApiError> {
+    let bad = || ApiError::bad_request(format!("period: {p:?} is not YYYY-MM"));
+    let b = p.as_bytes();
+    if b.len() != 7 || b[4] != b'-' || !b.iter().enumerate().all(|(i, c)| i == 4 || c.is_ascii_digit()) {
+        return Err(bad());
+    }
+    chrono::NaiveDate::parse_from_str(&format!("{p}-01"), "%Y-%m-%d").map_err(|_| bad())
+}
+
+/// axum's `Query`, refusing a bad query string in the API's JSON error
+/// shape (axum's own answer is plain text).
+pub struct Query<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(q)) => Ok(Query(q)),
+            Err(e) => Err(ApiError::bad_request(format!("query string: {}", e.body_text()))),
+        }
+    }
 }
 
 /// An RFC 3339 query parameter as Unix milliseconds; `field` names it in errors.
@@ -174,7 +216,14 @@ async fn tenants(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_read_all(&caller)?;
+    if let Some(p) = caller.0.as_ref().filter(|p| **p != Principal::Admin) {
+        let own =
+            p.pinned_tenant().map_or(String::new(), |t| format!("; GET /v1/tenants/{t} reads this key's own tenant"));
+        return Err(ApiError::forbidden(format!(
+            "listing every tenant needs an admin key, not a {} key{own}",
+            p.kind()
+        )));
+    }
     let rows = st.store.tenants().await.map_err(ApiError::internal)?;
     let tenants: Vec<_> = rows
         .into_iter()

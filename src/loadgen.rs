@@ -104,6 +104,11 @@ pub struct LoadgenArgs {
     /// Distinct pre-built requests cycled through.
     #[arg(long, default_value_t = 64)]
     pub distinct_requests: usize,
+    /// How often the pre-built requests are built again with current
+    /// timestamps, so a run longer than a rollup window plus its lateness
+    /// measures steady state rather than the late-data path.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub restamp: Duration,
     /// Extra request header (gRPC metadata), `name=value`; repeatable.
     #[arg(long = "header", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
@@ -180,25 +185,55 @@ async fn run_signal<S: OtlpSignal>(
     args: LoadgenArgs,
     build: fn(&LoadgenArgs, &mut Generator, usize) -> S::Request,
 ) -> anyhow::Result<()> {
-    let mut generator = Generator::new(&args);
-    let payloads: Arc<Vec<Bytes>> = Arc::new(
-        (0..args.distinct_requests.max(1))
-            .map(|i| {
-                let bytes = prost::Message::encode_to_vec(&build(&args, &mut generator, i));
-                match (args.protocol, args.compression) {
-                    (Protocol::Http, Compression::Gzip) => {
-                        otlp::compress(&bytes, otlp::Encoding::Gzip).unwrap_or_default().into()
-                    }
-                    _ => bytes.into(),
-                }
-            })
-            .collect(),
-    );
+    let payloads = Arc::new(std::sync::RwLock::new(Arc::new(encode_payloads::<S>(&args, build))));
+    let restamp = spawn_restamp::<S>(args.clone(), payloads.clone(), build);
     let mut targets = Vec::new();
     for _ in 0..args.concurrency {
         targets.push(OtlpTarget { sender: Sender::<S>::connect(&args).await?, payloads: payloads.clone() });
     }
-    drive(args, targets).await
+    let result = drive(args, targets).await;
+    restamp.abort();
+    result
+}
+
+type Payloads = Arc<std::sync::RwLock<Arc<Vec<Bytes>>>>;
+
+/// Builds `payloads` again with current timestamps every `--restamp`, off
+/// the async workers (the same seed: the same series and ids, new times).
+fn spawn_restamp<S: OtlpSignal>(
+    args: LoadgenArgs,
+    payloads: Payloads,
+    build: fn(&LoadgenArgs, &mut Generator, usize) -> S::Request,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(args.restamp).await;
+            let a = args.clone();
+            let Ok(fresh) = tokio::task::spawn_blocking(move || encode_payloads::<S>(&a, build)).await else {
+                return;
+            };
+            *payloads.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+        }
+    })
+}
+
+/// The pre-built requests, stamped with the current time.
+fn encode_payloads<S: OtlpSignal>(
+    args: &LoadgenArgs,
+    build: fn(&LoadgenArgs, &mut Generator, usize) -> S::Request,
+) -> Vec<Bytes> {
+    let mut generator = Generator::new(args);
+    (0..args.distinct_requests.max(1))
+        .map(|i| {
+            let bytes = prost::Message::encode_to_vec(&build(args, &mut generator, i));
+            match (args.protocol, args.compression) {
+                (Protocol::Http, Compression::Gzip) => {
+                    otlp::compress(&bytes, otlp::Encoding::Gzip).unwrap_or_default().into()
+                }
+                _ => bytes.into(),
+            }
+        })
+        .collect()
 }
 
 /// One worker's way of sending request number `i`: `Ok(items rejected)` or
@@ -209,12 +244,14 @@ trait Target: Send + 'static {
 
 struct OtlpTarget<S> {
     sender: Sender<S>,
-    payloads: Arc<Vec<Bytes>>,
+    /// Swapped for freshly stamped ones every `--restamp`.
+    payloads: Payloads,
 }
 
 impl<S: OtlpSignal> Target for OtlpTarget<S> {
     async fn send(&mut self, i: usize) -> Result<u64, String> {
-        let body = self.payloads[i % self.payloads.len()].clone();
+        let payloads = self.payloads.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let body = payloads[i % payloads.len()].clone();
         self.sender.send(body).await.map(|rejected| rejected.max(0) as u64)
     }
 }
@@ -446,6 +483,8 @@ impl<S: OtlpSignal> Sender<S> {
                     if e.is_connect() { "http_connect".to_owned() } else { "http_transport".to_owned() }
                 })?;
                 let status = resp.status();
+                // tally's own answer to the load it is sent: small.
+                #[allow(clippy::disallowed_methods)]
                 let bytes = resp.bytes().await.map_err(|_| "http_transport".to_owned())?;
                 if !status.is_success() {
                     return Err(format!("http_{}", status.as_u16()));
@@ -688,5 +727,37 @@ fn build_metrics(args: &LoadgenArgs, g: &mut Generator, i: usize) -> ExportMetri
             }],
             schema_url: String::new(),
         }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: LoadgenArgs,
+    }
+
+    /// Runs longer than a window plus its lateness send current times, not
+    /// the times of the start.
+    #[tokio::test]
+    async fn requests_are_restamped() {
+        let args = Cli::parse_from(["loadgen", "--restamp", "50ms", "--distinct-requests", "2"]).args;
+        let first_start = |p: &Payloads| {
+            let body = p.read().unwrap()[0].clone();
+            let req: <Traces as OtlpSignal>::Request = prost::Message::decode(body).unwrap();
+            req.resource_spans[0].scope_spans[0].spans[0].start_time_unix_nano
+        };
+        let payloads: Payloads =
+            Arc::new(std::sync::RwLock::new(Arc::new(encode_payloads::<Traces>(&args, build_traces))));
+        let before = first_start(&payloads);
+        let task = spawn_restamp::<Traces>(args, payloads.clone(), build_traces);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        task.abort();
+        assert!(first_start(&payloads) > before, "not restamped");
     }
 }

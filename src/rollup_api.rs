@@ -16,11 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::{
-    Extension, Json, Router,
-    extract::{Query, State},
-    routing::get,
-};
+use axum::{Extension, Json, Router, extract::State, routing::get};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tally_collector::Caller;
@@ -30,7 +26,7 @@ use tally_core::{
 };
 use tally_store::{RollupFilter, Store};
 
-use crate::api::{ApiError, check_read, parse_tenant, parse_time, rfc3339};
+use crate::api::{ApiError, Query, check_read, parse_tenant, parse_time, rfc3339};
 
 /// Most steps one query may ask for.
 const MAX_STEPS: i64 = 11_000;
@@ -79,9 +75,16 @@ struct Range {
 }
 
 impl Range {
-    fn parse(q: &RangeQuery, caller: &Caller, st: &RollupState) -> Result<Range, ApiError> {
+    /// `stepped`: the answer has a point per step, so the number of steps
+    /// is bounded; without steps (a ranking over the range) any range goes.
+    fn parse(q: &RangeQuery, caller: &Caller, st: &RollupState, stepped: bool) -> Result<Range, ApiError> {
         let tenant = parse_tenant(&q.tenant)?;
         check_read(caller, &tenant)?;
+        for (field, v) in [("service", &q.service), ("operation", &q.operation), ("name", &q.name)] {
+            if let Some(v) = v {
+                crate::api::check_text(field, v)?;
+            }
+        }
         let to_ms = match &q.to {
             Some(t) => parse_time("to", t)?,
             None => tally_core::now_ms(),
@@ -112,7 +115,7 @@ impl Range {
         } else {
             step_ms
         };
-        if (to_ms - from_ms) / step_ms > MAX_STEPS {
+        if stepped && (to_ms - from_ms) / step_ms > MAX_STEPS {
             return Err(ApiError::bad_request(format!("step: the range holds more than {MAX_STEPS} steps")));
         }
         Ok(Range { tenant, from_ms, to_ms, step_ms })
@@ -196,7 +199,7 @@ async fn slo(
     Extension(caller): Extension<Caller>,
     Query(q): Query<RangeQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let r = Range::parse(&q, &caller, &st)?;
+    let r = Range::parse(&q, &caller, &st, true)?;
     // A tenant's or service's SLO reads its pre-aggregated entry-span series;
     // an operation's, that operation's series of every span kind.
     let rows = match q.operation.as_deref() {
@@ -234,7 +237,7 @@ async fn top(
     Extension(caller): Extension<Caller>,
     Query(q): Query<RangeQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let r = Range::parse(&q, &caller, &st)?;
+    let r = Range::parse(&q, &caller, &st, false)?;
     let by = q.by.as_deref().unwrap_or("p95");
     let rank: fn(&RollupValues) -> f64 = match by {
         "p95" => |v| v.hist.as_ref().and_then(|h| h.value_at_quantile(0.95)).unwrap_or(0) as f64,
@@ -288,7 +291,7 @@ async fn metric_series(
     kind: RollupKind,
     point: fn(&RollupValues) -> Map<String, Value>,
 ) -> Result<Json<Value>, ApiError> {
-    let r = Range::parse(q, caller, st)?;
+    let r = Range::parse(q, caller, st, true)?;
     let name = name_param(q)?;
     let rows = r.read(&st.store, kind, q.service.as_deref(), Some(name), None).await?;
     let series: Vec<Value> = r
@@ -347,7 +350,7 @@ async fn log_counts(
     Extension(caller): Extension<Caller>,
     Query(q): Query<RangeQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let r = Range::parse(&q, &caller, &st)?;
+    let r = Range::parse(&q, &caller, &st, true)?;
     let rows = r.read(&st.store, RollupKind::Log, q.service.as_deref(), None, None).await?;
     let mut total: BTreeMap<Box<str>, u64> = BTreeMap::new();
     let mut steps: BTreeMap<i64, BTreeMap<Box<str>, u64>> = BTreeMap::new();

@@ -7,11 +7,7 @@ use std::{
     sync::Arc,
 };
 
-use axum::{
-    Extension, Json, Router,
-    extract::{Query, State},
-    routing::get,
-};
+use axum::{Extension, Json, Router, extract::State, routing::get};
 use chrono::{Datelike, NaiveDate, TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -20,7 +16,7 @@ use tally_store::{HourlyUsage, Store};
 
 use tally_collector::Caller;
 
-use crate::api::{ApiError, check_read, parse_tenant as tenant, parse_time as time, rfc3339};
+use crate::api::{ApiError, Query, check_read, parse_tenant as tenant, parse_time as time, rfc3339};
 
 #[derive(Clone)]
 pub struct UsageState {
@@ -37,6 +33,8 @@ pub fn router(state: UsageState) -> Router {
 enum Window {
     Hour,
     Day,
+    /// ISO weeks: Monday 00:00 UTC.
+    Week,
     Month,
 }
 
@@ -46,6 +44,10 @@ impl Window {
         let start = match self {
             Window::Hour => return hour_ms,
             Window::Day => t.date_naive(),
+            Window::Week => {
+                let day = t.date_naive();
+                day - chrono::Days::new(u64::from(day.weekday().num_days_from_monday()))
+            }
             Window::Month => NaiveDate::from_ymd_opt(t.year(), t.month(), 1).unwrap_or_default(),
         };
         start.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc().timestamp_millis()
@@ -192,8 +194,7 @@ async fn summary(
     let tenant = tenant(&q.tenant)?;
     check_read(&caller, &tenant)?;
     let start = match q.period.as_deref() {
-        Some(p) => NaiveDate::parse_from_str(&format!("{p}-01"), "%Y-%m-%d")
-            .map_err(|_| ApiError::bad_request(format!("period: {p:?} is not YYYY-MM")))?,
+        Some(p) => crate::api::parse_period(p)?,
         None => {
             let now_ms = tally_core::now_ms();
             let now = Utc.timestamp_millis_opt(now_ms).single().unwrap_or_default();

@@ -55,9 +55,9 @@ pub struct RollupConfig {
     /// How often the leader downsamples and expires rollups.
     #[serde(with = "humantime_serde")]
     pub maintenance_interval: Duration,
-    /// Rows the writer holds at most before the oldest are dropped (counted
-    /// in `tally_rollup_dropped_rows_total`). Rows are handed over a chunk
-    /// at a time, so only the shutdown flush (every open window) gets near.
+    /// Open rows written at shutdown at most; beyond, the rest are dropped
+    /// (counted in `tally_rollup_dropped_rows_total`). While running, rows
+    /// go to the writer a chunk at a time through a bounded queue.
     pub max_pending_rows: usize,
 }
 

@@ -466,7 +466,7 @@ mod tests {
     /// no longer matches: it is time to remove it (see `legacy`).
     #[test]
     fn legacy_ids_match_what_the_previous_version_stored() {
-        let stream = golden_stream(|ctx, attrs| legacy::stream_id(ctx, attrs));
+        let stream = golden_stream(legacy::stream_id);
         let (resource, rec) = golden_log();
         assert_eq!(stream, "81a1e2edab64dbcffa40725872d8cb9ab4e09cf954dfa1ebe1e9222874236c9e");
         assert_eq!(legacy::log_id(&resource, &rec), "1ba8d6d97224dbf6fbaee86aaa979982");

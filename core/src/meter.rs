@@ -285,7 +285,7 @@ mod tests {
             json!({"name": "llm_tokens", "aggregation": "sum", "event_type": "llm.completion", "value": "$.tokens"}),
         )
         .unwrap();
-        assert!(validate_meters(&[ok.clone()]).is_ok());
+        assert!(validate_meters(std::slice::from_ref(&ok)).is_ok());
         assert!(validate_meters(&[ok.clone(), ok.clone()]).unwrap_err().contains("twice"));
         let no_value = meter(json!({"name": "t", "aggregation": "sum", "event_type": "x"})).unwrap();
         assert!(no_value.validate().unwrap_err().contains("meters.t.value"));

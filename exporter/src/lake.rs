@@ -181,7 +181,9 @@ pub struct Uploader {
 }
 
 /// The spool's complete files, oldest name first (names sort by creation
-/// within a writer), skipping the open-files folder.
+/// within a writer), skipping the open-files folder. Blocking: call it at
+/// start or through `spawn_blocking`.
+#[allow(clippy::disallowed_methods)]
 pub fn spooled_files(spool: &Path, open_dir: &str) -> Vec<(PathBuf, u64)> {
     fn walk(dir: &Path, open: &Path, out: &mut Vec<(PathBuf, u64)>) {
         let Ok(entries) = std::fs::read_dir(dir) else { return };
@@ -223,7 +225,7 @@ impl Uploader {
             let wait = if backoff.is_zero() { Duration::from_millis(500) } else { backoff };
             tokio::select! {
                 _ = stop.cancelled() => {
-                    let left = spooled_files(&self.spool, OPEN_DIR).len();
+                    let left = self.scan().await.len();
                     if left > 0 {
                         tracing::warn!(files = left, spool = %self.spool.display(), "lake files not uploaded before exit; they are uploaded after restart");
                     }
@@ -238,7 +240,7 @@ impl Uploader {
     /// Uploads every complete file in the spool, oldest first; stops at the
     /// first failure. Returns how many files it found.
     pub async fn pass(&self) -> Result<usize, String> {
-        let files = spooled_files(&self.spool, OPEN_DIR);
+        let files = self.scan().await;
         let n = files.len();
         // The count of spooled bytes is re-read from the disk each pass, so a
         // file removed behind its back cannot leave it (and the back-pressure
@@ -254,7 +256,7 @@ impl Uploader {
             }
             .map_err(|e| format!("{rel}: {e}"))?;
             self.upload(&path, &location).await.map_err(|e| format!("{rel}: {e}"))?;
-            if let Err(e) = std::fs::remove_file(&path) {
+            if let Err(e) = tokio::fs::remove_file(&path).await {
                 return Err(format!("{rel}: uploaded, but cannot remove it from the spool: {e}"));
             }
             self.spooled.fetch_sub(size.min(self.spooled.load(Ordering::Relaxed)), Ordering::Relaxed);
@@ -262,6 +264,13 @@ impl Uploader {
             metrics::counter!(metric_names::LAKE_BYTES_UPLOADED).increment(size);
         }
         Ok(n)
+    }
+
+    /// The spool's complete files, walked off the async runtime (a spool
+    /// can hold thousands of files).
+    async fn scan(&self) -> Vec<(PathBuf, u64)> {
+        let spool = self.spool.clone();
+        tokio::task::spawn_blocking(move || spooled_files(&spool, OPEN_DIR)).await.unwrap_or_default()
     }
 
     async fn upload(&self, path: &Path, location: &ObjectPath) -> Result<(), String> {

@@ -251,6 +251,8 @@ fn env_provider(figment: &Figment) -> anyhow::Result<(Env, Vec<String>)> {
 }
 
 #[cfg(test)]
+// figment's Jail closures return its (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

@@ -469,7 +469,7 @@ async fn bench_alert_round_1000_tenants() {
             for i in 0..50u64 {
                 span.add_span(
                     1000 + (i * 37 + t as u64 * 11) % 3_000_000,
-                    (i + t as u64) % 40 == 0 || t % 10 == 0 && i % 5 == 0,
+                    (i + t as u64).is_multiple_of(40) || t % 10 == 0 && i % 5 == 0,
                 );
             }
             let mut gauge = RollupValues::default();

@@ -139,6 +139,9 @@ async fn keys_scope_writes_and_reads() {
     assert_eq!(get(&s, Some(&admin), &format!("/v1/usage?tenant=globex&{range}")).await, 200);
     assert_eq!(get(&s, Some(&admin), "/v1/ingest/counts").await, 200);
     assert_eq!(get(&s, Some(&acme), "/v1/tenants").await, 403);
+    let why: Value =
+        s.http.get(s.api_url("/v1/tenants")).bearer_auth(&acme).send().await.unwrap().json().await.unwrap();
+    assert!(why["error"].as_str().unwrap().contains("needs an admin key"), "{why}");
     let tenants: Value = s.get_json("/v1/tenants", Some(&admin)).await;
     let ids: Vec<&str> = tenants["tenants"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["acme"], "created on first usage"); // globex's first usage comes below

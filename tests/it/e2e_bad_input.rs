@@ -200,3 +200,40 @@ async fn grpc_bad_input_gets_otlp_status_codes() {
     assert_eq!(s.wait_counts("g", (7, 0, 0)).await, (7, 0, 0));
     s.stop().await;
 }
+
+/// Query parameters the database could not compare, malformed query
+/// strings, and a few more: a 400 (or 403) in the API's JSON shape, naming
+/// the parameter — on PostgreSQL, where NUL used to be a 500.
+#[tokio::test]
+async fn api_parameters_are_checked_and_answered_in_json() {
+    let s = TestServer::start(Db::Postgres, "").await;
+    let get = |path: String| {
+        let s = &s;
+        async move {
+            let resp = s.http.get(s.api_url(&path)).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body: serde_json::Value = resp.json().await.unwrap();
+            (status, body["error"].as_str().unwrap_or_default().to_owned())
+        }
+    };
+    for (path, field) in [
+        ("/v1/slo?tenant=acme&service=%00", "service"),
+        ("/v1/slo?tenant=acme&operation=a%00b", "operation"),
+        ("/v1/gauges?tenant=acme&name=%00", "name"),
+        ("/v1/histograms?tenant=acme&name=q%00", "name"),
+        ("/v1/logs/counts?tenant=acme&service=%00", "service"),
+    ] {
+        let (status, error) = get(path.to_owned()).await;
+        assert_eq!(status, 400, "{path}: {error}");
+        assert!(error.starts_with(&format!("{field}: must not contain NUL")), "{path}: {error}");
+    }
+    let (status, error) = get("/v1/slo/top?tenant=acme&limit=lots".into()).await;
+    assert_eq!(status, 400);
+    assert!(error.starts_with("query string:") && error.contains("limit"), "{error}");
+    let (status, error) = get("/v1/usage/summary?tenant=acme&period=%2B2026-11".into()).await;
+    assert_eq!((status, error.as_str()), (400, "period: \"+2026-11\" is not YYYY-MM"));
+    // A ranking has no steps: any range it can read is fine.
+    let (status, error) = get("/v1/slo/top?tenant=acme&from=2020-01-01T00:00:00Z".into()).await;
+    assert_eq!(status, 200, "{error}");
+    s.stop().await;
+}

@@ -297,7 +297,7 @@ fn three_hours(tenant: &TenantId, t0: i64) -> (Vec<RollupRow>, Histogram, u64, u
             rng ^= rng >> 7;
             rng ^= rng << 17;
             let us = rng % 3_000_000 + 1;
-            let failed = rng % 13 == 0;
+            let failed = rng.is_multiple_of(13);
             v.add_span(us, failed);
             all.record(us);
             count += 1;
@@ -441,7 +441,7 @@ async fn bench_slo_query_24h() {
                         let z: f64 =
                             (0..12).map(|k| ((rng.rotate_left(k * 5) & 0xffff) as f64) / 65_536.0).sum::<f64>() - 6.0;
                         let us = (40_000.0 * (z * (800f64 / 40.0).ln() / 2.326).exp()) as u64;
-                        v.add_span(us, rng % 100 == 0);
+                        v.add_span(us, rng.is_multiple_of(100));
                     }
                     let key = SeriesKey {
                         tenant: tenant.clone(),

@@ -158,3 +158,33 @@ async fn numbers_compare_by_value_on_sqlite() {
 async fn numbers_compare_by_value_on_postgres() {
     numbers_compare_by_value(Db::Postgres).await;
 }
+
+/// `window=week`: ISO weeks, starting Monday 00:00 UTC.
+#[tokio::test]
+async fn weekly_windows_start_on_monday() {
+    let s = TestServer::start(Db::Sqlite, METERS).await;
+    let at = |id: &str, time: &str| {
+        json!({"specversion": "1.0", "id": id, "source": "gw", "type": "llm.completion", "subject": "acme",
+               "time": time, "data": {"tokens": 10}})
+    };
+    let batch = json!([
+        at("sun", "2026-11-22T23:59:00Z"),
+        at("mon", "2026-11-23T00:00:00Z"),
+        at("wed", "2026-11-25T12:00:00Z"),
+    ]);
+    assert_eq!(post(&s, &batch).await.1["accepted"], 3);
+    let v = s
+        .get_json(
+            "/v1/usage?tenant=acme&meter=llm_tokens&from=2026-11-01T00:00:00Z&to=2026-12-01T00:00:00Z&window=week",
+            None,
+        )
+        .await;
+    let points: Vec<(String, f64)> = v["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["start"].as_str().unwrap().to_owned(), p["value"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(points, [("2026-11-16T00:00:00Z".to_owned(), 10.0), ("2026-11-23T00:00:00Z".to_owned(), 20.0)]);
+    s.stop().await;
+}

@@ -2,6 +2,10 @@
 //! real PostgreSQL on 127.0.0.1:5432 (`TEST_PG_URL`), SQLite files in temp
 //! dirs, and real OpenTelemetry SDK clients (installed by `scripts/test-deps`).
 
+// Test code: unwrapping states what is expected, and the bodies read whole
+// are tally's own small answers.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
 mod support;
 
 mod e2e_alerts;

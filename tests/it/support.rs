@@ -101,10 +101,10 @@ impl TestDb {
     }
 
     pub async fn drop_db(&self) {
-        if let Some(name) = &self.pg_name {
-            if let Ok(mut conn) = PgConnection::connect(&pg_admin_url()).await {
-                let _ = conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await;
-            }
+        if let Some(name) = &self.pg_name
+            && let Ok(mut conn) = PgConnection::connect(&pg_admin_url()).await
+        {
+            let _ = conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await;
         }
     }
 }

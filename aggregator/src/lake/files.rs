@@ -11,6 +11,10 @@
 //! encoded early, as a smaller row group. Many busy tenants thus mean
 //! smaller row groups, not more memory.
 
+// Runs on the lake writer's own thread (see `lake::start_writer`), where
+// blocking file calls are what it is for.
+#![allow(clippy::disallowed_methods)]
+
 use std::{
     collections::HashMap,
     fs::File,

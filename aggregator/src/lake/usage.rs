@@ -82,7 +82,7 @@ impl UsageExport {
             if !self.store.advance_lake_usage_watermark(from, to).await.map_err(|e| e.to_string())? {
                 // Another replica exported this range meanwhile.
                 for (path, size) in files {
-                    if std::fs::remove_file(path).is_ok() {
+                    if tokio::fs::remove_file(path).await.is_ok() {
                         self.spooled.fetch_sub(size, std::sync::atomic::Ordering::Relaxed);
                     }
                 }

@@ -6,3 +6,4 @@ pub mod extract;
 pub mod maintenance;
 pub mod stage;
 pub mod windows;
+mod writer;

@@ -1,18 +1,19 @@
 //! The rollup stage: consumes the collector's queue into windows, hands
-//! closed windows to a writer task (so a slow database does not stall the
-//! queue), and on shutdown writes every open window.
+//! closed windows to the [writer](super::writer) a chunk at a time (so a
+//! slow database does not stall the queue), and on shutdown writes every
+//! open window.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant, UNIX_EPOCH},
+    time::{Duration, UNIX_EPOCH},
 };
 
 use tally_core::{Payload, QueuedRequest, Signal, TelemetryBatch, TenantId, metric_names, now_ms, rollup::RollupRow};
-use tally_store::{IngestCount, RollupTable, Store};
+use tally_store::{IngestCount, Store};
 use tokio::{
     sync::{Notify, mpsc},
     time::{Interval, MissedTickBehavior},
@@ -21,6 +22,7 @@ use tokio::{
 use super::{
     extract::{self, AttributeFilter, Observed, TimeRange},
     windows::{Limits, Windows},
+    writer::{Flush, Writer},
 };
 use crate::RollupConfig;
 
@@ -35,15 +37,6 @@ fn ms(d: Duration) -> i64 {
     d.as_millis().min(i64::MAX as u128) as i64
 }
 
-/// One flush: closed windows' rows and the ingest counts since the last.
-struct Flush {
-    rows: Vec<RollupRow>,
-    counts: Vec<IngestCount>,
-    at_ms: i64,
-    /// Had rows when sent: the stage waits for these before a partial chunk.
-    with_rows: bool,
-}
-
 pub struct RollupStage {
     store: Store,
     config: RollupConfig,
@@ -54,11 +47,9 @@ pub struct RollupStage {
     /// The lake writer, passed each request once rolled up.
     lake: Option<mpsc::Sender<QueuedRequest>>,
     /// Flushes with rows handed to the writer, and (its side) those it is
-    /// done with: the next chunk of a partial flush waits while they differ.
+    /// done with: the next chunk waits while they differ.
     sent: u64,
     done: Arc<AtomicU64>,
-    /// Signalled by the writer each time it is done with a flush.
-    written: Arc<Notify>,
     /// A partial flush is under way (more chunks to take).
     partial_due: bool,
     /// Not taking requests: closed windows wait for the writer.
@@ -123,7 +114,6 @@ impl RollupStage {
             lake: None,
             sent: 0,
             done: Arc::new(AtomicU64::new(0)),
-            written: Arc::new(Notify::new()),
             partial_due: false,
             paused: false,
         }
@@ -149,15 +139,10 @@ impl RollupStage {
     /// up: the stage stops taking requests until it has caught up, the queue
     /// fills and the receivers push back (429 / RESOURCE_EXHAUSTED).
     pub async fn run(mut self, mut rx: mpsc::Receiver<QueuedRequest>) {
-        let (tx, writes) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(write_loop(
-            self.store.clone(),
-            writes,
-            self.config.max_pending_rows,
-            self.done.clone(),
-            self.written.clone(),
-        ));
-        let mut timers = Timers::new(self.flush_interval, self.config.partial_flush_interval, self.written.clone());
+        let writer = Writer::spawn(self.store.clone());
+        let tx = writer.tx;
+        self.done = writer.done;
+        let mut timers = Timers::new(self.flush_interval, self.config.partial_flush_interval, writer.written);
         metrics::gauge!(metric_names::ROLLUP_BACKPRESSURE).set(0.0);
         loop {
             let paused = self.behind() && !rx.is_closed();
@@ -186,17 +171,31 @@ impl RollupStage {
         }
         // The lake writer finishes its files once this sender is gone.
         self.lake = None;
-        let rows = self.windows.take_all();
-        self.send(&tx, rows, now_ms());
+        // Every open window, a chunk at a time (the writer's queue is bounded).
+        let mut rows = self.windows.take_all();
+        if rows.len() > self.config.max_pending_rows {
+            let dropped = rows.len() - self.config.max_pending_rows;
+            metrics::counter!(metric_names::ROLLUP_DROPPED_ROWS).increment(dropped as u64);
+            tracing::error!(rows = dropped, "more open rollup rows than rollups.max_pending_rows at exit; dropped");
+            rows.truncate(self.config.max_pending_rows);
+        }
+        let mut counts = self.take_counts();
+        let now = now_ms();
+        while !rows.is_empty() || !counts.is_empty() {
+            let chunk: Vec<RollupRow> = rows.drain(..rows.len().min(CHUNK_ROWS)).collect();
+            if tx.send(Flush { rows: chunk, counts: std::mem::take(&mut counts), at_ms: now }).await.is_err() {
+                break;
+            }
+        }
         drop(tx);
-        if writer.await.is_err() {
+        if writer.task.await.is_err() {
             tracing::error!("rollup writer panicked");
         }
     }
 
     /// Hands a rolled-up request to the lake writer; windows keep being
     /// written while the lake holds back (its spool is full).
-    async fn pass_to_lake(&mut self, request: QueuedRequest, timers: &mut Timers, tx: &mpsc::UnboundedSender<Flush>) {
+    async fn pass_to_lake(&mut self, request: QueuedRequest, timers: &mut Timers, tx: &mpsc::Sender<Flush>) {
         let Some(lake) = self.lake.clone() else { return };
         loop {
             tokio::select! {
@@ -215,7 +214,7 @@ impl RollupStage {
         }
     }
 
-    fn on(&mut self, due: Due, tx: &mpsc::UnboundedSender<Flush>) {
+    fn on(&mut self, due: Due, tx: &mpsc::Sender<Flush>) {
         match due {
             Due::Partial => {
                 if self.partial_due {
@@ -223,9 +222,9 @@ impl RollupStage {
                 }
                 self.partial_due = true;
             }
-            Due::Tick => self.send_counts(tx),
-            Due::Written => {}
+            Due::Tick | Due::Written => {}
         }
+        // Counts go with the next chunk, or alone on a tick.
         self.next_chunk(tx);
     }
 
@@ -247,10 +246,12 @@ impl RollupStage {
     /// The next chunk of rows, once the writer is done with the last:
     /// closed windows first, then the partial flush under way, if any.
     /// Meanwhile the windows keep gathering, and rows wait there, merged.
-    fn next_chunk(&mut self, tx: &mpsc::UnboundedSender<Flush>) {
+    fn next_chunk(&mut self, tx: &mpsc::Sender<Flush>) {
         if self.done.load(Ordering::Relaxed) < self.sent {
             return;
         }
+        // Rows are taken only with a place in the writer's queue for them.
+        let Ok(slot) = tx.try_reserve() else { return };
         let now = now_ms();
         let (before, opened_by) = self.closed_bounds(now);
         let mut rows = self.windows.take_before(before, opened_by, CHUNK_ROWS);
@@ -258,25 +259,20 @@ impl RollupStage {
             rows = self.windows.take_partial(CHUNK_ROWS);
             self.partial_due = rows.len() == CHUNK_ROWS;
         }
-        self.send(tx, rows, now);
-    }
-
-    fn send_counts(&mut self, tx: &mpsc::UnboundedSender<Flush>) {
-        self.send(tx, Vec::new(), now_ms());
-    }
-
-    fn send(&mut self, tx: &mpsc::UnboundedSender<Flush>, rows: Vec<RollupRow>, at_ms: i64) {
         metrics::gauge!(metric_names::ROLLUP_OPEN_SERIES).set(self.windows.series() as f64);
-        let counts: Vec<IngestCount> =
-            self.counts.drain().map(|((tenant, signal), items)| IngestCount { tenant, signal, items }).collect();
+        let counts = self.take_counts();
         if rows.is_empty() && counts.is_empty() {
             return;
         }
-        // The writer only stops after this sender is dropped.
-        let with_rows = !rows.is_empty();
-        if tx.send(Flush { rows, counts, at_ms, with_rows }).is_ok() && with_rows {
+        if !rows.is_empty() {
             self.sent += 1;
         }
+        slot.send(Flush { rows, counts, at_ms: now });
+    }
+
+    /// The ingest counts since the last flush.
+    fn take_counts(&mut self) -> Vec<IngestCount> {
+        self.counts.drain().map(|((tenant, signal), items)| IngestCount { tenant, signal, items }).collect()
     }
 
     fn add(&mut self, batches: &[TelemetryBatch]) {
@@ -309,142 +305,4 @@ fn refused(signal: Signal, seen: Observed) {
             metrics::counter!(metric_names::ROLLUP_REFUSED, "signal" => signal.as_str(), "reason" => why).increment(n);
         }
     }
-}
-
-/// Writes flushes in order; while the database fails, keeps them (up to
-/// `max_pending_rows` rows, dropping the oldest beyond) and retries with
-/// backoff. After the stage has gone, a few last attempts.
-async fn write_loop(
-    store: Store,
-    mut rx: mpsc::UnboundedReceiver<Flush>,
-    max_pending_rows: usize,
-    done: Arc<AtomicU64>,
-    written: Arc<Notify>,
-) {
-    let mut pending: VecDeque<Flush> = VecDeque::new();
-    let mut backoff = Duration::ZERO;
-    let mut closed = false;
-    let mut final_attempts = 0;
-    loop {
-        if pending.is_empty() {
-            match rx.recv().await {
-                Some(f) => pending.push_back(f),
-                None => return,
-            }
-        }
-        loop {
-            match rx.try_recv() {
-                Ok(f) => pending.push_back(f),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    closed = true;
-                    break;
-                }
-            }
-        }
-        shed(&mut pending, max_pending_rows);
-        let Some(front) = pending.front_mut() else { continue };
-        match write(&store, front).await {
-            Ok(()) => {
-                if pending.pop_front().is_some_and(|f| f.with_rows) {
-                    done.fetch_add(1, Ordering::Relaxed);
-                    written.notify_one();
-                }
-                backoff = Duration::ZERO;
-            }
-            Err(e) if !e.is_retriable() => {
-                // Something in this flush the database refuses (it would be
-                // refused forever): write it row by row and drop only what fails.
-                metrics::counter!(metric_names::FLUSH_ERRORS).increment(1);
-                tracing::error!(error = %e, "rollup flush refused by the database; isolating the bad rows");
-                if let Some(mut f) = pending.pop_front() {
-                    write_isolated(&store, &mut f).await;
-                    if f.with_rows {
-                        done.fetch_add(1, Ordering::Relaxed);
-                        written.notify_one();
-                    }
-                }
-            }
-            Err(e) => {
-                metrics::counter!(metric_names::FLUSH_ERRORS).increment(1);
-                tracing::warn!(error = %e, pending = pending.len(), "writing rollups failed; will retry");
-                if closed {
-                    final_attempts += 1;
-                    if final_attempts >= 5 {
-                        let rows: usize = pending.iter().map(|f| f.rows.len()).sum();
-                        metrics::counter!(metric_names::ROLLUP_DROPPED_ROWS).increment(rows as u64);
-                        tracing::error!(rows, "rollups could not be written before exit");
-                        return;
-                    }
-                }
-                backoff = (backoff * 2).clamp(Duration::from_millis(200), Duration::from_secs(30));
-                // Keep receiving while waiting, so the channel cannot grow unseen.
-                let wait = tokio::time::sleep(backoff);
-                tokio::pin!(wait);
-                while !closed {
-                    tokio::select! {
-                        _ = &mut wait => break,
-                        f = rx.recv() => match f {
-                            Some(f) => pending.push_back(f),
-                            None => closed = true,
-                        },
-                    }
-                }
-                if closed {
-                    wait.await;
-                }
-            }
-        }
-    }
-}
-
-/// Writes a flush one row at a time, dropping (and counting) the rows the
-/// database refuses; a row failing for a passing reason is dropped too
-/// rather than stalling everyone behind it.
-async fn write_isolated(store: &Store, f: &mut Flush) {
-    if !f.counts.is_empty()
-        && let Err(e) = store.add_ingest_counts(&f.counts, f.at_ms).await
-    {
-        tracing::error!(error = %e, "ingest counts dropped");
-    }
-    for row in std::mem::take(&mut f.rows) {
-        if let Err(e) = store.write_rollups(RollupTable::Windows, std::slice::from_ref(&row)).await {
-            metrics::counter!(metric_names::ROLLUP_DROPPED_ROWS).increment(1);
-            tracing::error!(error = %e, series = ?row.key, start_ms = row.start_ms, "rollup row dropped");
-        } else {
-            metrics::counter!(metric_names::ROLLUP_ROWS_WRITTEN).increment(1);
-        }
-    }
-}
-
-/// Drops the oldest rows beyond `max_rows` (ingest counts are kept: small).
-fn shed(pending: &mut VecDeque<Flush>, max_rows: usize) {
-    let mut total: usize = pending.iter().map(|f| f.rows.len()).sum();
-    for f in pending.iter_mut() {
-        if total <= max_rows {
-            break;
-        }
-        let n = f.rows.len().min(total - max_rows);
-        f.rows.drain(..n);
-        total -= n;
-        metrics::counter!(metric_names::ROLLUP_DROPPED_ROWS).increment(n as u64);
-        tracing::error!(rows = n, "database unreachable for long: dropped the oldest rollup rows");
-    }
-}
-
-/// Counts first, then rollups; what was written is cleared, so a retry
-/// after a partial failure writes nothing twice.
-async fn write(store: &Store, f: &mut Flush) -> tally_store::Result<()> {
-    if !f.counts.is_empty() {
-        store.add_ingest_counts(&f.counts, f.at_ms).await?;
-        f.counts.clear();
-    }
-    if !f.rows.is_empty() {
-        let started = Instant::now();
-        store.write_rollups(RollupTable::Windows, &f.rows).await?;
-        metrics::histogram!(metric_names::ROLLUP_FLUSH_DURATION).record(started.elapsed().as_secs_f64());
-        metrics::counter!(metric_names::ROLLUP_ROWS_WRITTEN).increment(f.rows.len() as u64);
-        f.rows.clear();
-    }
-    Ok(())
 }

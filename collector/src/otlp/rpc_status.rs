@@ -87,7 +87,7 @@ mod tests {
     #[test]
     fn details_are_what_the_reference_protos_encode() {
         let status = resource_exhausted("full".into(), Duration::from_millis(2500));
-        assert_eq!(&status.details()[..], REFERENCE);
+        assert_eq!(status.details(), REFERENCE);
     }
 
     #[test]

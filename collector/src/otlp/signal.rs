@@ -279,7 +279,10 @@ fn partition_metric<K: PartialEq>(
                 .into_iter()
                 .map(|(k, data_points)| {
                     let n = data_points.len() as u64;
-                    (k, shell(Data::$v(v1::$v { data_points, ..$m.clone() })), n)
+                    // Gauge and Summary have no other field to copy.
+                    #[allow(clippy::needless_update)]
+                    let data = v1::$v { data_points, ..$m.clone() };
+                    (k, shell(Data::$v(data)), n)
                 })
                 .collect()
         }};

@@ -85,7 +85,7 @@ impl ReceiverConfig {
     /// Checks the entry and reads its secrets from `env` (`None`: checks
     /// everything but the secrets, which are left unset); the error names
     /// the receiver and the field.
-    pub fn check(&self, env: Option<&dyn Fn(&str) -> Option<String>>) -> Result<Receiver, String> {
+    pub fn check(&self, env: Option<crate::lake::EnvLookup<'_>>) -> Result<Receiver, String> {
         let at = format!("receivers[{}]", self.name);
         if self.name.is_empty() {
             return Err("receivers: every receiver needs a name".into());
@@ -150,7 +150,7 @@ impl ReceiverConfig {
 /// Checks every receiver (names unique); `env` as in [`ReceiverConfig::check`].
 pub fn check_receivers(
     receivers: &[ReceiverConfig],
-    env: Option<&dyn Fn(&str) -> Option<String>>,
+    env: Option<crate::lake::EnvLookup<'_>>,
 ) -> Result<Vec<Receiver>, String> {
     let mut out: Vec<Receiver> = Vec::new();
     for r in receivers {
