@@ -10,6 +10,14 @@ epoch-ms column is `col >= $__unixEpochFrom()::bigint*1000 AND col <
 $__unixEpochTo()::bigint*1000`; rollups read from all three rollup tables;
 time buckets `(x / step) * step AS "time"`; time series end with ORDER BY 1
 (1, 2 for long ones); every panel has a min interval.
+
+Those rules are for the PostgreSQL dashboards. The Prometheus one
+(tally-self.json) has a `prom` datasource variable and every query on
+{"type": "prometheus", "uid": "${prom}"}; rate windows are
+`[$__rate_interval]` (or `[$__range]`), never a fixed duration; no panel min
+interval (the datasource's scrape interval applies). Its PromQL itself is
+checked by promql_check.py. Every dashboard's default datasource uid is one
+that provisioning/datasources/tally.yaml provisions.
 """
 
 import glob
@@ -21,6 +29,12 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 DASHBOARDS = sorted(glob.glob(os.path.join(HERE, "..", "grafana", "dashboards", "*.json")))
 DS = {"type": "grafana-postgresql-datasource", "uid": "${ds}"}
+PROM = {"type": "prometheus", "uid": "${prom}"}
+PROVISIONING = os.path.join(HERE, "..", "grafana", "provisioning", "datasources", "tally.yaml")
+
+
+def ds_variable(d, query):
+    return [v for v in d["templating"]["list"] if v["type"] == "datasource" and v.get("query") == query]
 CANONICAL = re.compile(r"(\w+) >= \$__unixEpochFrom\(\)::bigint\*1000 AND \1 < \$__unixEpochTo\(\)::bigint\*1000")
 
 
@@ -46,14 +60,19 @@ def queries(d):
 class TestDashboards(unittest.TestCase):
     def setUp(self):
         self.assertTrue(DASHBOARDS, "no dashboards found")
-        self.dash = {}
+        self.all = {}
         for path in DASHBOARDS:
             with open(path, encoding="utf-8") as f:
-                self.dash[os.path.basename(path)] = json.load(f)
+                self.all[os.path.basename(path)] = json.load(f)
+        # the PostgreSQL dashboards (the SQL rules below) and the Prometheus ones
+        self.dash = {n: d for n, d in self.all.items() if ds_variable(d, "grafana-postgresql-datasource")}
+        self.prom = {n: d for n, d in self.all.items() if ds_variable(d, "prometheus")}
+        self.assertEqual(set(self.dash) | set(self.prom), set(self.all), "a dashboard with neither a PostgreSQL nor a Prometheus ds variable")
+        self.assertIn("tally-self.json", self.prom)
 
     def test_model(self):
         uids = set()
-        for name, d in self.dash.items():
+        for name, d in self.all.items():
             with self.subTest(name):
                 self.assertEqual(d["schemaVersion"], 41)
                 self.assertNotIn("id", d)
@@ -125,6 +144,37 @@ class TestDashboards(unittest.TestCase):
                         self.assertRegex(sql, r"\((\w+) / (\$__interval_ms|step_ms)\) \* \2 AS \"time\"")
                         long = bool(re.search(r"AS metric\b", sql))
                         self.assertTrue(sql.rstrip().endswith("ORDER BY 1, 2" if long else "ORDER BY 1"), sql[-40:])
+
+    def test_default_datasources_are_provisioned(self):
+        with open(PROVISIONING, encoding="utf-8") as f:
+            provisioned = set(re.findall(r"^\s*uid:\s*(\S+)\s*$", f.read(), re.M))
+        self.assertEqual(provisioned, {"tally-pg", "tally-prom"})
+        for name, d in self.all.items():
+            for v in d["templating"]["list"]:
+                if v["type"] == "datasource":
+                    with self.subTest(f"{name} ${v['name']}"):
+                        self.assertIn(v["current"]["value"], provisioned)
+
+    def test_prometheus_dashboards(self):
+        for name, d in self.prom.items():
+            with self.subTest(name):
+                self.assertEqual([v["name"] for v in ds_variable(d, "prometheus")], ["prom"])
+                for v in d["templating"]["list"]:
+                    if v["type"] == "query":
+                        self.assertEqual(v["datasource"], PROM, v["name"])
+                for p in panels(d):
+                    if p["type"] == "row":
+                        continue
+                    self.assertEqual(p["datasource"], PROM, p["title"])
+                    self.assertNotIn("interval", p, f"{p['title']}: Prometheus panels take the scrape interval")
+                    refs = [t["refId"] for t in p["targets"]]
+                    self.assertEqual(len(refs), len(set(refs)), p["title"])
+                    for t in p["targets"]:
+                        self.assertEqual(t["datasource"], PROM, p["title"])
+                        self.assertTrue(t.get("expr", "").strip(), p["title"])
+                        self.assertNotIn("rawSql", t)
+                        for w in re.findall(r"\[([^\]]*)\]", t["expr"]):
+                            self.assertIn(w, ("$__rate_interval", "$__range"), f"{p['title']}: fixed range [{w}]")
 
     def test_slo_thresholds(self):
         # seed SLO thresholds are drawn: error rate 1 %/5 %, p95 2 s/5 s, queue 50/200

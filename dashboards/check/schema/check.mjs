@@ -27,6 +27,11 @@
 //      format, rawQuery, editorMode, datasource, hide) — the schema's
 //      AnnotationQuery.target is a bare DataQuery and rejects rawSql/format,
 //      Panel.targets accepts anything; SqlTarget is stricter for panels.
+//      Targets of panels on a Prometheus datasource are typed as PromTarget:
+//      @grafana/schema 12 no longer ships the Prometheus query type, so
+//      PromTarget restates Grafana's PrometheusDataQuery kind (expr,
+//      legendFormat, instant, range, exemplar, format, interval,
+//      intervalFactor, editorMode, plus DataQuery's refId/datasource/hide).
 // Nothing else is relaxed: no `any`, no casts.
 
 import { spawnSync } from 'node:child_process';
@@ -111,12 +116,28 @@ type SqlTarget = {
   hide?: boolean;
 };
 
-type TypedPanel<O, F> = Json<Omit<Panel<O, F>, 'options' | 'fieldConfig' | 'targets'>> & {
+// Allowance 3 (Prometheus): Grafana's PrometheusDataQuery kind.
+type PromTarget = {
+  refId: string;
+  datasource?: Json<DataSourceRef>;
+  expr: string;
+  legendFormat?: string;
+  instant?: boolean;
+  range?: boolean;
+  exemplar?: boolean;
+  format?: 'time_series' | 'table' | 'heatmap';
+  interval?: string;
+  intervalFactor?: number;
+  editorMode?: 'code' | 'builder';
+  hide?: boolean;
+};
+
+type TypedPanel<O, F, T = SqlTarget> = Json<Omit<Panel<O, F>, 'options' | 'fieldConfig' | 'targets'>> & {
   options?: Json<O>;
   fieldConfig?: Json<FieldConfigSource<F>>;
-  targets?: SqlTarget[];
+  targets?: T[];
 };
-type AnyPanel = Json<Omit<Panel, 'targets'>> & { targets?: SqlTarget[] };
+type AnyPanel<T = SqlTarget> = Json<Omit<Panel, 'targets'>> & { targets?: T[] };
 type Row = Json<Omit<RowPanel, 'panels'>> & { panels: unknown[] };
 // Allowance 2: query variables' \`definition\`.
 type Variable = Json<VariableModel> & { definition?: string };
@@ -132,6 +153,11 @@ function collectPanels(panels, out = []) {
     if (p.type === 'row') collectPanels(p.panels, out);
   }
   return out;
+}
+
+// Prometheus panels: PromTarget; every other panel: SqlTarget.
+function targetType(p) {
+  return p.datasource?.type === 'prometheus' ? 'PromTarget' : 'SqlTarget';
 }
 
 function literal(v) {
@@ -160,9 +186,9 @@ function generate(file, index) {
       add(label, `export const panel_${i}: Row = ${literal(p)};`);
       // rows' nested panels are checked as panels of their own (above/below)
     } else if (typed[p.type]) {
-      add(label, `export const panel_${i}: TypedPanel<${typed[p.type].options}, ${typed[p.type].field}> = ${literal(p)};`);
+      add(label, `export const panel_${i}: TypedPanel<${typed[p.type].options}, ${typed[p.type].field}, ${targetType(p)}> = ${literal(p)};`);
     } else {
-      add(label, `export const panel_${i}: AnyPanel = ${literal(p)};`);
+      add(label, `export const panel_${i}: AnyPanel<${targetType(p)}> = ${literal(p)};`);
     }
   });
   (templating?.list ?? []).forEach((v, i) => add(`variable $${v.name}`, `export const variable_${i}: Variable = ${literal(v)};`));
