@@ -139,3 +139,21 @@ async fn without_keys_serve_refuses_non_loopback_addresses() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no API keys exist") && err.contains("auth.open"), "{err}");
 }
+
+/// A webhook URL carrying a token is printed redacted by check-config
+/// (and logged redacted: the same Debug and redaction are used there).
+#[tokio::test]
+async fn check_config_redacts_urls() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tally.toml");
+    std::fs::write(
+        &file,
+        "[[receivers]]\nname = \"oncall\"\ntype = \"webhook\"\nurl = \"https://user:pw@hooks.example.com/in?token=s3cr3tT0ken\"\n",
+    )
+    .unwrap();
+    let out = tally().args(["check-config", "--config"]).arg(&file).output().await.unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(printed.contains("https://[redacted]@hooks.example.com/in?[redacted]"), "{printed}");
+    assert!(!printed.contains("s3cr3tT0ken") && !printed.contains("pw@"), "{printed}");
+}
