@@ -17,6 +17,8 @@ use tally_collector::Caller;
 use tally_core::{Principal, Signal, TenantId};
 use tally_store::Store;
 
+/// What the API's own handlers (probes, metrics, ingest counts, tenants)
+/// need; the other route groups carry states of their own.
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Store,

@@ -14,7 +14,7 @@ mod config;
 pub mod lake;
 pub mod rollup;
 
-pub use config::{PipelineConfig, RollupConfig};
+pub use config::RollupConfig;
 pub use rollup::{
     maintenance::{MaintenanceReport, maintain, run_maintenance},
     stage::RollupStage,

@@ -45,6 +45,21 @@ impl OtlpConfig {
     }
 }
 
+/// `[pipeline]`: the queue between the receivers and the downstream stages
+/// (sizes [`crate::Pipeline`]), and how often those stages write.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Requests the queue holds before receivers push back (429 / RESOURCE_EXHAUSTED).
+    pub queue_capacity: usize,
+    /// Request bytes (decompressed wire size) the queue may hold; bounds
+    /// tally's memory under load, decoded data taking a few times this.
+    pub max_queued_bytes: usize,
+    /// How often downstream state is written to the database.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+}
+
 /// `[tenancy]`: how the tenant of each resource or item is found.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -23,7 +23,7 @@ mod tenancy;
 
 pub use admission::{Admission, caller_key};
 pub use auth::{Authenticator, Caller};
-pub use config::{OtlpConfig, TenancyConfig};
+pub use config::{OtlpConfig, PipelineConfig, TenancyConfig};
 pub use ingest::{Accepted, Ingest, IngestError, RequestContext};
 pub use ledger::{LedgerError, UsageLedger};
 pub use pipeline::{Pipeline, PipelineReceiver};

@@ -14,11 +14,11 @@ use figment::{
 };
 use serde::Deserialize;
 use tally_aggregator::{
-    PipelineConfig, RollupConfig,
+    RollupConfig,
     alert::{AlertRuleConfig, AlertingConfig, Rule, RuleContext, compile_rules},
     lake::LakeConfig,
 };
-use tally_collector::{OtlpConfig, TenancyConfig, TenantResolver, events::EventsConfig};
+use tally_collector::{OtlpConfig, PipelineConfig, TenancyConfig, TenantResolver, events::EventsConfig};
 use tally_core::{MeterConfig, Secret, meter::validate_meters};
 use tally_exporter::alerts::{Receiver, ReceiverConfig, check_receivers};
 

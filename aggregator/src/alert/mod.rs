@@ -46,6 +46,10 @@ pub struct RoundReport {
     pub failed_rules: usize,
 }
 
+/// Evaluates the alert rules every `alerting.eval_interval` on one replica:
+/// reads the rollups and usage they watch, moves each instance through
+/// pending → firing → resolved, and commits the changes with the
+/// notifications they cause to the outbox in one transaction.
 pub struct AlertEngine {
     store: Store,
     rules: Vec<Rule>,

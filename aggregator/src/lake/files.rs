@@ -81,6 +81,8 @@ pub struct FileLimits {
     pub zstd_level: i32,
 }
 
+/// The lake writer's open Parquet files, one per (signal, tenant, hour),
+/// within one buffer budget; closed files are renamed into the spool.
 pub struct LakeFiles {
     spool: PathBuf,
     writer_id: String,

@@ -21,6 +21,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{FileKey, FileLimits, LakeFiles, schema::Rows};
 
+/// Exports the usage ledger to the lake's `usage/` files: every
+/// `usage_export_interval`, the records received since the watermark (less
+/// `usage_export_lag`, so transactions in flight have committed) are
+/// written as Parquet into the spool, and the watermark is moved by
+/// compare-and-set, so one replica exports each range.
 pub struct UsageExport {
     pub store: Store,
     pub spool: PathBuf,

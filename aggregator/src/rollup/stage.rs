@@ -37,6 +37,10 @@ fn ms(d: Duration) -> i64 {
     d.as_millis().min(i64::MAX as u128) as i64
 }
 
+/// The rollup stage: consumes the pipeline's requests into per-tenant
+/// windows and hands closed windows (and partial flushes) to its writer a
+/// chunk at a time; pushes back on ingestion when the database falls a
+/// window behind. Run it with [`RollupStage::run`].
 pub struct RollupStage {
     store: Store,
     config: RollupConfig,

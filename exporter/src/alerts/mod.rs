@@ -30,6 +30,9 @@ pub use receiver::{
 /// notifications, retries coming due).
 const POLL: Duration = Duration::from_secs(1);
 
+/// Delivers the alert outbox to the configured receivers (webhooks,
+/// PagerDuty), per receiver in order, with the retry schedule; see the
+/// module docs.
 pub struct Dispatcher {
     store: Store,
     receivers: Vec<(Receiver, reqwest::Client)>,
