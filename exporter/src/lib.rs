@@ -2,9 +2,10 @@
 //! ([`lake`]), and alert notifications ([`alerts`]) — the outbox written by
 //! the alert evaluator, delivered to webhooks (Alertmanager body, Standard
 //! Webhooks signature) and PagerDuty (Events API v2) with a retry schedule,
-//! in order per receiver. Stripe and Application Insights will get modules
-//! of their own.
+//! in order per receiver; Application Insights ([`appinsights`]: envelopes
+//! and the OTLP mapping so far). Stripe will get a module of its own.
 
 pub mod alerts;
+pub mod appinsights;
 pub mod body;
 pub mod lake;

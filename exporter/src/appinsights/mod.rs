@@ -1,0 +1,37 @@
+//! Application Insights: the pure half of the exporter — the connection
+//! string, the envelope model with its limits, the OTLP → envelope
+//! [`Mapper`] (tenant-aware, with cumulative-to-delta metrics), trace-id
+//! sampling, and the per-tenant usage metrics from the ledger. No I/O here:
+//! the HTTP client, batching, retries and spool sit on top.
+//!
+//! The mapping, its deliberate differences from Microsoft's exporter and
+//! example KQL are in this folder's README.md; `golden_tests.rs` checks the
+//! mapping field by field against a capture of Microsoft's exporter
+//! (tests/data/appinsights/).
+
+mod connection_string;
+pub mod envelope;
+mod logs;
+mod mapping;
+mod metrics;
+mod props;
+mod sampling;
+mod series;
+mod spans;
+mod usage;
+
+#[cfg(test)]
+mod golden_tests;
+#[cfg(test)]
+mod mapping_tests;
+
+pub use connection_string::{ConnectionString, DEFAULT_AAD_AUDIENCE, DEFAULT_INGESTION_ENDPOINT};
+pub use envelope::{Data, Envelope, EnvelopeTime, format_duration, truncate};
+pub use logs::LOG_BODY_PROPERTY;
+pub use mapping::{Mapper, MapperConfig, SDK_VERSION};
+pub use props::TENANT_PROPERTY;
+pub use sampling::{keep_trace, sampling_score};
+pub use usage::{
+    PERIOD_TOTAL_METRIC, PeriodTotal, USAGE_METRIC, USAGE_ROLE, UsageWindow, billing_period, period_total_envelope,
+    usage_envelope, window_id,
+};
