@@ -20,9 +20,6 @@ use tally_core::{
 
 use crate::{Result, Store, StoreError, on_pool, store::BeginWrite};
 
-/// Advisory lock key of the alert evaluation round ("tally.alerts").
-const ALERT_LOCK: i64 = 0x7461_6c6c_7961_6c72;
-
 const INSTANCE_COLUMNS: &str = "rule, group_key, tenant, fingerprint, state, severity, value, threshold, since_ms, \
      started_ms, warning_since_ms, critical_since_ms, warning_last_ms, critical_last_ms, last_notified_ms, updated_ms";
 
@@ -175,7 +172,7 @@ impl Store {
             let mut tx = pool.begin_write().await?;
             if matches!(self, Store::Postgres(_)) {
                 let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-                    .bind(ALERT_LOCK)
+                    .bind(crate::locks::ALERTS)
                     .fetch_one(&mut *tx)
                     .await?;
                 if !locked {

@@ -13,17 +13,21 @@ mod ingest;
 mod keys;
 mod lake;
 mod ledger;
+mod locks;
 mod rollups;
 mod schema;
 mod store;
+mod tenants;
+mod usage;
 
 pub use alerts::{Attempt, NewNotification, OutboxRow};
 pub use error::StoreError;
 pub use ingest::IngestCount;
 pub use keys::ApiKeyRow;
-pub use ledger::{HourlyUsage, TenantRow};
 pub use rollups::{KeyMatch, RecentFilter, RollupFilter, RollupTable};
 pub use schema::Column;
 pub use store::{Backend, Store};
+pub use tenants::TenantRow;
+pub use usage::HourlyUsage;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

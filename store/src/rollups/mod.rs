@@ -103,8 +103,6 @@ const COLUMNS_R: &str = "r.tenant, r.kind, r.service, r.name, r.detail, r.start_
 const KEY_ORDER: &str = "tenant, kind, service, name, detail, start_ms";
 /// Rows per page when downsampling, and per write when merging them on.
 const PAGE: i64 = 5000;
-/// Advisory lock key of the maintenance leader ("tally.rollups").
-const MAINTENANCE_LOCK: i64 = 0x7461_6c6c_7972_6f6c;
 
 /// Counts are BIGINT: a hostile sender's u64 counts saturate rather than wrap.
 fn db_count(n: u64) -> i64 {
@@ -331,37 +329,6 @@ impl Store {
         into: Option<(RollupTable, i64)>,
     ) -> Result<Option<u64>> {
         let chunk_end = chunk_start + from.chunk_ms();
-        // Pages are read by key order, so groups are complete when the key
-        // changes; the group straddling a page boundary is carried over.
-        macro_rules! downsample {
-            ($db:ident, $tx:expr, $source:expr) => {{
-                let mut read = 0u64;
-                if let Some((to, width_ms)) = into {
-                    let mut groups = Downsampler { width_ms, current: None };
-                    let mut out: Vec<RollupRow> = Vec::new();
-                    let mut after: Option<RollupRow> = None;
-                    loop {
-                        let page = $db::page($tx, &$source, chunk_start, chunk_end, after.as_ref()).await?;
-                        read += page.len() as u64;
-                        let last = page.last().cloned();
-                        for row in page {
-                            out.extend(groups.push(row));
-                        }
-                        if out.len() as i64 >= PAGE || last.is_none() {
-                            out.extend(if last.is_none() { groups.current.take() } else { None });
-                            let refs: Vec<&RollupRow> = out.iter().collect();
-                            $db::merge_rows($tx, to, &refs).await?;
-                            out.clear();
-                        }
-                        match last {
-                            Some(l) => after = Some(l),
-                            None => break,
-                        }
-                    }
-                }
-                read
-            }};
-        }
         match self {
             Store::Postgres(pool) => {
                 if let Some((to, _)) = into {
@@ -369,7 +336,7 @@ impl Store {
                 }
                 let mut tx = pool.begin_write().await?;
                 let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-                    .bind(MAINTENANCE_LOCK)
+                    .bind(crate::locks::MAINTENANCE)
                     .fetch_one(&mut *tx)
                     .await?;
                 if !locked {
@@ -391,14 +358,14 @@ impl Store {
                 sqlx::query(AssertSqlSafe(format!("LOCK TABLE {partition} IN SHARE ROW EXCLUSIVE MODE")))
                     .execute(&mut *tx)
                     .await?;
-                let read = downsample!(pg, &mut tx, partition);
+                let read = move_chunk(&mut *tx, &partition, chunk_start, chunk_end, into).await?;
                 sqlx::query(AssertSqlSafe(format!("DROP TABLE {partition}"))).execute(&mut *tx).await?;
                 tx.commit().await?;
                 Ok(Some(read))
             }
             Store::Sqlite(pool) => {
                 let mut tx = pool.begin_write().await?;
-                let read = downsample!(lite, &mut tx, from.name());
+                let read = move_chunk(&mut *tx, from.name(), chunk_start, chunk_end, into).await?;
                 sqlx::query(AssertSqlSafe(format!(
                     "DELETE FROM {} WHERE start_ms >= $1 AND start_ms < $2",
                     from.name()
@@ -410,6 +377,57 @@ impl Store {
                 tx.commit().await?;
                 Ok(Some(read))
             }
+        }
+    }
+}
+
+/// One dialect's reading and merging of rollup rows (see [`pg`], [`lite`]).
+trait RollupSql: Send {
+    /// Rows of `source` in `[start, end)` after the key of `after`, in key order.
+    fn page(
+        &mut self,
+        source: &str,
+        start: i64,
+        end: i64,
+        after: Option<&RollupRow>,
+    ) -> impl Future<Output = Result<Vec<RollupRow>>> + Send;
+    /// Inserts `rows` (sorted by key) into `table`, merging those whose
+    /// series and start already have a row.
+    fn merge_rows(&mut self, table: RollupTable, rows: &[&RollupRow]) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Moves `source`'s rows of `[start, end)` into `into` at its width
+/// (merged per series and step), or only counts them when `into` is None.
+/// Pages are read in key order, so a group is complete when the key
+/// changes; the group straddling a page boundary is carried over.
+async fn move_chunk<C: RollupSql>(
+    tx: &mut C,
+    source: &str,
+    start: i64,
+    end: i64,
+    into: Option<(RollupTable, i64)>,
+) -> Result<u64> {
+    let mut read = 0u64;
+    let Some((to, width_ms)) = into else { return Ok(read) };
+    let mut groups = Downsampler { width_ms, current: None };
+    let mut out: Vec<RollupRow> = Vec::new();
+    let mut after: Option<RollupRow> = None;
+    loop {
+        let page = tx.page(source, start, end, after.as_ref()).await?;
+        read += page.len() as u64;
+        let last = page.last().cloned();
+        for row in page {
+            out.extend(groups.push(row));
+        }
+        if out.len() as i64 >= PAGE || last.is_none() {
+            out.extend(if last.is_none() { groups.current.take() } else { None });
+            let refs: Vec<&RollupRow> = out.iter().collect();
+            tx.merge_rows(to, &refs).await?;
+            out.clear();
+        }
+        match last {
+            Some(l) => after = Some(l),
+            None => return Ok(read),
         }
     }
 }
@@ -451,118 +469,6 @@ macro_rules! page_fn {
     };
 }
 
-/// PostgreSQL: whole columns bound as arrays, one statement per step.
-mod pg {
-    use sqlx::PgPool;
-
-    use super::*;
-
-    /// Creates the partitions covering `starts` that do not exist yet,
-    /// under an advisory lock so replicas do not race on the DDL.
-    pub async fn ensure_partitions(pool: &PgPool, table: RollupTable, starts: impl Iterator<Item = i64>) -> Result<()> {
-        let chunks: BTreeSet<i64> = starts.map(|s| table.chunk_start(s)).collect();
-        for chunk in chunks {
-            let name = table.partition(chunk);
-            let exists: bool =
-                sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(&name).fetch_one(pool).await?;
-            if exists {
-                continue;
-            }
-            let mut tx = pool.begin_write().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MAINTENANCE_LOCK + 1).execute(&mut *tx).await?;
-            sqlx::query(AssertSqlSafe(format!(
-                "CREATE TABLE IF NOT EXISTS {name} PARTITION OF {} FOR VALUES FROM ({chunk}) TO ({})",
-                table.name(),
-                chunk + table.chunk_ms()
-            )))
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-        }
-        Ok(())
-    }
-
-    page_fn!(PgConnection);
-
-    /// Inserts `rows` (sorted by key) into `table`, merging those whose
-    /// series and start already have a row.
-    pub async fn merge_rows(tx: &mut PgConnection, table: RollupTable, rows: &[&RollupRow]) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let t = table.name();
-        let inserted = bind_values(
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {t} ({COLUMNS}) SELECT * FROM UNNEST($1::text[], $2::int2[], $3::text[], $4::text[], \
-                 $5::text[], $6::int8[], $7::int8[], $8::int8[], $9::float8[], $10::float8[], $11::float8[], \
-                 $12::float8[], $13::int8[], $14::bytea[]) \
-                 ON CONFLICT DO NOTHING RETURNING {KEY_ORDER}"
-            ))),
-            rows.iter().copied(),
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        if inserted.len() == rows.len() {
-            return Ok(());
-        }
-        let inserted: HashSet<OwnedKey> = inserted
-            .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?, r.try_get(5)?)))
-            .collect::<Result<_, sqlx::Error>>()?;
-        let conflicts: Vec<&RollupRow> = rows.iter().copied().filter(|r| !inserted.contains(&owned_key(r))).collect();
-        let stored = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {COLUMNS_R} FROM {t} r JOIN UNNEST($1::text[], $2::int2[], $3::text[], $4::text[], $5::text[], $6::int8[]) \
-             AS k(tenant, kind, service, name, detail, start_ms) USING ({KEY_ORDER}) \
-             ORDER BY {KEY_ORDER} FOR UPDATE OF r"
-        )))
-        .bind(conflicts.iter().map(|r| r.key.tenant.as_str()).collect::<Vec<_>>())
-        .bind(conflicts.iter().map(|r| r.key.kind as i16).collect::<Vec<_>>())
-        .bind(conflicts.iter().map(|r| &*r.key.service).collect::<Vec<_>>())
-        .bind(conflicts.iter().map(|r| &*r.key.name).collect::<Vec<_>>())
-        .bind(conflicts.iter().map(|r| &*r.key.detail).collect::<Vec<_>>())
-        .bind(conflicts.iter().map(|r| r.start_ms).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
-        .await?;
-        let merged = merge_stored(stored.iter().map(decode_row), &conflicts)?;
-        bind_values(
-            sqlx::query(AssertSqlSafe(format!(
-                "UPDATE {t} r SET count = u.count, errors = u.errors, sum = u.sum, min = u.min, max = u.max, \
-                 last = u.last, last_ms = u.last_ms, hist = u.hist \
-                 FROM UNNEST($1::text[], $2::int2[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], \
-                 $8::int8[], $9::float8[], $10::float8[], $11::float8[], $12::float8[], $13::int8[], $14::bytea[]) \
-                 AS u({COLUMNS}) \
-                 WHERE (r.tenant, r.kind, r.service, r.name, r.detail, r.start_ms) = \
-                       (u.tenant, u.kind, u.service, u.name, u.detail, u.start_ms)"
-            ))),
-            merged.iter(),
-        )
-        .execute(&mut *tx)
-        .await?;
-        Ok(())
-    }
-
-    fn bind_values<'q, 'r>(
-        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-        rows: impl Iterator<Item = &'r RollupRow> + Clone,
-    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-        let v = |f: fn(&RollupValues) -> Option<f64>| rows.clone().map(|r| f(&r.values)).collect::<Vec<_>>();
-        q.bind(rows.clone().map(|r| r.key.tenant.as_str().to_owned()).collect::<Vec<_>>())
-            .bind(rows.clone().map(|r| r.key.kind as i16).collect::<Vec<_>>())
-            .bind(rows.clone().map(|r| r.key.service.to_string()).collect::<Vec<_>>())
-            .bind(rows.clone().map(|r| r.key.name.to_string()).collect::<Vec<_>>())
-            .bind(rows.clone().map(|r| r.key.detail.to_string()).collect::<Vec<_>>())
-            .bind(rows.clone().map(|r| r.start_ms).collect::<Vec<_>>())
-            .bind(rows.clone().map(|r| db_count(r.values.count)).collect::<Vec<_>>())
-            .bind(rows.clone().map(|r| db_count(r.values.errors)).collect::<Vec<_>>())
-            .bind(rows.clone().map(|r| r.values.sum).collect::<Vec<_>>())
-            .bind(v(RollupValues::min_opt))
-            .bind(v(RollupValues::max_opt))
-            .bind(v(RollupValues::last_opt))
-            .bind(rows.clone().map(|r| r.values.last_opt().map(|_| r.values.last_ms)).collect::<Vec<_>>())
-            .bind(rows.map(|r| r.values.hist.as_ref().map(Histogram::encode)).collect::<Vec<_>>())
-    }
-}
-
 /// Each conflicting row merged into its stored row (matched by key).
 fn merge_stored(stored: impl Iterator<Item = Result<RollupRow>>, conflicts: &[&RollupRow]) -> Result<Vec<RollupRow>> {
     let mut by_key: std::collections::HashMap<OwnedKey, RollupRow> = std::collections::HashMap::new();
@@ -585,66 +491,5 @@ fn merge_stored(stored: impl Iterator<Item = Result<RollupRow>>, conflicts: &[&R
     Ok(merged)
 }
 
-/// SQLite: one writer at a time, so row-at-a-time inside the transaction.
-mod lite {
-    use super::*;
-
-    page_fn!(SqliteConnection);
-
-    pub async fn merge_rows(tx: &mut SqliteConnection, table: RollupTable, rows: &[&RollupRow]) -> Result<()> {
-        let t = table.name();
-        let insert = format!(
-            "INSERT INTO {t} ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-             ON CONFLICT DO NOTHING"
-        );
-        let select = format!(
-            "SELECT {COLUMNS} FROM {t} WHERE tenant = $1 AND kind = $2 AND service = $3 AND name = $4 \
-             AND detail = $5 AND start_ms = $6"
-        );
-        let update = format!(
-            "UPDATE {t} SET count = $7, errors = $8, sum = $9, min = $10, max = $11, last = $12, last_ms = $13, \
-             hist = $14 WHERE tenant = $1 AND kind = $2 AND service = $3 AND name = $4 AND detail = $5 \
-             AND start_ms = $6"
-        );
-        for r in rows {
-            let done = bind_row(sqlx::query(AssertSqlSafe(insert.as_str())), r).execute(&mut *tx).await?;
-            if done.rows_affected() == 1 {
-                continue;
-            }
-            let k = &r.key;
-            let stored = sqlx::query(AssertSqlSafe(select.as_str()))
-                .bind(k.tenant.as_str())
-                .bind(k.kind as i16)
-                .bind(&*k.service)
-                .bind(&*k.name)
-                .bind(&*k.detail)
-                .bind(r.start_ms)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let merged = merge_stored(stored.iter().map(decode_row), &[r])?;
-            bind_row(sqlx::query(AssertSqlSafe(update.as_str())), &merged[0]).execute(&mut *tx).await?;
-        }
-        Ok(())
-    }
-
-    fn bind_row<'q>(
-        q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
-        r: &'q RollupRow,
-    ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-        let v = &r.values;
-        q.bind(r.key.tenant.as_str())
-            .bind(r.key.kind as i16)
-            .bind(&*r.key.service)
-            .bind(&*r.key.name)
-            .bind(&*r.key.detail)
-            .bind(r.start_ms)
-            .bind(db_count(v.count))
-            .bind(db_count(v.errors))
-            .bind(v.sum)
-            .bind(v.min_opt())
-            .bind(v.max_opt())
-            .bind(v.last_opt())
-            .bind(v.last_opt().map(|_| v.last_ms))
-            .bind(v.hist.as_ref().map(Histogram::encode))
-    }
-}
+mod lite;
+mod pg;
