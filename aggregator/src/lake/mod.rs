@@ -12,7 +12,7 @@
 mod files;
 mod replay;
 pub mod schema;
-mod usage;
+mod usage_export;
 
 use std::{
     path::PathBuf,
@@ -32,7 +32,7 @@ pub use files::{FileKey, FileLimits, LakeFiles};
 pub use replay::Replay;
 use schema::{Origin, Rows, service_of};
 use tally_core::lake::{LakeSignal, hour_of_ns};
-pub use usage::UsageExport;
+pub use usage_export::UsageExport;
 
 /// `[lake]`: the Parquet files (where they go is the top-level `lake_url`).
 #[derive(Debug, Clone, Deserialize)]
