@@ -1,5 +1,5 @@
 //! The `tally` daemon: configuration, wiring of the stages, the query/admin
-//! API, and the load generator. The stages themselves live in the
+//! API. The load generator is the `tally-loadgen` crate. The stages themselves live in the
 //! `tally-collector`, `tally-aggregator`, `tally-store` and `tally-exporter`
 //! crates.
 
@@ -7,7 +7,6 @@ pub mod alerts_api;
 pub mod api;
 pub mod config;
 pub mod keys;
-pub mod loadgen;
 pub mod observability;
 pub mod replay;
 pub mod rollup_api;

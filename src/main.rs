@@ -2,7 +2,8 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tally::{Config, loadgen, observability, server};
+use tally::{Config, observability, server};
+use tally_loadgen as loadgen;
 
 // Decoding OTLP makes many small short-lived allocations across threads;
 // mimalloc is faster at that than glibc malloc and returns freed memory to

@@ -300,14 +300,14 @@ pub async fn grpc_export_traces(
     body: Bytes,
     metadata: &[(&'static str, &str)],
 ) -> Result<tally_core::otlp::collector::trace::v1::ExportTraceServiceResponse, tonic::Status> {
-    use tally_collector::otlp::{Proto, RawMessage, WireCodec};
+    use tally_loadgen::transport::{RawCodec, RawMessage};
     client.ready().await.unwrap();
     let mut req = tonic::Request::new(RawMessage(body));
     for (k, v) in metadata {
         req.metadata_mut().insert(*k, v.parse().unwrap());
     }
     let path = http::uri::PathAndQuery::from_static("/opentelemetry.proto.collector.trace.v1.TraceService/Export");
-    client.unary(req, path, WireCodec::<RawMessage, Proto<_>>::default()).await.map(|r| r.into_inner().0)
+    client.unary(req, path, RawCodec::default()).await.map(|r| r.into_inner())
 }
 
 /// Path of the test clients' Python (`scripts/test-deps` installs it).

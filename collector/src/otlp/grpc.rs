@@ -3,8 +3,7 @@
 //! tonic's generated servers decode with prost inside the codec and turn a
 //! malformed message into INTERNAL; OTLP wants INVALID_ARGUMENT. So the codec
 //! here hands the raw (already decompressed, size-bounded) message to the
-//! handler, which decodes it itself. The same codec, reversed, lets the load
-//! generator send pre-encoded requests.
+//! handler, which decodes it itself.
 
 use std::{
     convert::Infallible,
@@ -52,13 +51,13 @@ struct Limits {
 struct Authenticated(Option<tally_core::Principal>);
 
 /// A message as bytes on the wire.
-pub struct RawMessage(pub Bytes);
+struct RawMessage(Bytes);
 
 /// A prost message.
-pub struct Proto<M>(pub M);
+struct Proto<M>(M);
 
 /// How one side of a [`WireCodec`] moves its messages.
-pub trait Wire: Sized + Send + 'static {
+trait Wire: Sized + Send + 'static {
     fn encode(self, dst: &mut EncodeBuf<'_>);
     fn decode(src: &mut DecodeBuf<'_>) -> Result<Self, Status>;
 }
@@ -83,7 +82,7 @@ impl<M: prost::Message + Default + Send + 'static> Wire for Proto<M> {
 }
 
 /// A tonic codec that encodes `E` and decodes `D`.
-pub struct WireCodec<E, D>(PhantomData<fn() -> (E, D)>);
+struct WireCodec<E, D>(PhantomData<fn() -> (E, D)>);
 
 impl<E, D> Default for WireCodec<E, D> {
     fn default() -> Self {

@@ -10,6 +10,6 @@ pub mod signal;
 
 pub use body::{BodyError, Encoding, compress, decode_json, decode_protobuf, decompress};
 pub use budget::DecodeLimits;
-pub use grpc::{Proto, RawMessage, WireCodec, grpc_routes};
+pub use grpc::grpc_routes;
 pub use http::http_router;
 pub use signal::{Logs, Metrics, OtlpSignal, Traces};
