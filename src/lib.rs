@@ -3,16 +3,13 @@
 //! `tally-collector`, `tally-aggregator`, `tally-store` and `tally-exporter`
 //! crates.
 
-pub mod alerts_api;
 pub mod api;
 pub mod config;
 pub mod keys;
 pub mod observability;
 pub mod replay;
-pub mod rollup_api;
 pub mod serve;
 pub mod server;
-pub mod usage_api;
 
 pub use config::Config;
 pub use server::Server;

@@ -16,7 +16,12 @@ use tally_store::Store;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Config, alerts_api, api, config::EnvLookup, rollup_api, serve, usage_api};
+use crate::{
+    Config,
+    api::{self, alerts as alerts_api, rollups as rollup_api, usage as usage_api},
+    config::EnvLookup,
+    serve,
+};
 
 /// A running tally. Dropping it does not stop it; call [`Server::shutdown`].
 pub struct Server {

@@ -1,4 +1,13 @@
-//! The query/admin HTTP API (`[api] addr`, :8080 by default).
+//! The query/admin HTTP API (`[api] addr`, :8080 by default): probes and
+//! metrics, and the `/v1` route groups, one file each ([`usage`],
+//! [`rollups`], [`alerts`]). Shared here: the error shape every answer
+//! uses ([`ApiError`]), the query extractor that answers in it
+//! ([`Query`]), and the tenant preamble every tenant-scoped query starts
+//! with ([`ReadTenant`], [`ReadScope`]).
+
+pub mod alerts;
+pub mod rollups;
+pub mod usage;
 
 use std::sync::{
     Arc,
@@ -92,6 +101,48 @@ pub fn parse_period(p: &str) -> Result<chrono::NaiveDate, ApiError> {
     chrono::NaiveDate::parse_from_str(&format!("{p}-01"), "%Y-%m-%d").map_err(|_| bad())
 }
 
+/// The preamble of every tenant-scoped query: `?tenant=T`, parsed, and
+/// checked against the caller (a tenant key reads only its own tenant).
+pub struct ReadTenant(pub TenantId);
+
+/// `?tenant=T`, or none — all tenants, which only admin keys (or open
+/// mode) may read.
+pub struct ReadScope(pub Option<TenantId>);
+
+#[derive(Deserialize)]
+struct TenantParam {
+    tenant: Option<String>,
+}
+
+fn caller_of(parts: &Parts) -> Caller {
+    parts.extensions.get::<Caller>().cloned().unwrap_or(Caller(None))
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ReadTenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(TenantParam { tenant }) = Query::from_request_parts(parts, state).await?;
+        let tenant = parse_tenant(tenant.as_deref().ok_or_else(|| ApiError::bad_request("tenant: required"))?)?;
+        check_read(&caller_of(parts), &tenant)?;
+        Ok(ReadTenant(tenant))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ReadScope {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(TenantParam { tenant }) = Query::from_request_parts(parts, state).await?;
+        let tenant = tenant.as_deref().map(parse_tenant).transpose()?;
+        match &tenant {
+            Some(t) => check_read(&caller_of(parts), t)?,
+            None => check_read_all(&caller_of(parts))?,
+        }
+        Ok(ReadScope(tenant))
+    }
+}
+
 /// axum's `Query`, refusing a bad query string in the API's JSON error
 /// shape (axum's own answer is plain text).
 pub struct Query<T>(pub T);
@@ -166,11 +217,6 @@ async fn readyz(State(st): State<ApiState>) -> Response {
     }
 }
 
-#[derive(Deserialize)]
-struct CountsQuery {
-    tenant: Option<String>,
-}
-
 #[derive(Serialize, Default)]
 struct TenantCounts {
     tenant: String,
@@ -183,19 +229,8 @@ struct TenantCounts {
 /// `pipeline.flush_interval`): `{"tenants":[{"tenant":…,"spans":N,…}]}`.
 async fn ingest_counts(
     State(st): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    Query(q): Query<CountsQuery>,
+    ReadScope(tenant): ReadScope,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let tenant = q
-        .tenant
-        .as_deref()
-        .map(TenantId::parse)
-        .transpose()
-        .map_err(|e| ApiError::bad_request(format!("tenant: {e}")))?;
-    match &tenant {
-        Some(t) => check_read(&caller, t)?,
-        None => check_read_all(&caller)?,
-    }
     let rows = st.store.ingest_counts(tenant.as_ref()).await.map_err(ApiError::internal)?;
     let mut out: Vec<TenantCounts> = Vec::new();
     for row in rows {

@@ -16,17 +16,16 @@
 
 use std::collections::BTreeMap;
 
-use axum::{Extension, Json, Router, extract::State, routing::get};
+use axum::{Json, Router, extract::State, routing::get};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tally_collector::Caller;
 use tally_core::{
     TenantId,
     rollup::{ALL, HISTOGRAM_SCALE, RollupKind, RollupRow, RollupValues},
 };
 use tally_store::{RollupFilter, Store};
 
-use crate::api::{ApiError, Query, check_read, parse_tenant, parse_time, rfc3339};
+use super::{ApiError, Query, ReadTenant, parse_time, rfc3339};
 
 /// Most steps one query may ask for.
 const MAX_STEPS: i64 = 11_000;
@@ -54,7 +53,6 @@ pub fn router(state: RollupState) -> Router {
 
 #[derive(Deserialize)]
 struct RangeQuery {
-    tenant: String,
     from: Option<String>,
     to: Option<String>,
     step: Option<String>,
@@ -77,9 +75,7 @@ struct Range {
 impl Range {
     /// `stepped`: the answer has a point per step, so the number of steps
     /// is bounded; without steps (a ranking over the range) any range goes.
-    fn parse(q: &RangeQuery, caller: &Caller, st: &RollupState, stepped: bool) -> Result<Range, ApiError> {
-        let tenant = parse_tenant(&q.tenant)?;
-        check_read(caller, &tenant)?;
+    fn parse(tenant: TenantId, q: &RangeQuery, st: &RollupState, stepped: bool) -> Result<Range, ApiError> {
         for (field, v) in [("service", &q.service), ("operation", &q.operation), ("name", &q.name)] {
             if let Some(v) = v {
                 crate::api::check_text(field, v)?;
@@ -196,10 +192,10 @@ fn slo_point(v: &RollupValues, seconds: f64) -> Map<String, Value> {
 
 async fn slo(
     State(st): State<RollupState>,
-    Extension(caller): Extension<Caller>,
+    ReadTenant(tenant): ReadTenant,
     Query(q): Query<RangeQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let r = Range::parse(&q, &caller, &st, true)?;
+    let r = Range::parse(tenant, &q, &st, true)?;
     // A tenant's or service's SLO reads its pre-aggregated entry-span series;
     // an operation's, that operation's series of every span kind.
     let rows = match q.operation.as_deref() {
@@ -234,10 +230,10 @@ async fn slo(
 /// `by` = `p95` (default), `p99`, `error_rate` or `requests`; `limit` (10).
 async fn top(
     State(st): State<RollupState>,
-    Extension(caller): Extension<Caller>,
+    ReadTenant(tenant): ReadTenant,
     Query(q): Query<RangeQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let r = Range::parse(&q, &caller, &st, false)?;
+    let r = Range::parse(tenant, &q, &st, false)?;
     let by = q.by.as_deref().unwrap_or("p95");
     let rank: fn(&RollupValues) -> f64 = match by {
         "p95" => |v| v.hist.as_ref().and_then(|h| h.value_at_quantile(0.95)).unwrap_or(0) as f64,
@@ -287,11 +283,11 @@ fn name_param(q: &RangeQuery) -> Result<&str, ApiError> {
 async fn metric_series(
     st: &RollupState,
     q: &RangeQuery,
-    caller: &Caller,
+    tenant: TenantId,
     kind: RollupKind,
     point: fn(&RollupValues) -> Map<String, Value>,
 ) -> Result<Json<Value>, ApiError> {
-    let r = Range::parse(q, caller, st, true)?;
+    let r = Range::parse(tenant, q, st, true)?;
     let name = name_param(q)?;
     let rows = r.read(&st.store, kind, q.service.as_deref(), Some(name), None).await?;
     let series: Vec<Value> = r
@@ -313,10 +309,10 @@ async fn metric_series(
 
 async fn gauges(
     State(st): State<RollupState>,
-    Extension(caller): Extension<Caller>,
+    ReadTenant(tenant): ReadTenant,
     Query(q): Query<RangeQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    metric_series(&st, &q, &caller, RollupKind::Gauge, |v| {
+    metric_series(&st, &q, tenant, RollupKind::Gauge, |v| {
         let mut m = Map::new();
         m.insert("last".into(), json!(v.last_opt()));
         m.insert("min".into(), json!(v.min_opt()));
@@ -330,10 +326,10 @@ async fn gauges(
 
 async fn histograms(
     State(st): State<RollupState>,
-    Extension(caller): Extension<Caller>,
+    ReadTenant(tenant): ReadTenant,
     Query(q): Query<RangeQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    metric_series(&st, &q, &caller, RollupKind::Histogram, |v| {
+    metric_series(&st, &q, tenant, RollupKind::Histogram, |v| {
         let mut m = Map::new();
         m.insert("count".into(), v.count.into());
         m.insert("sum".into(), json!(v.sum));
@@ -347,10 +343,10 @@ async fn histograms(
 
 async fn log_counts(
     State(st): State<RollupState>,
-    Extension(caller): Extension<Caller>,
+    ReadTenant(tenant): ReadTenant,
     Query(q): Query<RangeQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let r = Range::parse(&q, &caller, &st, true)?;
+    let r = Range::parse(tenant, &q, &st, true)?;
     let rows = r.read(&st.store, RollupKind::Log, q.service.as_deref(), None, None).await?;
     let mut total: BTreeMap<Box<str>, u64> = BTreeMap::new();
     let mut steps: BTreeMap<i64, BTreeMap<Box<str>, u64>> = BTreeMap::new();

@@ -7,16 +7,14 @@ use std::{
     sync::Arc,
 };
 
-use axum::{Extension, Json, Router, extract::State, routing::get};
+use axum::{Json, Router, extract::State, routing::get};
 use chrono::{Datelike, NaiveDate, TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tally_core::{Aggregation, MeterConfig, TenantId};
 use tally_store::{HourlyUsage, Store};
 
-use tally_collector::Caller;
-
-use crate::api::{ApiError, Query, check_read, parse_tenant as tenant, parse_time as time, rfc3339};
+use super::{ApiError, Query, ReadTenant, parse_time as time, rfc3339};
 
 #[derive(Clone)]
 pub struct UsageState {
@@ -56,7 +54,6 @@ impl Window {
 
 #[derive(Deserialize)]
 struct UsageQuery {
-    tenant: String,
     meter: String,
     from: String,
     to: String,
@@ -149,11 +146,9 @@ async fn aggregate(
 
 async fn usage(
     State(st): State<UsageState>,
-    Extension(caller): Extension<Caller>,
+    ReadTenant(tenant): ReadTenant,
     Query(q): Query<UsageQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant(&q.tenant)?;
-    check_read(&caller, &tenant)?;
     let meter = meter(&st.meters, &q.meter)?;
     let (from_ms, to_ms) = (time("from", &q.from)?, time("to", &q.to)?);
     if from_ms >= to_ms {
@@ -181,18 +176,15 @@ async fn usage(
 
 #[derive(Deserialize)]
 struct SummaryQuery {
-    tenant: String,
     /// `YYYY-MM`, UTC calendar month; default the current month.
     period: Option<String>,
 }
 
 async fn summary(
     State(st): State<UsageState>,
-    Extension(caller): Extension<Caller>,
+    ReadTenant(tenant): ReadTenant,
     Query(q): Query<SummaryQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant(&q.tenant)?;
-    check_read(&caller, &tenant)?;
     let start = match q.period.as_deref() {
         Some(p) => crate::api::parse_period(p)?,
         None => {

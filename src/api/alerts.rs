@@ -2,14 +2,13 @@
 //! tenant-scoped like the other queries; an admin may leave out the tenant
 //! to see all.
 
-use axum::{Extension, Json, Router, extract::State, routing::get};
+use axum::{Json, Router, extract::State, routing::get};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tally_collector::Caller;
 use tally_core::alert::AlertState;
 use tally_store::Store;
 
-use crate::api::{ApiError, Query, check_read, check_read_all, parse_tenant, rfc3339};
+use super::{ApiError, Query, ReadScope, rfc3339};
 
 pub fn router(store: Store) -> Router {
     Router::new().route("/v1/alerts", get(alerts)).with_state(store)
@@ -17,21 +16,15 @@ pub fn router(store: Store) -> Router {
 
 #[derive(Deserialize)]
 struct AlertsQuery {
-    tenant: Option<String>,
     /// Only instances in this state.
     state: Option<String>,
 }
 
 async fn alerts(
     State(store): State<Store>,
-    Extension(caller): Extension<Caller>,
+    ReadScope(tenant): ReadScope,
     Query(q): Query<AlertsQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = q.tenant.as_deref().map(parse_tenant).transpose()?;
-    match &tenant {
-        Some(t) => check_read(&caller, t)?,
-        None => check_read_all(&caller)?,
-    }
     let state =
         match q.state.as_deref() {
             None => None,
