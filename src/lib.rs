@@ -6,6 +6,7 @@
 pub mod api;
 pub mod config;
 pub mod keys;
+pub mod lake;
 pub mod observability;
 pub mod replay;
 pub mod serve;

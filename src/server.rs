@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context;
 use tally_aggregator::{RollupStage, alert::AlertEngine};
 use tally_collector::{
-    Authenticator, Ingest, Pipeline, TenantResolver, UsageLedger, events, otlp, otlp_usage::OtlpMeters,
+    Authenticator, Ingest, Pipeline, Policy, TenantResolver, UsageLedger, events, otlp, otlp_usage::OtlpMeters,
 };
 use tally_exporter::alerts::Dispatcher;
 use tally_store::Store;
@@ -52,18 +52,30 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
         .with_context(|| format!("opening database {}", config.database_description()))?;
     store.migrate().await.context("applying database migrations")?;
 
-    // Downstream first: the rollup stage, then the queue feeding it.
-    let (pipeline, rx) =
-        Pipeline::new(config.pipeline.queue_capacity, config.pipeline.max_queued_bytes, config.otlp.enqueue_timeout);
-    let lake = if config.lake.enabled { Some(start_lake(&config, &store, env)?) } else { None };
-    let mut stage = RollupStage::new(store.clone(), config.rollups.clone(), config.pipeline.flush_interval);
-    if let Some(l) = &lake {
-        stage = stage.with_lake(l.tx.clone());
-    }
-    let rollups = tokio::spawn(stage.run(rx));
+    // The data path, downstream first. Every accepted OTLP request goes,
+    // through the pipeline's fan-out, to each consumer as a peer, each with
+    // its own bounded queue: the rollup stage (windows → rollup tables) and
+    // the lake writer (Parquet files → spool → object store) push back on
+    // ingestion when they fall behind.
+    let mut fanout = Pipeline::builder(
+        config.pipeline.queue_capacity,
+        config.pipeline.max_queued_bytes,
+        config.otlp.enqueue_timeout,
+    );
+    let rollups_rx = fanout.branch("rollups", Policy::Block);
+    let lake_rx = config.lake.enabled.then(|| fanout.branch("lake", Policy::Block));
+    let pipeline = fanout.build();
+    let stage = RollupStage::new(store.clone(), config.rollups.clone(), config.pipeline.flush_interval);
+    let rollups = tokio::spawn(stage.run(rollups_rx));
+    let lake = match lake_rx {
+        Some(rx) => Some(crate::lake::start(&config, &store, env, rx)?),
+        None => None,
+    };
 
-    // Usage (events and span meters) is written by the ledger's group-commit
-    // task; it stops once the receivers and the API holding its handles stop.
+    // Billing-grade usage (usage events, and usage derived from spans, logs
+    // and metrics) goes to the ledger's group-commit task before a request
+    // is acknowledged; it stops once the receivers and the API holding its
+    // handles stop.
     let (ledger, ledger_task) =
         UsageLedger::start(store.clone(), config.events.max_commit_records, config.events.ledger_writers);
     let auth = Authenticator::load(store.clone()).await.context("loading api keys")?;
@@ -102,6 +114,8 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
     let addr_of = |i: usize| bound[i.min(bound.len() - 1)].0;
     let (grpc_addr, http_addr, api_addr) = (addr_of(0), addr_of(1), addr_of(2));
 
+    // Work that runs on one replica at a time (PostgreSQL advisory locks):
+    // rollup downsampling and retention, alert rounds and their delivery.
     let shutdown = CancellationToken::new();
     let maintenance =
         tokio::spawn(tally_aggregator::run_maintenance(store.clone(), config.rollups.clone(), shutdown.clone()));
@@ -127,6 +141,8 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
     )
     .context("building the alert receivers' HTTP clients")?;
     let delivery = tokio::spawn(dispatcher.run(outbox, shutdown.clone()));
+    // The receivers (OTLP over gRPC and HTTP → ingest → ledger, pipeline)
+    // and the API (usage events → ledger; queries).
     let grpc_router = otlp::grpc_routes(ingest.clone(), config.otlp.max_request_bytes, config.otlp.request_timeout)
         .into_axum_router();
     let http_router = otlp::http_router(ingest, &config.otlp);
@@ -179,7 +195,7 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
             listeners = listeners.and(joined(server.await, name));
         }
         if let Some(l) = &lake {
-            l.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            l.drain();
         }
         let rollups = rollups.await.context("rollup stage");
         let lake = match lake {
@@ -213,80 +229,6 @@ impl Server {
     /// A token that starts shutdown when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
-    }
-}
-
-/// The lake's writer thread and uploader task.
-struct RunningLake {
-    /// Cloned into the rollup stage; dropped here so the stage's is the last.
-    tx: tokio::sync::mpsc::Sender<tally_core::QueuedRequest>,
-    thread: std::thread::JoinHandle<()>,
-    draining: Arc<std::sync::atomic::AtomicBool>,
-    uploader: JoinHandle<()>,
-    usage: JoinHandle<()>,
-    writer_done: CancellationToken,
-    upload_stop: CancellationToken,
-}
-
-/// Opens the lake's object store, resumes the spool and starts the writer
-/// and the uploader.
-fn start_lake(config: &Config, store: &Store, env: EnvLookup<'_>) -> anyhow::Result<RunningLake> {
-    use std::sync::atomic::AtomicU64;
-    use tally_exporter::lake::{Uploader, open_lake, spooled_files};
-    let lake = open_lake(&config.lake_url, &config.data_dir, env).map_err(anyhow::Error::msg)?;
-    let spool = config.spool_dir();
-    std::fs::create_dir_all(&spool).with_context(|| format!("creating the lake spool {}", spool.display()))?;
-    let waiting = spooled_files(&spool, tally_core::lake::OPEN_DIR);
-    if !waiting.is_empty() {
-        tracing::info!(files = waiting.len(), spool = %spool.display(), "resuming the upload of spooled lake files");
-    }
-    let spooled = Arc::new(AtomicU64::new(waiting.iter().map(|(_, size)| size).sum()));
-    let writer = tally_aggregator::lake::start_writer(&config.lake, spool.clone(), spooled.clone())
-        .with_context(|| format!("starting the lake writer in {}", spool.display()))?;
-    tracing::info!(lake = %lake.description, spool = %spool.display(), "writing the Parquet lake");
-    let (writer_done, upload_stop) = (CancellationToken::new(), CancellationToken::new());
-    let usage = tally_aggregator::lake::UsageExport {
-        store: store.clone(),
-        spool: spool.clone(),
-        writer_id: config.lake.writer(),
-        spooled: spooled.clone(),
-        row_group_rows: config.lake.row_group_rows,
-        interval: config.lake.usage_export_interval,
-        lag: config.lake.usage_export_lag,
-        seq: Arc::new(AtomicU64::new(0)),
-    };
-    let usage = tokio::spawn(usage.run(writer_done.clone()));
-    let uploader = Uploader { lake, spool, spooled, max_backoff: config.lake.max_upload_backoff };
-    let uploader = tokio::spawn(uploader.run(writer_done.clone(), upload_stop.clone()));
-    Ok(RunningLake {
-        tx: writer.tx,
-        thread: writer.thread,
-        draining: writer.draining,
-        uploader,
-        usage,
-        writer_done,
-        upload_stop,
-    })
-}
-
-impl RunningLake {
-    /// After the rollup stage has stopped: the writer closes its files, the
-    /// uploader uploads them (for up to `timeout`; what is left is uploaded
-    /// after restart).
-    async fn finish(self, timeout: std::time::Duration) -> anyhow::Result<()> {
-        let RunningLake { tx, thread, mut uploader, usage, writer_done, upload_stop, .. } = self;
-        drop(tx);
-        let joined = tokio::task::spawn_blocking(move || thread.join()).await;
-        writer_done.cancel();
-        let _ = usage.await;
-        if tokio::time::timeout(timeout, &mut uploader).await.is_err() {
-            upload_stop.cancel();
-            let _ = uploader.await;
-        }
-        match joined {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(anyhow::anyhow!("the lake writer panicked")),
-        }
     }
 }
 

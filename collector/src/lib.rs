@@ -26,5 +26,5 @@ pub use auth::{Authenticator, Caller};
 pub use config::{OtlpConfig, PipelineConfig, TenancyConfig};
 pub use ingest::{Accepted, Ingest, IngestError, RequestContext};
 pub use ledger::{LedgerError, UsageLedger};
-pub use pipeline::{Pipeline, PipelineReceiver};
+pub use pipeline::{Pipeline, PipelineBuilder, PipelineReceiver, Policy};
 pub use tenancy::TenantResolver;

@@ -1,4 +1,4 @@
-use std::time::SystemTime;
+use std::{sync::Arc, time::SystemTime};
 
 use crate::{
     Signal, TenantId,
@@ -55,18 +55,25 @@ impl TelemetryBatch {
     }
 }
 
-/// One accepted request's batches (one per tenant) as they wait between the
-/// collector and the downstream stages. It carries its share of the queue's
-/// memory budget: dropping it, once processed, gives the share back.
+/// One accepted request's batches (one per tenant) as one consumer of the
+/// pipeline receives them: the batches are shared by every consumer (never
+/// copied), and each copy of the request carries a share of a memory
+/// budget: dropping it, once processed, gives the share back.
 pub struct QueuedRequest {
-    pub batches: Vec<TelemetryBatch>,
-    _budget: Box<dyn std::any::Any + Send + Sync>,
+    pub batches: Arc<Vec<TelemetryBatch>>,
+    _budget: Arc<dyn std::any::Any + Send + Sync>,
 }
 
 impl QueuedRequest {
     /// `budget` is held until the request is dropped (e.g. a semaphore permit).
     pub fn new(batches: Vec<TelemetryBatch>, budget: impl std::any::Any + Send + Sync) -> QueuedRequest {
-        QueuedRequest { batches, _budget: Box::new(budget) }
+        QueuedRequest { batches: Arc::new(batches), _budget: Arc::new(budget) }
+    }
+
+    /// One consumer's copy of shared batches, holding `budget` (shared with
+    /// other consumers, or its own).
+    pub fn shared(batches: Arc<Vec<TelemetryBatch>>, budget: Arc<dyn std::any::Any + Send + Sync>) -> QueuedRequest {
+        QueuedRequest { batches, _budget: budget }
     }
 }
 

@@ -118,6 +118,10 @@ pub const LAKE_BYTES_UPLOADED: &str = "tally_lake_bytes_uploaded_total";
 /// Failed upload attempts (retried with backoff).
 pub const LAKE_UPLOAD_ERRORS: &str = "tally_lake_upload_errors_total";
 
+/// Items a shedding branch of the pipeline (a forwarder) missed because it
+/// was full. Labels: `branch`.
+pub const PIPELINE_SHED_ITEMS: &str = "tally_pipeline_shed_items_total";
+
 /// Connections open, per listener. Labels: `listener` (`otlp_grpc`,
 /// `otlp_http`, `api`, or `all` in one-port mode).
 pub const CONNECTIONS: &str = "tally_connections";

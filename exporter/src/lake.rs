@@ -18,10 +18,7 @@
 use std::{
     path::{Path, PathBuf},
     str::FromStr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     time::Duration,
 };
 
@@ -32,7 +29,7 @@ use object_store::{
     local::LocalFileSystem,
     path::Path as ObjectPath,
 };
-use tally_core::{lake::OPEN_DIR, metric_names};
+use tally_core::{lake::Spool, metric_names};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
@@ -174,35 +171,8 @@ impl ConnectionString {
 /// Moves complete files from the spool to the lake.
 pub struct Uploader {
     pub lake: Lake,
-    pub spool: PathBuf,
-    /// Bytes of complete files in the spool, shared with the writer.
-    pub spooled: Arc<AtomicU64>,
+    pub spool: Arc<Spool>,
     pub max_backoff: Duration,
-}
-
-/// The spool's complete files, oldest name first (names sort by creation
-/// within a writer), skipping the open-files folder. Blocking: call it at
-/// start or through `spawn_blocking`.
-#[allow(clippy::disallowed_methods)]
-pub fn spooled_files(spool: &Path, open_dir: &str) -> Vec<(PathBuf, u64)> {
-    fn walk(dir: &Path, open: &Path, out: &mut Vec<(PathBuf, u64)>) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p == open {
-                continue;
-            }
-            match e.metadata() {
-                Ok(m) if m.is_dir() => walk(&p, open, out),
-                Ok(m) if p.extension().is_some_and(|x| x == "parquet") => out.push((p, m.len())),
-                _ => {}
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(spool, &spool.join(open_dir), &mut out);
-    out.sort_by(|a, b| a.0.file_name().cmp(&b.0.file_name()).then_with(|| a.0.cmp(&b.0)));
-    out
 }
 
 impl Uploader {
@@ -227,7 +197,7 @@ impl Uploader {
                 _ = stop.cancelled() => {
                     let left = self.scan().await.len();
                     if left > 0 {
-                        tracing::warn!(files = left, spool = %self.spool.display(), "lake files not uploaded before exit; they are uploaded after restart");
+                        tracing::warn!(files = left, spool = %self.spool.dir().display(), "lake files not uploaded before exit; they are uploaded after restart");
                     }
                     return;
                 }
@@ -240,14 +210,13 @@ impl Uploader {
     /// Uploads every complete file in the spool, oldest first; stops at the
     /// first failure. Returns how many files it found.
     pub async fn pass(&self) -> Result<usize, String> {
+        // The scan also re-counts the spool's bytes, so a file removed behind
+        // its back cannot leave the count (and the back-pressure it drives)
+        // wrong for longer than a pass.
         let files = self.scan().await;
         let n = files.len();
-        // The count of spooled bytes is re-read from the disk each pass, so a
-        // file removed behind its back cannot leave it (and the back-pressure
-        // it drives) wrong for longer than a pass.
-        self.spooled.store(files.iter().map(|(_, size)| size).sum(), Ordering::Relaxed);
         for (path, size) in files {
-            let rel = path.strip_prefix(&self.spool).map_err(|e| e.to_string())?;
+            let rel = path.strip_prefix(self.spool.dir()).map_err(|e| e.to_string())?;
             let rel = rel.to_str().ok_or("spool file name is not UTF-8")?.replace(std::path::MAIN_SEPARATOR, "/");
             let location = if self.lake.prefix.as_ref().is_empty() {
                 ObjectPath::parse(&rel)
@@ -259,7 +228,7 @@ impl Uploader {
             if let Err(e) = tokio::fs::remove_file(&path).await {
                 return Err(format!("{rel}: uploaded, but cannot remove it from the spool: {e}"));
             }
-            self.spooled.fetch_sub(size.min(self.spooled.load(Ordering::Relaxed)), Ordering::Relaxed);
+            self.spool.removed(size);
             metrics::counter!(metric_names::LAKE_FILES_UPLOADED).increment(1);
             metrics::counter!(metric_names::LAKE_BYTES_UPLOADED).increment(size);
         }
@@ -270,7 +239,7 @@ impl Uploader {
     /// can hold thousands of files).
     async fn scan(&self) -> Vec<(PathBuf, u64)> {
         let spool = self.spool.clone();
-        tokio::task::spawn_blocking(move || spooled_files(&spool, OPEN_DIR)).await.unwrap_or_default()
+        tokio::task::spawn_blocking(move || spool.complete_files()).await.unwrap_or_default()
     }
 
     async fn upload(&self, path: &Path, location: &ObjectPath) -> Result<(), String> {

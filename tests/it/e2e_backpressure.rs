@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tally_collector::{Ingest, OtlpConfig, Pipeline, PipelineReceiver, TenancyConfig, TenantResolver, otlp};
+use tally_collector::{Ingest, OtlpConfig, Pipeline, PipelineReceiver, Policy, TenancyConfig, TenantResolver, otlp};
 
 use crate::support::*;
 
@@ -17,7 +17,9 @@ struct Receivers {
 }
 
 async fn receivers(queue_capacity: usize, max_concurrent_requests: usize, request_timeout: Duration) -> Receivers {
-    let (pipeline, rx) = Pipeline::new(queue_capacity, 1 << 20, Duration::from_millis(20));
+    let mut fanout = Pipeline::builder(queue_capacity, 1 << 20, Duration::from_millis(20));
+    let rx = fanout.branch("test", Policy::Block);
+    let pipeline = fanout.build();
     let tenancy = TenancyConfig {
         resource_attributes: vec!["tenant.id".into()],
         header: "x-tenant-id".into(),

@@ -15,15 +15,7 @@
 // blocking file calls are what it is for.
 #![allow(clippy::disallowed_methods)]
 
-use std::{
-    collections::HashMap,
-    fs::File,
-    path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-};
+use std::{collections::HashMap, fs::File, path::PathBuf, sync::Arc};
 
 use parquet::{
     arrow::ArrowWriter,
@@ -35,7 +27,7 @@ use parquet::{
     schema::types::ColumnPath,
 };
 use tally_core::{
-    lake::{LakeSignal, OPEN_DIR, lake_path},
+    lake::{LakeSignal, Spool, lake_path},
     metric_names,
 };
 
@@ -84,15 +76,14 @@ pub struct FileLimits {
 /// The lake writer's open Parquet files, one per (signal, tenant, hour),
 /// within one buffer budget; closed files are renamed into the spool.
 pub struct LakeFiles {
-    spool: PathBuf,
+    /// Where files are written and, complete, handed to the uploader.
+    spool: Arc<Spool>,
     writer_id: String,
     seq: u64,
     limits: FileLimits,
     open: HashMap<FileKey, OpenFile>,
     /// Sum of the open files' `buffered`.
     buffered: usize,
-    /// Bytes of complete files in the spool (the uploader subtracts).
-    spooled: Arc<AtomicU64>,
 }
 
 fn properties(signal: LakeSignal, limits: &FileLimits) -> WriterProperties {
@@ -142,8 +133,8 @@ fn properties(signal: LakeSignal, limits: &FileLimits) -> WriterProperties {
 impl LakeFiles {
     /// Starts over in `spool`: files left open by a crash are incomplete
     /// (no footer) and removed.
-    pub fn new(spool: &Path, writer_id: &str, limits: FileLimits, spooled: Arc<AtomicU64>) -> std::io::Result<Self> {
-        let open_dir = spool.join(OPEN_DIR);
+    pub fn new(spool: Arc<Spool>, writer_id: &str, limits: FileLimits) -> std::io::Result<Self> {
+        let open_dir = spool.open_dir();
         if open_dir.exists() {
             for e in std::fs::read_dir(&open_dir)?.flatten() {
                 tracing::warn!(file = %e.path().display(), "removing a lake file left incomplete by a crash");
@@ -152,29 +143,15 @@ impl LakeFiles {
         }
         // File names sort by creation: sequence numbers start at the clock.
         let seq = tally_core::now_ms().max(0) as u64 * 1000;
-        LakeFiles::new_shared(spool, writer_id, limits, spooled, seq)
+        LakeFiles::new_shared(spool, writer_id, limits, seq)
     }
 
     /// Another set of files in a spool already in use (its open files are
     /// left alone); `writer_id` must differ from the others'.
     /// Names continue after sequence number `seq`.
-    pub fn new_shared(
-        spool: &Path,
-        writer_id: &str,
-        limits: FileLimits,
-        spooled: Arc<AtomicU64>,
-        seq: u64,
-    ) -> std::io::Result<Self> {
-        std::fs::create_dir_all(spool.join(OPEN_DIR))?;
-        Ok(LakeFiles {
-            spool: spool.to_owned(),
-            writer_id: writer_id.to_owned(),
-            seq,
-            limits,
-            open: HashMap::new(),
-            buffered: 0,
-            spooled,
-        })
+    pub fn new_shared(spool: Arc<Spool>, writer_id: &str, limits: FileLimits, seq: u64) -> std::io::Result<Self> {
+        std::fs::create_dir_all(spool.open_dir())?;
+        Ok(LakeFiles { spool, writer_id: writer_id.to_owned(), seq, limits, open: HashMap::new(), buffered: 0 })
     }
 
     /// The last sequence number used.
@@ -198,7 +175,7 @@ impl LakeFiles {
                 rows: Rows::new(key.signal),
                 buffered: 0,
                 writer: None,
-                open_path: self.spool.join(OPEN_DIR).join(name),
+                open_path: self.spool.open_dir().join(name),
                 lake_path,
                 opened_ms: now_ms,
             };
@@ -312,14 +289,14 @@ impl LakeFiles {
         file.sync_all()?;
         let size = file.metadata()?.len();
         drop(file);
-        let dest = self.spool.join(&f.lake_path);
+        let dest = self.spool.dir().join(&f.lake_path);
         if let Some(dir) = dest.parent() {
             std::fs::create_dir_all(dir)?;
         }
         // Counted before it can be uploaded (the uploader subtracts).
-        self.spooled.fetch_add(size, Ordering::Relaxed);
+        self.spool.added(size);
         if let Err(e) = std::fs::rename(&f.open_path, &dest) {
-            self.spooled.fetch_sub(size, Ordering::Relaxed);
+            self.spool.removed(size);
             return Err(e);
         }
         metrics::counter!(metric_names::LAKE_FILES_WRITTEN, "signal" => key.signal.as_str()).increment(1);
@@ -366,7 +343,7 @@ mod tests {
     }
 
     /// Row groups of the complete file at `path`, and its rows.
-    fn read(path: &Path) -> (usize, usize) {
+    fn read(path: &std::path::Path) -> (usize, usize) {
         let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap();
         let groups = reader.metadata().num_row_groups();
         let rows = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
@@ -385,7 +362,7 @@ mod tests {
             max_buffered_bytes: budget,
             zstd_level: 3,
         };
-        let mut files = LakeFiles::new(&spool, "w", limits, Arc::new(AtomicU64::new(0))).unwrap();
+        let mut files = LakeFiles::new(Arc::new(Spool::open(&spool).unwrap()), "w", limits).unwrap();
         let (tenants, per_tenant) = (20, 2_000);
         for i in 0..tenants * per_tenant {
             let tenant = format!("t{}", i % tenants);

@@ -1,13 +1,13 @@
-//! The Parquet lake's writer: every request the rollup stage has consumed
-//! is passed on here and written, row by row, into Parquet files per
-//! (signal, tenant, hour) in the spool directory; the uploader
+//! The Parquet lake's writer: a branch of the pipeline (beside the rollup
+//! stage) that writes every accepted request, row by row, into Parquet
+//! files per (signal, tenant, hour) in the [`Spool`]; the uploader
 //! (tally-exporter) moves complete files to the object store.
 //!
 //! It runs on a thread of its own (encoding Parquet is CPU work). When the
 //! spool holds `lake.max_spool_bytes` (the object store has been
-//! unreachable for long), it stops taking requests: the rollup stage then
-//! waits, the pipeline queue fills, and the receivers answer 429 /
-//! RESOURCE_EXHAUSTED — telemetry pushes back rather than being dropped.
+//! unreachable for long), it stops taking requests: its branch of the
+//! pipeline fills, and the receivers answer 429 / RESOURCE_EXHAUSTED —
+//! telemetry pushes back rather than being dropped.
 
 mod files;
 mod replay;
@@ -15,10 +15,9 @@ pub mod schema;
 mod usage_export;
 
 use std::{
-    path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
@@ -31,7 +30,7 @@ use tokio::sync::mpsc;
 pub use files::{FileKey, FileLimits, LakeFiles};
 pub use replay::Replay;
 use schema::{Origin, Rows, service_of};
-use tally_core::lake::{LakeSignal, hour_of_ns};
+use tally_core::lake::{LakeSignal, Spool, hour_of_ns};
 pub use usage_export::UsageExport;
 
 /// `[lake]`: the Parquet files (where they go is the top-level `lake_url`).
@@ -119,21 +118,22 @@ const PLAUSIBLE_FUTURE_NS: u64 = 3_600 * 1_000_000_000;
 /// Its resource is stored once per run of rows (see `schema`).
 const ROW_BYTES: usize = 64;
 
-/// Requests waiting for the lake writer; small, so a stalled writer is felt at once.
-const CHANNEL: usize = 8;
-
-/// The running writer: where to send requests, and its thread.
+/// The running writer's thread.
 pub struct LakeWriter {
-    pub tx: mpsc::Sender<QueuedRequest>,
     pub thread: std::thread::JoinHandle<()>,
     /// Set when tally shuts down: what was acknowledged is written even past
     /// the spool limit, so the queue drains and shutdown cannot hang.
     pub draining: Arc<AtomicBool>,
 }
 
-/// Starts the writer thread over `spool`. `spooled` counts the bytes of
-/// complete files in the spool (the uploader subtracts what it uploads).
-pub fn start_writer(config: &LakeConfig, spool: PathBuf, spooled: Arc<AtomicU64>) -> std::io::Result<LakeWriter> {
+/// Starts the writer thread, taking requests from its branch of the
+/// pipeline (`rx`) into files in `spool`; it ends once `rx` is closed and
+/// every file is closed.
+pub fn start_writer(
+    config: &LakeConfig,
+    spool: Arc<Spool>,
+    rx: mpsc::Receiver<QueuedRequest>,
+) -> std::io::Result<LakeWriter> {
     let limits = FileLimits {
         max_file_bytes: config.max_file_bytes,
         max_file_age_ms: config.max_file_age.as_millis() as i64,
@@ -141,29 +141,28 @@ pub fn start_writer(config: &LakeConfig, spool: PathBuf, spooled: Arc<AtomicU64>
         max_buffered_bytes: config.max_buffered_bytes,
         zstd_level: config.zstd_level,
     };
-    let files = LakeFiles::new(&spool, &config.writer(), limits, spooled.clone())?;
-    let (tx, rx) = mpsc::channel(CHANNEL);
+    let files = LakeFiles::new(spool.clone(), &config.writer(), limits)?;
     let handle = tokio::runtime::Handle::current();
     let max_spool = config.max_spool_bytes;
     let draining = Arc::new(AtomicBool::new(false));
     let flag = draining.clone();
     let thread = std::thread::Builder::new()
         .name("tally-lake".into())
-        .spawn(move || run(rx, files, handle, spooled, max_spool, flag))?;
-    Ok(LakeWriter { tx, thread, draining })
+        .spawn(move || run(rx, files, handle, spool, max_spool, flag))?;
+    Ok(LakeWriter { thread, draining })
 }
 
 fn run(
     mut rx: mpsc::Receiver<QueuedRequest>,
     mut files: LakeFiles,
     handle: tokio::runtime::Handle,
-    spooled: Arc<AtomicU64>,
+    spool: Arc<Spool>,
     max_spool: u64,
     draining: Arc<AtomicBool>,
 ) {
     let mut last_age_check = now_ms();
     loop {
-        let held = spooled.load(Ordering::Relaxed) + files.open_bytes();
+        let held = spool.bytes() + files.open_bytes();
         metrics::gauge!(metric_names::LAKE_SPOOL_BYTES).set(held as f64);
         metrics::gauge!(metric_names::LAKE_OPEN_FILES).set(files.open_files() as f64);
         metrics::gauge!(metric_names::LAKE_BUFFERED_BYTES).set(files.buffered_bytes() as f64);
@@ -205,7 +204,7 @@ fn run(
 /// One request's rows into their files.
 fn add(files: &mut LakeFiles, request: &QueuedRequest) -> std::io::Result<()> {
     let now = now_ms();
-    for b in &request.batches {
+    for b in request.batches.iter() {
         let tenant = b.tenant.as_str();
         // Items go to the hour of their time; without a plausible one (none,
         // over a week old, over an hour ahead), to the hour they were received,
@@ -343,7 +342,7 @@ mod tests {
             max_buffered_bytes: 1 << 20,
             zstd_level: 3,
         };
-        let files = LakeFiles::new(&spool, "w", limits, Arc::new(AtomicU64::new(0))).unwrap();
+        let files = LakeFiles::new(Arc::new(Spool::open(&spool).unwrap()), "w", limits).unwrap();
         (spool, files)
     }
 

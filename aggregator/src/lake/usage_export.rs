@@ -13,7 +13,7 @@ use std::{
 };
 
 use tally_core::{
-    lake::{LakeSignal, hour_of_ns},
+    lake::{LakeSignal, Spool, hour_of_ns},
     now_ms,
 };
 use tally_store::Store;
@@ -28,9 +28,9 @@ use super::{FileKey, FileLimits, LakeFiles, schema::Rows};
 /// compare-and-set, so one replica exports each range.
 pub struct UsageExport {
     pub store: Store,
-    pub spool: PathBuf,
+    /// Files go here, for the uploader, like the writer's.
+    pub spool: Arc<Spool>,
     pub writer_id: String,
-    pub spooled: Arc<AtomicU64>,
     pub row_group_rows: usize,
     pub interval: Duration,
     /// Usage received more recently than this is left for the next run
@@ -73,14 +73,9 @@ impl UsageExport {
             let records = self.store.usage_received(from, to).await.map_err(|e| e.to_string())?;
             let n = records.len();
             // Encoding and fsync are blocking work.
-            let (spool, writer, spooled, seq, rows) = (
-                self.spool.clone(),
-                format!("{}-usage", self.writer_id),
-                self.spooled.clone(),
-                self.seq.clone(),
-                self.row_group_rows,
-            );
-            let files = tokio::task::spawn_blocking(move || write(&records, &spool, &writer, spooled, &seq, rows))
+            let (spool, writer, seq, rows) =
+                (self.spool.clone(), format!("{}-usage", self.writer_id), self.seq.clone(), self.row_group_rows);
+            let files = tokio::task::spawn_blocking(move || write(&records, spool, &writer, &seq, rows))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
@@ -88,7 +83,7 @@ impl UsageExport {
                 // Another replica exported this range meanwhile.
                 for (path, size) in files {
                     if tokio::fs::remove_file(path).await.is_ok() {
-                        self.spooled.fetch_sub(size, std::sync::atomic::Ordering::Relaxed);
+                        self.spool.removed(size);
                     }
                 }
                 return Ok(written);
@@ -103,9 +98,8 @@ impl UsageExport {
 /// Writes `records` into complete files in the spool; returns their paths and sizes.
 fn write(
     records: &[tally_core::UsageRecord],
-    spool: &std::path::Path,
+    spool: Arc<Spool>,
     writer: &str,
-    spooled: Arc<AtomicU64>,
     seq: &AtomicU64,
     row_group_rows: usize,
 ) -> std::io::Result<Vec<(PathBuf, u64)>> {
@@ -122,7 +116,7 @@ fn write(
         zstd_level: 9,
     };
     let first = seq.load(Ordering::Relaxed).max(now_ms().max(0) as u64 * 1000);
-    let mut files = LakeFiles::new_shared(spool, writer, limits, spooled, first)?;
+    let mut files = LakeFiles::new_shared(spool, writer, limits, first)?;
     for r in records {
         let hour = hour_of_ns(r.event_time_ms.max(0) as u64 * 1_000_000);
         let key = FileKey { signal: LakeSignal::Usage, tenant: r.tenant.as_str().to_owned(), hour_ms: hour };

@@ -48,8 +48,6 @@ pub struct RollupStage {
     windows: Windows,
     keep: AttributeFilter,
     counts: HashMap<(TenantId, Signal), u64>,
-    /// The lake writer, passed each request once rolled up.
-    lake: Option<mpsc::Sender<QueuedRequest>>,
     /// Flushes with rows handed to the writer, and (its side) those it is
     /// done with: the next chunk waits while they differ.
     sent: u64,
@@ -115,20 +113,11 @@ impl RollupStage {
             config,
             flush_interval,
             counts: HashMap::new(),
-            lake: None,
             sent: 0,
             done: Arc::new(AtomicU64::new(0)),
             partial_due: false,
             paused: false,
         }
-    }
-
-    /// Passes every request on to the lake writer; a writer that does not
-    /// keep up (its spool is full) holds the stage back, and with it the
-    /// receivers: back-pressure rather than loss.
-    pub fn with_lake(mut self, lake: mpsc::Sender<QueuedRequest>) -> RollupStage {
-        self.lake = Some(lake);
-        self
     }
 
     /// Runs until every sender of `rx` is gone (the receivers have stopped),
@@ -163,18 +152,12 @@ impl RollupStage {
             }
             tokio::select! {
                 request = rx.recv(), if !paused => match request {
-                    Some(request) => {
-                        self.add(&request.batches);
-                        metrics::gauge!(metric_names::QUEUE_DEPTH).set(rx.len() as f64);
-                        self.pass_to_lake(request, &mut timers, &tx).await;
-                    }
+                    Some(request) => self.add(&request.batches),
                     None => break,
                 },
                 due = timers.next() => self.on(due, &tx),
             }
         }
-        // The lake writer finishes its files once this sender is gone.
-        self.lake = None;
         // Every open window, a chunk at a time (the writer's queue is bounded).
         let mut rows = self.windows.take_all();
         if rows.len() > self.config.max_pending_rows {
@@ -194,27 +177,6 @@ impl RollupStage {
         drop(tx);
         if writer.task.await.is_err() {
             tracing::error!("rollup writer panicked");
-        }
-    }
-
-    /// Hands a rolled-up request to the lake writer; windows keep being
-    /// written while the lake holds back (its spool is full).
-    async fn pass_to_lake(&mut self, request: QueuedRequest, timers: &mut Timers, tx: &mpsc::Sender<Flush>) {
-        let Some(lake) = self.lake.clone() else { return };
-        loop {
-            tokio::select! {
-                permit = lake.reserve() => {
-                    match permit {
-                        Ok(p) => p.send(request),
-                        Err(_) => {
-                            tracing::error!("the lake writer has stopped; telemetry is no longer written to the lake");
-                            self.lake = None;
-                        }
-                    }
-                    return;
-                }
-                due = timers.next() => self.on(due, tx),
-            }
         }
     }
 

@@ -1,6 +1,6 @@
 //! The Parquet lake's layout, shared by the writer (aggregator) and the
-//! uploader (exporter): signals, Hive-partitioned paths, the spool's
-//! folder of open files.
+//! uploader (exporter): signals, Hive-partitioned paths, and the spool
+//! ([`Spool`]) they hand files over in.
 
 use chrono::{TimeZone, Utc};
 
@@ -28,8 +28,9 @@ impl LakeSignal {
     }
 }
 
-/// Where in-progress files live, inside the spool.
-pub const OPEN_DIR: &str = ".open";
+mod spool;
+
+pub use spool::{OPEN_DIR, Spool};
 
 /// The lake path of a file, relative to the prefix (and the spool):
 /// `<signal>/tenant=<t>/date=<YYYY-MM-DD>/hour=<HH>/<writer>-<seq>.parquet`.
