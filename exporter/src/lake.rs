@@ -30,6 +30,8 @@ use object_store::{
     path::Path as ObjectPath,
 };
 use tally_core::{lake::Spool, metric_names};
+
+use crate::delivery::{Backoff, CallError};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
@@ -180,19 +182,28 @@ impl Uploader {
     /// last files), then until the spool is empty or `stop` is cancelled
     /// (the shutdown deadline). Files left over are uploaded after restart.
     pub async fn run(self, writer_done: CancellationToken, stop: CancellationToken) {
-        let mut backoff = Duration::ZERO;
+        let backoff = Backoff::exponential(Duration::from_millis(200), self.max_backoff);
+        let mut failures = 0u32;
         loop {
             let finishing = writer_done.is_cancelled();
-            match self.pass().await {
+            let wait = match self.pass().await {
                 Ok(0) if finishing => return,
-                Ok(_) => backoff = Duration::ZERO,
-                Err(e) => {
-                    backoff = (backoff * 2).clamp(Duration::from_millis(200), self.max_backoff);
-                    metrics::counter!(metric_names::LAKE_UPLOAD_ERRORS).increment(1);
-                    tracing::warn!(lake = %self.lake.description, error = %e, retry_in = ?backoff, "lake upload failed; the file stays in the spool");
+                Ok(_) => {
+                    failures = 0;
+                    Duration::from_millis(500)
                 }
-            }
-            let wait = if backoff.is_zero() { Duration::from_millis(500) } else { backoff };
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let wait = backoff.wait(failures, e.retry_after()).unwrap_or(self.max_backoff);
+                    metrics::counter!(metric_names::LAKE_UPLOAD_ERRORS).increment(1);
+                    if e.halts() {
+                        tracing::error!(lake = %self.lake.description, error = %e, retry_in = ?wait, "the object store refuses tally's credentials; files stay in the spool");
+                    } else {
+                        tracing::warn!(lake = %self.lake.description, error = %e, retry_in = ?wait, "lake upload failed; the file stays in the spool");
+                    }
+                    wait
+                }
+            };
             tokio::select! {
                 _ = stop.cancelled() => {
                     let left = self.scan().await.len();
@@ -209,24 +220,29 @@ impl Uploader {
 
     /// Uploads every complete file in the spool, oldest first; stops at the
     /// first failure. Returns how many files it found.
-    pub async fn pass(&self) -> Result<usize, String> {
+    pub async fn pass(&self) -> Result<usize, CallError> {
         // The scan also re-counts the spool's bytes, so a file removed behind
         // its back cannot leave the count (and the back-pressure it drives)
         // wrong for longer than a pass.
         let files = self.scan().await;
         let n = files.len();
         for (path, size) in files {
-            let rel = path.strip_prefix(self.spool.dir()).map_err(|e| e.to_string())?;
-            let rel = rel.to_str().ok_or("spool file name is not UTF-8")?.replace(std::path::MAIN_SEPARATOR, "/");
+            let rel = path.strip_prefix(self.spool.dir()).map_err(|e| CallError::refused(e.to_string()))?;
+            let rel = rel
+                .to_str()
+                .ok_or_else(|| CallError::refused("spool file name is not UTF-8"))?
+                .replace(std::path::MAIN_SEPARATOR, "/");
             let location = if self.lake.prefix.as_ref().is_empty() {
                 ObjectPath::parse(&rel)
             } else {
                 ObjectPath::parse(format!("{}/{rel}", self.lake.prefix))
             }
-            .map_err(|e| format!("{rel}: {e}"))?;
-            self.upload(&path, &location).await.map_err(|e| format!("{rel}: {e}"))?;
+            .map_err(|e| CallError::refused(format!("{rel}: {e}")))?;
+            self.upload(&path, &location)
+                .await
+                .map_err(|e| CallError { message: format!("{rel}: {}", e.message), ..e })?;
             if let Err(e) = tokio::fs::remove_file(&path).await {
-                return Err(format!("{rel}: uploaded, but cannot remove it from the spool: {e}"));
+                return Err(CallError::retriable(format!("{rel}: uploaded, but cannot remove it from the spool: {e}")));
             }
             self.spool.removed(size);
             metrics::counter!(metric_names::LAKE_FILES_UPLOADED).increment(1);
@@ -242,16 +258,28 @@ impl Uploader {
         tokio::task::spawn_blocking(move || spool.complete_files()).await.unwrap_or_default()
     }
 
-    async fn upload(&self, path: &Path, location: &ObjectPath) -> Result<(), String> {
-        let mut file = tokio::fs::File::open(path).await.map_err(|e| e.to_string())?;
+    async fn upload(&self, path: &Path, location: &ObjectPath) -> Result<(), CallError> {
+        let mut file = tokio::fs::File::open(path).await.map_err(|e| CallError::retriable(e.to_string()))?;
         // Multipart above 8 MiB (Azure: blocks, committed at the end).
         let mut w = BufWriter::with_capacity(self.lake.store.clone(), location.clone(), 8 << 20);
         if let Err(e) = tokio::io::copy(&mut file, &mut w).await {
             let _ = w.abort().await;
-            return Err(e.to_string());
+            return Err(io_error(e));
         }
-        w.shutdown().await.map_err(|e| e.to_string())
+        w.shutdown().await.map_err(io_error)
     }
+}
+
+/// What an object-store failure means. object_store retries transient
+/// HTTP errors itself; what reaches here has run out of those retries
+/// (still worth another pass later) unless the store refuses tally's
+/// credentials.
+fn io_error(e: std::io::Error) -> CallError {
+    let refused = matches!(
+        e.get_ref().and_then(|inner| inner.downcast_ref::<object_store::Error>()),
+        Some(object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. })
+    ) || e.kind() == std::io::ErrorKind::PermissionDenied;
+    if refused { CallError::halt(e.to_string()) } else { CallError::retriable(e.to_string()) }
 }
 
 #[cfg(test)]

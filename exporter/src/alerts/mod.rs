@@ -17,6 +17,8 @@ use std::{sync::Arc, time::Duration};
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use tally_core::{alert::Notification, metric_names, now_ms};
 use tally_store::{Attempt, OutboxRow, Store};
+
+use crate::delivery::{self, Backoff, CallError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -36,18 +38,9 @@ const POLL: Duration = Duration::from_secs(1);
 pub struct Dispatcher {
     store: Store,
     receivers: Vec<(Receiver, reqwest::Client)>,
-    retry_schedule: Vec<Duration>,
+    backoff: Backoff,
     send_timeout: Duration,
     external_url: String,
-}
-
-/// What one attempt came to, before it is recorded.
-enum Sent {
-    Ok,
-    /// Worth retrying.
-    Transient(String),
-    /// The receiver refuses it; retrying will not help.
-    Refused(String),
 }
 
 impl Dispatcher {
@@ -65,7 +58,7 @@ impl Dispatcher {
         Ok(Dispatcher {
             store,
             receivers,
-            retry_schedule,
+            backoff: Backoff::schedule(retry_schedule),
             send_timeout,
             external_url: external_url.trim_end_matches('/').to_owned(),
         })
@@ -107,28 +100,35 @@ impl Dispatcher {
             let sent = self.send(receiver, client, &row).await;
             let now = now_ms();
             let labels = |outcome: &'static str| [("receiver", receiver.name.clone()), ("outcome", outcome.to_owned())];
+            let error = sent.as_ref().err().map(ToString::to_string).unwrap_or_default();
+            let error = error.as_str();
             let attempt = match &sent {
-                Sent::Ok => {
+                Ok(()) => {
                     metrics::counter!(metric_names::ALERT_NOTIFICATIONS, &labels("delivered")).increment(1);
                     metrics::histogram!(metric_names::ALERT_DELIVERY_SECONDS, "receiver" => receiver.name.clone())
                         .record((now - row.created_ms).max(0) as f64 / 1000.0);
                     Attempt::Delivered
                 }
-                Sent::Transient(error) => match self.retry_schedule.get(row.attempts.max(0) as usize) {
-                    Some(wait) => {
-                        metrics::counter!(metric_names::ALERT_NOTIFICATIONS, &labels("retry")).increment(1);
-                        tracing::warn!(receiver = %receiver.name, id = row.id, attempt = row.attempts + 1, %error, retry_in = ?wait, "alert notification not delivered; will retry");
-                        Attempt::Retry { next_ms: now + wait.as_millis() as i64, error }
+                Err(e) if e.is_retriable() => {
+                    let failures = u32::try_from(row.attempts.max(0)).unwrap_or(u32::MAX).saturating_add(1);
+                    match self.backoff.wait(failures, e.retry_after()) {
+                        Some(wait) => {
+                            metrics::counter!(metric_names::ALERT_NOTIFICATIONS, &labels("retry")).increment(1);
+                            tracing::warn!(receiver = %receiver.name, id = row.id, attempt = failures, %error, retry_in = ?wait, "alert notification not delivered; will retry");
+                            Attempt::Retry { next_ms: now + wait.as_millis() as i64, error }
+                        }
+                        None => {
+                            metrics::counter!(metric_names::ALERT_NOTIFICATIONS, &labels("failed")).increment(1);
+                            tracing::error!(receiver = %receiver.name, id = row.id, attempts = failures, %error, "alert notification given up: retry schedule exhausted");
+                            Attempt::Failed { error }
+                        }
                     }
-                    None => {
-                        metrics::counter!(metric_names::ALERT_NOTIFICATIONS, &labels("failed")).increment(1);
-                        tracing::error!(receiver = %receiver.name, id = row.id, attempts = row.attempts + 1, %error, "alert notification given up: retry schedule exhausted");
-                        Attempt::Failed { error }
-                    }
-                },
-                Sent::Refused(error) => {
+                }
+                // Refused, or the receiver refuses tally's credentials: a
+                // retry of the same request gets the same answer.
+                Err(e) => {
                     metrics::counter!(metric_names::ALERT_NOTIFICATIONS, &labels("failed")).increment(1);
-                    tracing::error!(receiver = %receiver.name, id = row.id, %error, "alert notification refused by the receiver; not retried");
+                    tracing::error!(receiver = %receiver.name, id = row.id, %error, kind = e.kind.as_str(), "alert notification refused by the receiver; not retried");
                     Attempt::Failed { error }
                 }
             };
@@ -137,21 +137,19 @@ impl Dispatcher {
                 tracing::warn!(receiver = %receiver.name, id = row.id, error = %e, "recording a delivery failed");
                 return;
             }
-            if !matches!(sent, Sent::Ok) {
+            if sent.is_err() {
                 return; // the next one waits for this one
             }
         }
     }
 
-    async fn send(&self, receiver: &Receiver, client: &reqwest::Client, row: &OutboxRow) -> Sent {
-        let n: Notification = match serde_json::from_str(&row.payload) {
-            Ok(n) => n,
-            Err(e) => return Sent::Refused(format!("stored notification does not parse: {e}")),
-        };
+    async fn send(&self, receiver: &Receiver, client: &reqwest::Client, row: &OutboxRow) -> Result<(), CallError> {
+        let n: Notification = serde_json::from_str(&row.payload)
+            .map_err(|e| CallError::refused(format!("stored notification does not parse: {e}")))?;
         if !receiver.allow_private
             && let Some(why) = private_host(&receiver.url)
         {
-            return Sent::Refused(format!("target is {why}"));
+            return Err(CallError::refused(format!("target is {why}")));
         }
         let body = match receiver.kind {
             ReceiverKind::Webhook => alertmanager(&n, &receiver.name, &self.external_url),
@@ -169,31 +167,6 @@ impl Dispatcher {
                 req = req.header("webhook-signature", signature(key, &id, timestamp, &body));
             }
         }
-        match req.body(body).send().await {
-            Ok(resp) => {
-                let status = resp.status();
-                if status.is_success() {
-                    return Sent::Ok;
-                }
-                let text = crate::body::read_prefix(resp, 300).await;
-                let error = format!("HTTP {status}: {text}");
-                let transient = status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
-                if transient { Sent::Transient(error) } else { Sent::Refused(error) }
-            }
-            // Without the URL: it may carry a token, and this goes to the log.
-            Err(e) => Sent::Transient(error_chain(&e.without_url())),
-        }
+        delivery::send(req.body(body), 300).await?.into_result().map(drop)
     }
-}
-
-/// An error with its causes ("error sending request: connection refused").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
