@@ -59,4 +59,16 @@ fn describe() {
     describe_gauge!(m::CONNECTIONS, "Connections open, per listener");
     describe_counter!(m::CONNECTIONS_REFUSED, "Connections closed at once: the listener was at server.max_connections");
     describe_counter!(m::CONNECTIONS_IDLE_CLOSED, "Connections closed after server.idle_timeout without traffic");
+    describe_counter!(m::STRIPE_PUSHES, "Stripe meter-event attempts, by outcome");
+    describe_gauge!(m::STRIPE_PUSH_ROWS, "Pushes in the Stripe sync ledger, by state");
+    describe_histogram!(
+        m::STRIPE_PUSH_DELAY_SECONDS,
+        metrics::Unit::Seconds,
+        "From planning a Stripe push to its delivery"
+    );
+    describe_counter!(m::STRIPE_PLANNED, "Stripe pushes planned (written before sending)");
+    describe_gauge!(m::STRIPE_LEADER, "1 while this replica leads the Stripe sync");
+    describe_gauge!(m::STRIPE_HALTED, "1 while the Stripe sync is halted: Stripe refuses the API key");
+    describe_gauge!(m::STRIPE_DRIFT_LINES, "Reconciliation lines with confirmed drift");
+    describe_gauge!(m::STRIPE_DRIFT_UNITS, "Sum of |drift| of confirmed reconciliation lines, in Stripe units");
 }

@@ -80,6 +80,21 @@ pub struct MeterConfig {
     /// at most [`MAX_EXACT`], so sums stay exact integers and no stored
     /// aggregate can overflow.
     pub max_value: Option<f64>,
+    /// Stripe: whether the meter is synced (when the sync is on); `false`
+    /// for a meter with no Stripe meter. Default true.
+    #[serde(default = "yes")]
+    pub stripe: bool,
+    /// Stripe: the Stripe meter's `event_name` (default: this meter's name).
+    pub stripe_event_name: Option<String>,
+    /// Stripe: units pushed per unit of this meter, for meters whose values
+    /// are fractional (1000 turns GB into MB). Whole units go out; the
+    /// fraction carries to the next window, so a period's pushes add up to
+    /// floor(its total × scale). Default 1.
+    pub stripe_scale: Option<f64>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The default largest value of one usage event: 10^15.
@@ -99,9 +114,34 @@ impl MeterConfig {
         value.is_finite() && value >= 0.0 && value <= self.max_value()
     }
 
+    /// The Stripe meter's event name.
+    pub fn stripe_event_name(&self) -> &str {
+        self.stripe_event_name.as_deref().unwrap_or(&self.name)
+    }
+
+    /// Units pushed to Stripe per unit of this meter.
+    pub fn stripe_scale(&self) -> f64 {
+        self.stripe_scale.unwrap_or(1.0)
+    }
+
+    fn validate_stripe(&self) -> Result<(), String> {
+        let name = &self.name;
+        let event = self.stripe_event_name();
+        if event.is_empty() || event.len() > 100 || event.chars().any(char::is_control) {
+            return Err(format!("meters.{name}.stripe_event_name: 1 to 100 characters, no control characters"));
+        }
+        if let Some(scale) = self.stripe_scale
+            && !(scale.is_finite() && scale > 0.0 && scale <= 1e9)
+        {
+            return Err(format!("meters.{name}.stripe_scale: must be > 0 and at most 1e9"));
+        }
+        Ok(())
+    }
+
     /// Checks one meter on its own; `validate_meters` checks them together.
     pub fn validate(&self) -> Result<(), String> {
         let name = &self.name;
+        self.validate_stripe()?;
         if let Some(max) = self.max_value
             && !(max > 0.0 && max <= MAX_EXACT)
         {
@@ -173,6 +213,17 @@ pub fn validate_meters(meters: &[MeterConfig]) -> Result<(), String> {
         m.validate()?;
         if !seen.insert(&m.name) {
             return Err(format!("meters: name {:?} is declared twice", m.name));
+        }
+        if m.stripe
+            && let Some(other) =
+                meters.iter().find(|o| o.stripe && o.name != m.name && o.stripe_event_name() == m.stripe_event_name())
+        {
+            return Err(format!(
+                "meters.{}.stripe_event_name: {:?} is also meter {:?}'s; a Stripe meter takes one tally meter",
+                m.name,
+                m.stripe_event_name(),
+                other.name
+            ));
         }
     }
     Ok(())

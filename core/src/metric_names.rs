@@ -130,3 +130,23 @@ pub const CONNECTIONS: &str = "tally_connections";
 pub const CONNECTIONS_REFUSED: &str = "tally_connections_refused_total";
 /// Connections closed after `server.idle_timeout` without traffic. Labels: `listener`.
 pub const CONNECTIONS_IDLE_CLOSED: &str = "tally_connections_idle_closed_total";
+
+/// Stripe push attempts by outcome: `sent`, `duplicate` (a resend Stripe
+/// already had: delivered), `retry`, `failed` (refused, not retried),
+/// `halted` (the key was refused), `expired` (too old for Stripe),
+/// `unconfirmed` (no answer within 23 h: left to reconciliation).
+pub const STRIPE_PUSHES: &str = "tally_stripe_pushes_total";
+/// Pushes in the sync ledger by state (`pending`, `sent`, `failed`, `expired`).
+pub const STRIPE_PUSH_ROWS: &str = "tally_stripe_push_rows";
+/// From a push being planned to Stripe confirming it, in seconds.
+pub const STRIPE_PUSH_DELAY_SECONDS: &str = "tally_stripe_push_delay_seconds";
+/// Pushes planned (written to the sync ledger before sending).
+pub const STRIPE_PLANNED: &str = "tally_stripe_planned_pushes_total";
+/// 1 while this replica leads the Stripe sync.
+pub const STRIPE_LEADER: &str = "tally_stripe_leader";
+/// 1 while the sync is halted because Stripe refuses the API key.
+pub const STRIPE_HALTED: &str = "tally_stripe_halted";
+/// Reconciliation lines (tenant × meter × period) whose drift was confirmed
+/// by a second read of Stripe, and the sum of their |drift| in Stripe units.
+pub const STRIPE_DRIFT_LINES: &str = "tally_stripe_drift_lines";
+pub const STRIPE_DRIFT_UNITS: &str = "tally_stripe_drift_units";

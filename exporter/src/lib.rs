@@ -5,9 +5,10 @@
 //! the alert evaluator, delivered to webhooks (Alertmanager body, Standard
 //! Webhooks signature) and PagerDuty (Events API v2) with a retry schedule,
 //! in order per receiver; Application Insights ([`appinsights`]: envelopes
-//! and the OTLP mapping so far). Stripe will get a module of its own.
+//! and the OTLP mapping so far); the Stripe usage sync ([`stripe`]).
 
 pub mod alerts;
 pub mod appinsights;
 pub mod delivery;
 pub mod lake;
+pub mod stripe;

@@ -13,10 +13,11 @@ mod ingest;
 mod keys;
 mod lake;
 mod ledger;
-mod locks;
+pub mod locks;
 mod rollups;
 mod schema;
 mod store;
+mod stripe;
 mod tenants;
 mod usage;
 
@@ -24,10 +25,12 @@ pub use alerts::{Attempt, NewNotification, OutboxRow};
 pub use error::StoreError;
 pub use ingest::IngestCount;
 pub use keys::ApiKeyRow;
+pub use locks::Leadership;
 pub use rollups::{KeyMatch, RecentFilter, RollupFilter, RollupTable};
 pub use schema::Column;
 pub use store::{Backend, Store};
-pub use tenants::TenantRow;
+pub use stripe::{NewPush, Planned, PushKind, PushOutcome, PushRow, PushState, ReconRow, UsageChange, WindowKey};
+pub use tenants::{MappingError, TenantRow};
 pub use usage::HourlyUsage;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -133,4 +133,17 @@ impl LedgerSql for SqliteConnection {
         }
         Ok(())
     }
+
+    async fn mark_changed(&mut self, hours: &[(&str, &str, i64)]) -> Result<()> {
+        for chunk in hours.chunks(CHUNK) {
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO usage_changes (tenant, meter, hour_ms, version) ");
+            qb.push_values(chunk, |mut b, k| {
+                b.push_bind(k.0).push_bind(k.1).push_bind(k.2).push_bind(1_i64);
+            });
+            qb.push(" ON CONFLICT (tenant, meter, hour_ms) DO UPDATE SET version = usage_changes.version + 1");
+            qb.build().execute(&mut *self).await?;
+        }
+        Ok(())
+    }
 }

@@ -214,6 +214,9 @@ trait LedgerSql: Send {
         &mut self,
         deltas: &BTreeMap<HourlyKey<'_>, HourlyDelta>,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// Marks (tenant, meter, hour) changed for the Stripe sync, bumping the
+    /// version of a row already there. `hours` is sorted and distinct.
+    fn mark_changed(&mut self, hours: &[(&str, &str, i64)]) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// The steps of a ledger write, in one transaction on either backend:
@@ -221,7 +224,8 @@ trait LedgerSql: Send {
 /// created on first sight, records are inserted (the unique key decides
 /// what is new; records an earlier version stored under a legacy id are
 /// judged against that row instead), the hourly rollup takes what was
-/// inserted. Returns the keys inserted and the stored hashes of the others.
+/// inserted, and the hours it changed are marked for the Stripe sync (in
+/// the same transaction, so none is missed). Returns the keys inserted and the stored hashes of the others.
 async fn write_usage<'r, C: LedgerSql>(
     tx: &mut C,
     unique: &[&'r UsageRecord],
@@ -258,6 +262,9 @@ async fn write_usage<'r, C: LedgerSql>(
             .chain(delta_refs.iter().copied().filter(|r| inserted_deltas.contains(&key(r)))),
     );
     tx.upsert_hourly(&hourly).await?;
+    let mut changed: Vec<(&str, &str, i64)> = hourly.keys().map(|k| (k.0, k.1, k.2)).collect();
+    changed.dedup();
+    tx.mark_changed(&changed).await?;
     Ok((inserted, existing))
 }
 

@@ -154,4 +154,21 @@ impl LedgerSql for PgConnection {
         .await?;
         Ok(())
     }
+
+    async fn mark_changed(&mut self, hours: &[(&str, &str, i64)]) -> Result<()> {
+        if hours.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO usage_changes (tenant, meter, hour_ms, version) \
+             SELECT t, m, h, 1 FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS x(t, m, h) \
+             ON CONFLICT (tenant, meter, hour_ms) DO UPDATE SET version = usage_changes.version + 1",
+        )
+        .bind(hours.iter().map(|k| k.0).collect::<Vec<_>>())
+        .bind(hours.iter().map(|k| k.1).collect::<Vec<_>>())
+        .bind(hours.iter().map(|k| k.2).collect::<Vec<_>>())
+        .execute(&mut *self)
+        .await?;
+        Ok(())
+    }
 }
