@@ -11,6 +11,8 @@ pub mod observability;
 pub mod replay;
 pub mod serve;
 pub mod server;
+pub mod stripe;
+pub mod tenants;
 
 pub use config::Config;
 pub use server::Server;

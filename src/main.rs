@@ -39,6 +39,12 @@ enum Command {
     Loadgen(loadgen::LoadgenArgs),
     /// Rebuild rollups and re-derive missing usage from the Parquet lake.
     Replay(tally::replay::ReplayArgs),
+    /// Tenants and their Stripe customers.
+    #[command(subcommand)]
+    Tenants(tally::tenants::TenantsCommand),
+    /// The Stripe usage sync: reconcile a period, see what is sent next.
+    #[command(subcommand)]
+    Stripe(tally::stripe::StripeCommand),
 }
 
 fn main() -> ExitCode {
@@ -51,7 +57,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -59,44 +65,51 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let load = || Config::load(cli.config.as_deref());
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Loadgen(args) => loadgen::run(args).await,
+        Command::Loadgen(args) => loadgen::run(args).await?,
         Command::CheckConfig => {
-            let config = Config::load(cli.config.as_deref())?;
+            let config = load()?;
             // Secrets named by receivers must be set where tally will run.
             config.alert_receivers(Some(&|name| std::env::var(name).ok()))?;
             println!("{config:#?}");
             println!("config ok");
-            Ok(())
         }
-        Command::Keys(command) => {
-            let config = Config::load(cli.config.as_deref())?;
-            let store = tally_store::Store::open(config.database_url.expose(), &config.data_dir)
-                .await
-                .with_context(|| format!("opening database {}", config.database_description()))?;
-            store.migrate().await?;
-            tally::keys::run(&store, command).await
+        Command::Keys(command) => tally::keys::run(&open_store(&load()?).await?, command).await?,
+        Command::Tenants(command) => tally::tenants::run(&open_store(&load()?).await?, command).await?,
+        Command::Stripe(command) => {
+            let config = load()?;
+            observability::init_logging(&config);
+            let store = open_store(&config).await?;
+            if !tally::stripe::run(&config, &store, command).await? {
+                return Ok(ExitCode::from(1)); // drift found
+            }
         }
         Command::Migrate => {
-            let config = Config::load(cli.config.as_deref())?;
+            let config = load()?;
             observability::init_logging(&config);
-            let store = tally_store::Store::open(config.database_url.expose(), &config.data_dir)
-                .await
-                .with_context(|| format!("opening database {}", config.database_description()))?;
-            store.migrate().await?;
+            open_store(&config).await?;
             println!("migrations applied to {}", config.database_description());
-            Ok(())
         }
         Command::Replay(args) => {
-            let config = Config::load(cli.config.as_deref())?;
+            let config = load()?;
             observability::init_logging(&config);
             let summary = tally::replay::run(&config, &args, &|name| std::env::var(name).ok()).await?;
             println!("{summary}");
-            Ok(())
         }
-        Command::Serve => serve(Config::load(cli.config.as_deref())?).await,
+        Command::Serve => serve(load()?).await?,
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the configured database and applies the migrations.
+async fn open_store(config: &Config) -> anyhow::Result<tally_store::Store> {
+    let store = tally_store::Store::open(config.database_url.expose(), &config.data_dir)
+        .await
+        .with_context(|| format!("opening database {}", config.database_description()))?;
+    store.migrate().await?;
+    Ok(store)
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

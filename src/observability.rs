@@ -9,13 +9,16 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 use crate::config::{Config, LogFormat};
 
 /// Installs the tracing subscriber (once per process). `RUST_LOG` wins over
-/// `log_level`.
+/// `log_level`. Logs go to stderr, so a command's output on stdout (JSON
+/// reports, keys) stays clean.
 pub fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match config.log_format {
-        LogFormat::Json => registry.with(fmt::layer().json().flatten_event(true).with_current_span(false)).try_init(),
-        LogFormat::Text => registry.with(fmt::layer()).try_init(),
+        LogFormat::Json => registry
+            .with(fmt::layer().json().flatten_event(true).with_current_span(false).with_writer(std::io::stderr))
+            .try_init(),
+        LogFormat::Text => registry.with(fmt::layer().with_writer(std::io::stderr)).try_init(),
     };
     for warning in &config.warnings {
         tracing::warn!("{warning}");

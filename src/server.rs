@@ -11,14 +11,17 @@ use tally_aggregator::{RollupStage, alert::AlertEngine};
 use tally_collector::{
     Authenticator, Ingest, Pipeline, Policy, TenantResolver, UsageLedger, events, otlp, otlp_usage::OtlpMeters,
 };
-use tally_exporter::alerts::Dispatcher;
+use tally_exporter::{alerts::Dispatcher, stripe::Stripe};
 use tally_store::Store;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     Config,
-    api::{self, alerts as alerts_api, rollups as rollup_api, usage as usage_api},
+    api::{
+        self, alerts as alerts_api, rollups as rollup_api, stripe as stripe_api, tenants as tenants_api,
+        usage as usage_api,
+    },
     config::EnvLookup,
     serve,
 };
@@ -51,6 +54,9 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
         .await
         .with_context(|| format!("opening database {}", config.database_description()))?;
     store.migrate().await.context("applying database migrations")?;
+    // The Stripe sync, when a key is set: its meters are checked against
+    // Stripe's before anything is served.
+    let stripe = Stripe::connect(&config.stripe, &config.meters, env).await.map_err(anyhow::Error::msg)?;
 
     // The data path, downstream first. Every accepted OTLP request goes,
     // through the pipeline's fan-out, to each consumer as a peer, each with
@@ -141,6 +147,9 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
     )
     .context("building the alert receivers' HTTP clients")?;
     let delivery = tokio::spawn(dispatcher.run(outbox, shutdown.clone()));
+    // Usage to Stripe: the leader plans pushes from the ledger's changes,
+    // sends them and reconciles closed periods.
+    let stripe_sync = stripe.as_ref().map(|s| tokio::spawn(s.sync(store.clone()).run(shutdown.clone())));
     // The receivers (OTLP over gRPC and HTTP → ingest → ledger, pipeline)
     // and the API (usage events → ledger; queries).
     let grpc_router = otlp::grpc_routes(ingest.clone(), config.otlp.max_request_bytes, config.otlp.request_timeout)
@@ -163,6 +172,11 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
             daily_after_ms: config.rollups.hour_retention.as_millis() as i64,
         }))
         .merge(alerts_api::router(store.clone()))
+        .merge(tenants_api::router(tenants_api::TenantsState {
+            store: store.clone(),
+            stripe_enabled: stripe.is_some(),
+        }))
+        .merge(stripe_api::router(stripe_api::StripeState { store: store.clone(), stripe: stripe.clone() }))
         .layer(axum::middleware::from_fn_with_state(auth, tally_collector::auth::require_caller));
     let api_router = api::public_router(api_state).merge(v1);
 
@@ -205,15 +219,20 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
         let maintenance = maintenance.await.context("rollup maintenance");
         let alerts = alerts.await.context("alert evaluation");
         let delivery = delivery.await.context("alert delivery");
+        let stripe = match stripe_sync {
+            Some(task) => task.await.context("Stripe sync"),
+            None => Ok(()),
+        };
         let ledger = ledger_task.await.context("usage ledger writer");
         task_store.close().await;
         tracing::info!("shutdown complete");
-        listeners.and(rollups).and(lake).and(maintenance).and(alerts).and(delivery).and(ledger)
+        listeners.and(rollups).and(lake).and(maintenance).and(alerts).and(delivery).and(stripe).and(ledger)
     });
 
     tracing::info!(
         otlp_grpc = %grpc_addr, otlp_http = %http_addr, api = %api_addr,
         database = %config.database_description(),
+        stripe_sync = stripe.is_some(),
         "tally is serving"
     );
     Ok(Server { grpc_addr, http_addr, api_addr, store, shutdown, task })

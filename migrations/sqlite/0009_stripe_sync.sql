@@ -98,4 +98,4 @@ CREATE TABLE stripe_reconciliations (
 -- (`[stripe] sync_from` leaves out what was billed by other means).
 INSERT INTO usage_changes (tenant, meter, hour_ms, version)
     SELECT DISTINCT tenant, meter, hour_ms, 1 FROM usage_hourly
-    WHERE hour_ms >= CAST(strftime('%s', 'now') AS INTEGER) * 1000 - 35 * 86400000;
+    WHERE hour_ms >= CAST(strftime('%s', 'now') AS INTEGER) * 1000 - 3024000000; -- 35 days in ms

@@ -1,12 +1,14 @@
 //! The query/admin HTTP API (`[api] addr`, :8080 by default): probes and
 //! metrics, and the `/v1` route groups, one file each ([`usage`],
-//! [`rollups`], [`alerts`]). Shared here: the error shape every answer
+//! [`rollups`], [`alerts`], [`tenants`], [`stripe`]). Shared here: the error shape every answer
 //! uses ([`ApiError`]), the query extractor that answers in it
 //! ([`Query`]), and the tenant preamble every tenant-scoped query starts
 //! with ([`ReadTenant`], [`ReadScope`]).
 
 pub mod alerts;
 pub mod rollups;
+pub mod stripe;
+pub mod tenants;
 pub mod usage;
 
 use std::sync::{
@@ -15,7 +17,7 @@ use std::sync::{
 };
 
 use axum::{
-    Extension, Json, Router,
+    Json, Router,
     extract::{FromRequestParts, State},
     http::{StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
@@ -46,7 +48,7 @@ pub fn public_router(state: ApiState) -> Router {
 
 /// `/v1` queries of this module; the caller layers authentication on top.
 pub fn v1_router(state: ApiState) -> Router {
-    Router::new().route("/v1/ingest/counts", get(ingest_counts)).route("/v1/tenants", get(tenants)).with_state(state)
+    Router::new().route("/v1/ingest/counts", get(ingest_counts)).with_state(state)
 }
 
 /// Refuses a read of `tenant`'s data by a key that may not read it.
@@ -186,6 +188,14 @@ impl ApiError {
         ApiError { status: StatusCode::FORBIDDEN, message: message.into() }
     }
 
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::NOT_FOUND, message: message.into() }
+    }
+
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::CONFLICT, message: message.into() }
+    }
+
     pub fn internal(err: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %err, "api request failed");
         ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: "internal error; see tally's log".into() }
@@ -245,32 +255,4 @@ async fn ingest_counts(
         }
     }
     Ok(Json(serde_json::json!({ "tenants": out })))
-}
-
-/// Tenants known to the ledger (admin keys, or open mode):
-/// `{"tenants":[{"id","display_name","stripe_customer_id","status","created"}]}`.
-async fn tenants(
-    State(st): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    if let Some(p) = caller.0.as_ref().filter(|p| **p != Principal::Admin) {
-        let own =
-            p.pinned_tenant().map_or(String::new(), |t| format!("; GET /v1/tenants/{t} reads this key's own tenant"));
-        return Err(ApiError::forbidden(format!(
-            "listing every tenant needs an admin key, not a {} key{own}",
-            p.kind()
-        )));
-    }
-    let rows = st.store.tenants().await.map_err(ApiError::internal)?;
-    let tenants: Vec<_> = rows
-        .into_iter()
-        .map(|t| {
-            serde_json::json!({
-                "id": t.id, "display_name": t.display_name, "stripe_customer_id": t.stripe_customer_id,
-                "status": t.status,
-                "created": chrono::DateTime::from_timestamp_millis(t.created_ms).map(|d| d.to_rfc3339()),
-            })
-        })
-        .collect();
-    Ok(Json(serde_json::json!({ "tenants": tenants })))
 }

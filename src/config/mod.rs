@@ -20,7 +20,10 @@ use tally_aggregator::{
 };
 use tally_collector::{OtlpConfig, PipelineConfig, TenancyConfig, TenantResolver, events::EventsConfig};
 use tally_core::{MeterConfig, Secret, meter::validate_meters};
-use tally_exporter::alerts::{Receiver, ReceiverConfig, check_receivers};
+use tally_exporter::{
+    alerts::{Receiver, ReceiverConfig, check_receivers},
+    stripe::StripeConfig,
+};
 
 mod env;
 
@@ -62,6 +65,8 @@ pub struct Config {
     /// `[[receivers]]`: where alert notifications go.
     #[serde(default)]
     pub receivers: Vec<ReceiverConfig>,
+    /// `[stripe]`: the usage sync to Stripe Billing.
+    pub stripe: StripeConfig,
     /// What loading the config noticed but did not refuse (unknown
     /// `TALLY_*` variables), logged once logging is set up.
     #[serde(skip)]
@@ -152,6 +157,7 @@ impl Config {
         validate_meters(&self.meters).map_err(anyhow::Error::msg)?;
         self.alert_rules()?;
         self.alert_receivers(None)?;
+        self.stripe.validate().map_err(anyhow::Error::msg)?;
         let a = &self.alerting;
         anyhow::ensure!(!a.eval_interval.is_zero(), "alerting.eval_interval must be greater than 0");
         anyhow::ensure!(!a.send_timeout.is_zero(), "alerting.send_timeout must be greater than 0");

@@ -4,23 +4,10 @@
 
 use std::{process::Stdio, time::Duration};
 
-use crate::support::*;
-
-fn tally() -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tally"));
-    // Only what the test sets: a developer's TALLY_* must not leak in.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("TALLY_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.kill_on_drop(true);
-    cmd
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use crate::{
+    daemon::{free_port, tally_cmd as tally},
+    support::*,
+};
 
 #[tokio::test]
 async fn unknown_env_key_is_refused_by_name() {

@@ -6,6 +6,7 @@
 // are tally's own small answers.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
+mod daemon;
 mod support;
 
 mod e2e_alerts;
@@ -21,6 +22,8 @@ mod e2e_rollups;
 mod e2e_shutdown;
 mod e2e_span_usage;
 mod e2e_storage;
+mod e2e_stripe;
+mod e2e_stripe_api;
 mod e2e_tenancy;
 mod e2e_usage;
 mod e2e_usage_limits;

@@ -40,8 +40,14 @@ pub async fn observe(
     width_ms: i64,
     now_ms: i64,
 ) -> tally_store::Result<Observed> {
-    if let AlertMetric::Usage { meter } = &rule.metric {
-        return usage(store, rule, meters, meter, now_ms).await;
+    match &rule.metric {
+        AlertMetric::Usage { meter } => return usage(store, rule, meters, meter, now_ms).await,
+        AlertMetric::StripeSyncFailed => {
+            let rows = store.failed_pushes_by_tenant().await?;
+            return Ok(per_tenant(rule, rows.into_iter().map(|(t, n)| (t, n as f64))));
+        }
+        AlertMetric::StripeDrift => return Ok(per_tenant(rule, store.drift_by_tenant().await?.into_iter())),
+        _ => {}
     }
     let scope = &rule.config.scope;
     let tenant = scope.tenant.as_deref().map(TenantId::parse).transpose().ok().flatten();
@@ -179,7 +185,7 @@ fn value_of(rule: &Rule, v: &RollupValues, seconds: f64) -> Option<f64> {
             GaugeAggregate::Avg => (v.count > 0).then(|| v.sum / v.count as f64),
         },
         AlertMetric::LogCount { .. } => Some(v.count as f64),
-        AlertMetric::Usage { .. } => None,
+        AlertMetric::Usage { .. } | AlertMetric::StripeSyncFailed | AlertMetric::StripeDrift => None,
     }
 }
 
@@ -211,6 +217,18 @@ async fn usage(
         out.insert(group_key(&labels), (labels, Some(total / quota)));
     }
     Ok(out)
+}
+
+/// One group per tenant with a value (of the rule's tenant, if scoped).
+fn per_tenant(rule: &Rule, values: impl Iterator<Item = (String, f64)>) -> Observed {
+    let scope = rule.config.scope.tenant.as_deref();
+    values
+        .filter(|(t, _)| scope.is_none_or(|s| s == t))
+        .map(|(tenant, v)| {
+            let labels = BTreeMap::from([("tenant".to_owned(), tenant)]);
+            (group_key(&labels), (labels, Some(v)))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -142,6 +142,12 @@ pub enum AlertMetric {
     Usage {
         meter: String,
     },
+    /// The tenant's Stripe pushes Stripe refused (or that stayed
+    /// unconfirmed): they need a hand.
+    StripeSyncFailed,
+    /// The tenant's drift between ledger and Stripe confirmed by
+    /// reconciliation, in Stripe units (summed over meters and periods).
+    StripeDrift,
 }
 
 impl AlertMetric {
@@ -165,10 +171,12 @@ impl AlertMetric {
             "p90_latency_ms" => AlertMetric::Latency { quantile: 0.90 },
             "p95_latency_ms" => AlertMetric::Latency { quantile: 0.95 },
             "p99_latency_ms" => AlertMetric::Latency { quantile: 0.99 },
+            "stripe_sync_failed" => AlertMetric::StripeSyncFailed,
+            "stripe_drift" => AlertMetric::StripeDrift,
             _ => {
                 return Err(format!(
                     "{metric:?}: expected error_rate, request_rate, p50|p90|p95|p99_latency_ms, gauge:<metric>, \
-                     log_count:<severity> or usage:<meter>"
+                     log_count:<severity>, usage:<meter>, stripe_sync_failed or stripe_drift"
                 ));
             }
         })
@@ -312,7 +320,7 @@ fn compile(r: &AlertRuleConfig, ctx: &RuleContext<'_>) -> Result<Rule, String> {
         let ok = match &metric {
             m if m.is_span() => ["tenant", "service", "operation"].contains(&g.as_str()),
             AlertMetric::LogCount { .. } => ["tenant", "service"].contains(&g.as_str()),
-            AlertMetric::Usage { .. } => g == "tenant",
+            AlertMetric::Usage { .. } | AlertMetric::StripeSyncFailed | AlertMetric::StripeDrift => g == "tenant",
             _ => !g.is_empty(), // gauges: tenant, service or a point attribute
         };
         if !ok {
@@ -325,11 +333,13 @@ fn compile(r: &AlertRuleConfig, ctx: &RuleContext<'_>) -> Result<Rule, String> {
     if !r.scope.attributes.is_empty() && !matches!(metric, AlertMetric::Gauge { .. }) {
         return Err("scope.attributes: only for gauge: rules".into());
     }
-    if r.scope.service.is_some() && matches!(metric, AlertMetric::Usage { .. }) {
-        return Err("scope.service: usage has no service".into());
+    let billing =
+        matches!(metric, AlertMetric::Usage { .. } | AlertMetric::StripeSyncFailed | AlertMetric::StripeDrift);
+    if r.scope.service.is_some() && billing {
+        return Err(format!("scope.service: {} has no service", r.metric));
     }
     let width = ctx.rollup_window;
-    if !matches!(metric, AlertMetric::Usage { .. }) && r.window < width {
+    if !billing && r.window < width {
         return Err(format!(
             "window: {} is shorter than rollups.window ({})",
             humantime::format_duration(r.window),

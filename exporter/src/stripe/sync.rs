@@ -204,7 +204,7 @@ impl StripeSync {
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "planning Stripe pushes failed; retried next round"),
                 }
-                match self.store.push_counts().await {
+                match self.store.push_counts(None).await {
                     Ok(counts) => publish_counts(&counts),
                     Err(e) => tracing::warn!(error = %e, "counting Stripe pushes failed"),
                 }

@@ -67,11 +67,19 @@ impl Store {
         })
     }
 
-    /// How many pushes are in each state.
-    pub async fn push_counts(&self) -> Result<HashMap<PushState, i64>> {
-        const SELECT: &str = "SELECT state, COUNT(*) FROM stripe_pushes GROUP BY state";
-        let rows: Vec<(String, i64)> =
-            crate::on_pool!(self, |pool| sqlx::query_as::<_, (String, i64)>(SELECT).fetch_all(pool).await)?;
+    /// How many pushes are in each state (of one tenant, or all).
+    pub async fn push_counts(&self, tenant: Option<&str>) -> Result<HashMap<PushState, i64>> {
+        let sql = format!(
+            "SELECT state, COUNT(*) FROM stripe_pushes {} GROUP BY state",
+            if tenant.is_some() { "WHERE tenant = $1" } else { "" }
+        );
+        let rows: Vec<(String, i64)> = crate::on_pool!(self, |pool| {
+            let mut q = sqlx::query_as::<_, (String, i64)>(AssertSqlSafe(sql.as_str()));
+            if let Some(t) = tenant {
+                q = q.bind(t);
+            }
+            q.fetch_all(pool).await
+        })?;
         Ok(rows.into_iter().filter_map(|(s, n)| Some((PushState::parse(&s)?, n))).collect())
     }
 

@@ -85,11 +85,11 @@ impl Store {
         Ok(rows)
     }
 
-    /// Per tenant, the sum of |drift| over every stored report line (the
-    /// `stripe_drift` alert metric).
+    /// Per tenant, the sum of |drift| over the stored report lines whose
+    /// drift a second read confirmed (the `stripe_drift` alert metric).
     pub async fn drift_by_tenant(&self) -> Result<Vec<(String, f64)>> {
         const SELECT: &str = "SELECT tenant, SUM(ABS(drift)) FROM stripe_reconciliations \
-             WHERE drift IS NOT NULL AND drift <> 0 GROUP BY tenant ORDER BY tenant";
+             WHERE drift IS NOT NULL AND drift <> 0 AND checks >= 2 GROUP BY tenant ORDER BY tenant";
         Ok(crate::on_pool!(self, |pool| sqlx::query_as::<_, (String, f64)>(SELECT).fetch_all(pool).await)?)
     }
 }
