@@ -135,7 +135,7 @@ impl Store {
     /// cause is mended; returns how many.
     pub async fn retry_failed_pushes(&self, tenant: Option<&str>, now_ms: i64) -> Result<u64> {
         let sql = format!(
-            "UPDATE stripe_pushes SET state = 'pending', next_attempt_ms = $1, attempts = 0, first_attempt_ms = NULL \
+            "UPDATE stripe_pushes SET state = 'pending', next_attempt_ms = $1, first_attempt_ms = NULL \
              WHERE state = 'failed' {}",
             if tenant.is_some() { "AND tenant = $2" } else { "" }
         );
