@@ -82,8 +82,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = load()?;
             observability::init_logging(&config);
             let store = open_store(&config).await?;
-            if !tally::stripe::run(&config, &store, command).await? {
-                return Ok(ExitCode::from(1)); // drift found
+            // 1: drift found; 2: the command failed (so scripts can tell).
+            match tally::stripe::run(&config, &store, command).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(ExitCode::from(1)),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return Ok(ExitCode::from(2));
+                }
             }
         }
         Command::Migrate => {

@@ -326,9 +326,15 @@ async fn through_faults_and_kills(db: Db) {
     let ids: BTreeSet<&str> = events.iter().map(|e| e.identifier.as_str()).collect();
     assert_eq!(ids.len(), events.len(), "an identifier was recorded twice");
     assert!(events.iter().all(|e| e.event_name != "pings"), "a stripe = false meter was pushed");
-    let sync = daemons[0].get("/v1/stripe/sync").await;
+    // The last outcomes are written back within a flush.
+    let mut sync = Value::Null;
+    wait_for("every push confirmed", Duration::from_secs(10), async || {
+        sync = daemons[0].get("/v1/stripe/sync").await;
+        sync["pushes"]["pending"] == 0
+    })
+    .await;
     assert_eq!(sync["pushes"]["failed"], 0, "{sync}");
-    assert_eq!(sync["pushes"]["pending"], 0, "{sync}");
+    assert_eq!(actual(&stripe, &sent), want, "nothing more was pushed after the totals matched");
 
     // The reconciliation agrees; then Stripe loses one event.
     stripe.clear_faults();

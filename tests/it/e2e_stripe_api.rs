@@ -96,7 +96,10 @@ async fn usage_waits_for_its_mapping_and_the_mapping_is_checked() {
     let (code, body) = put_customer(&s, "initech", json!({"stripe_customer_id": "cus_Shared1"}), None).await;
     assert_eq!(code, 409, "{body}");
     assert!(body["error"].as_str().unwrap().contains("hooli"), "{body}");
-    assert_eq!(s.get_json("/v1/tenants/nobody", None).await["error"], "tenant nobody is not known (no usage, no mapping)");
+    assert_eq!(
+        s.get_json("/v1/tenants/nobody", None).await["error"],
+        "tenant nobody is not known (no usage, no mapping)"
+    );
 
     // Mapped: the waiting hour goes out.
     let (code, body) = put_customer(&s, "initech", json!({"stripe_customer_id": "cus_Initech1"}), None).await;
@@ -174,7 +177,10 @@ async fn what_stripe_cannot_take_is_expired_or_failed_listed_and_alerted() {
     })
     .await;
     let failed = &sync["failed"][0];
-    assert_eq!((failed["meter"].as_str(), failed["value"].as_i64()), (Some("storage_gb"), Some(100_000_000_000_000_000)));
+    assert_eq!(
+        (failed["meter"].as_str(), failed["value"].as_i64()),
+        (Some("storage_gb"), Some(100_000_000_000_000_000))
+    );
     assert!(failed["error"].as_str().unwrap().starts_with("HTTP 400"), "{failed}");
     assert!(sync["expired"][0]["error"].as_str().unwrap().contains("35 days"), "{sync}");
     assert_eq!(stripe.events().len(), 1, "only the pushable event reached Stripe");
@@ -199,11 +205,42 @@ async fn wait_alert(s: &TestServer, tenant: &str, rule: &str) -> Value {
     let mut found = Value::Null;
     wait("the alert to fire", async || {
         let v = s.get_json(&format!("/v1/alerts?tenant={tenant}"), None).await;
-        found = v["alerts"].as_array().unwrap().iter().find(|a| a["rule"] == rule && a["state"] == "firing").cloned().unwrap_or_default();
+        found = v["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["rule"] == rule && a["state"] == "firing")
+            .cloned()
+            .unwrap_or_default();
         !found.is_null()
     })
     .await;
     found
+}
+
+#[tokio::test]
+async fn a_key_stripe_stops_accepting_halts_the_sync_until_it_works_again() {
+    let stripe = fake(StripeConfig::default()).await;
+    let s = start(&stripe, "").await;
+    assert_eq!(put_customer(&s, "acme", json!({"stripe_customer_id": "cus_Acme1"}), None).await.0, 200);
+    stripe.set_api_keys(["sk_test_rolled"]); // the key was rolled in the dashboard
+    let hour = (now_ms() / HOUR - 2) * HOUR;
+    post(&s, vec![event("h1", "acme", hour + 10, "llm.completion", json!({"tokens": 3}))]).await;
+    let mut sync = Value::Null;
+    wait("the sync to halt", async || {
+        sync = s.get_json("/v1/stripe/sync", None).await;
+        !sync["halted"].is_null()
+    })
+    .await;
+    assert!(sync["halted"].as_str().unwrap().contains("401"), "{sync}");
+    assert!(!sync["halted"].as_str().unwrap().contains(KEY), "the key leaked: {sync}");
+    assert_eq!(sync["pushes"]["pending"], 1, "the push waits, it is not failed: {sync}");
+    assert_eq!(metric_value(&s.metrics().await, "tally_stripe_halted"), 1.0);
+    stripe.set_api_keys([KEY]);
+    wait("the sync to resume and push", async || stripe.total("tokens", "cus_Acme1", 0, i64::MAX) == Some(3.0)).await;
+    wait("the halt to clear", async || s.get_json("/v1/stripe/sync", None).await["halted"].is_null()).await;
+    s.stop().await;
+    stripe.shutdown().await;
 }
 
 #[tokio::test]
@@ -222,7 +259,13 @@ async fn one_call_in_flight_per_customer_and_meter() {
     let mut events = Vec::new();
     for h in 0..24 {
         for t in ["acme", "globex"] {
-            events.push(event(&format!("{t}-{h}"), t, first + h * HOUR + 5, "llm.completion", json!({"tokens": h + 1})));
+            events.push(event(
+                &format!("{t}-{h}"),
+                t,
+                first + h * HOUR + 5,
+                "llm.completion",
+                json!({"tokens": h + 1}),
+            ));
         }
     }
     post(&s, events).await;
@@ -244,7 +287,10 @@ async fn the_start_is_refused_when_stripe_does_not_fit() {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let base = format!("data_dir = \"{}\"\n[api]\naddr = \"127.0.0.1:0\"\n[otlp]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n[lake]\nenabled = false\n", dir.path().display());
+    let base = format!(
+        "data_dir = \"{}\"\n[api]\naddr = \"127.0.0.1:0\"\n[otlp]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n[lake]\nenabled = false\n",
+        dir.path().display()
+    );
     let cfg = tally::Config::from_toml(&[&base, &config(&stripe, "")]).unwrap();
     let env = |name: &str| (name == "STRIPE_API_KEY").then(|| KEY.to_owned());
     let err = tally::server::start_with_env(cfg.clone(), &env).await.err().unwrap().to_string();
@@ -278,7 +324,11 @@ async fn a_dry_run_shows_the_next_pushes_and_sends_nothing() {
     assert_eq!(code, 0, "{out}{err}");
     let env_cmd = |args: &'static [&'static str]| {
         let mut cmd = crate::daemon::tally_cmd();
-        cmd.arg("--config").arg(&d.config).args(args).env("STRIPE_API_KEY", KEY).env("TALLY_STRIPE_API_BASE", stripe.url());
+        cmd.arg("--config")
+            .arg(&d.config)
+            .args(args)
+            .env("STRIPE_API_KEY", KEY)
+            .env("TALLY_STRIPE_API_BASE", stripe.url());
         cmd
     };
     for _ in 0..2 {

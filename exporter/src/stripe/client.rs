@@ -99,7 +99,10 @@ impl Client {
             delivery::send(req.header(AUTHORIZATION, auth).header("Stripe-Version", API_VERSION), BODY_LIMIT).await?;
         if answer.status.as_u16() == 429 && answer.header("stripe-rate-limited-reason") != Some("endpoint-concurrency")
         {
-            let wait = delivery::retry_after(&answer.headers).unwrap_or(Duration::from_secs(1));
+            // Without a Retry-After, a quarter second: at the account's
+            // limit a few calls spill into the next second's count, and a
+            // long pause would cost more than they do.
+            let wait = delivery::retry_after(&answer.headers).unwrap_or(Duration::from_millis(250));
             self.limiter.pause(wait);
         }
         Ok(answer)

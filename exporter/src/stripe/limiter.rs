@@ -19,10 +19,11 @@ struct State {
 
 impl Limiter {
     /// `per_second` calls a second on average; a burst of a twentieth of a
-    /// second's worth may go at once.
+    /// second's worth, at most 5 calls, may go at once (a server counting
+    /// calls per second sees at most the rate plus that).
     pub fn new(per_second: f64) -> Limiter {
         let interval = Duration::from_secs_f64(1.0 / per_second.max(0.001));
-        let burst = interval.mul_f64((per_second / 20.0).floor().max(0.0));
+        let burst = interval.mul_f64((per_second / 20.0).floor().clamp(0.0, 5.0));
         let now = Instant::now();
         let next = now.checked_sub(burst).unwrap_or(now);
         Limiter { interval, burst, state: Mutex::new(State { next, paused_until: None }) }

@@ -5,7 +5,7 @@
 //! anywhere sends it again under the same identifier.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     sync::Arc,
     time::Duration,
 };
@@ -30,6 +30,8 @@ const UNCONFIRMED_MS: i64 = 23 * 3_600_000;
 
 /// How often outcomes are written back.
 const FLUSH: Duration = Duration::from_millis(100);
+/// Due pushes read at a time.
+const FETCH: i64 = 2000;
 
 pub struct Sender {
     pub store: Store,
@@ -46,42 +48,58 @@ impl Sender {
     /// Sends until `stop`; what is in flight then is finished and written.
     pub async fn run(&self, wake: Arc<Notify>, stop: CancellationToken) {
         let mut tasks: JoinSet<(PushRow, Result<Delivered, CallError>)> = JoinSet::new();
-        // Sent (or decided) but not yet written back: not to be fetched again.
-        let mut busy: HashSet<String> = HashSet::new();
+        // Fetched, not yet sent, in the order they are due.
+        let mut ready: VecDeque<PushRow> = VecDeque::new();
+        // Every identifier fetched whose outcome is not yet written back
+        // (ready, in flight, or decided): not to be taken twice.
+        let mut known: HashSet<String> = HashSet::new();
         let mut in_flight: HashSet<Key> = HashSet::new();
         let mut outcomes: Vec<(String, PushOutcome)> = Vec::new();
         let mut fetch = true;
         let mut flush = tokio::time::interval(FLUSH);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if fetch && !stop.is_cancelled() && !self.status.halted() && tasks.len() < self.max_in_flight {
+            let sending = !stop.is_cancelled() && !self.status.halted();
+            if sending && fetch && ready.len() < self.max_in_flight * 2 {
                 fetch = false;
-                let limit = (self.max_in_flight * 4 + busy.len()) as i64;
-                match self.store.due_pushes(now_ms(), limit).await {
+                match self.store.due_pushes(now_ms(), FETCH + known.len() as i64).await {
                     Ok(rows) => {
+                        let full = rows.len() as i64 == FETCH + known.len() as i64;
                         for row in rows {
-                            if tasks.len() >= self.max_in_flight {
-                                fetch = true; // more are due
-                                break;
+                            if known.insert(row.identifier.clone()) {
+                                ready.push_back(row);
                             }
-                            let key = (row.customer.clone(), row.event_name.clone());
-                            if busy.contains(&row.identifier) || in_flight.contains(&key) {
-                                continue;
-                            }
-                            busy.insert(row.identifier.clone());
-                            if let Some(outcome) = too_late(&row, now_ms()) {
-                                outcomes.push((row.identifier.clone(), outcome));
-                                continue;
-                            }
-                            in_flight.insert(key);
-                            let (client, meters) = (self.client.clone(), self.meters.clone());
-                            tasks.spawn(async move {
-                                let result = send(&client, &meters, &row).await;
-                                (row, result)
-                            });
                         }
+                        fetch = full; // a full page: more are due at once
                     }
                     Err(e) => tracing::warn!(error = %e, "reading due Stripe pushes failed"),
+                }
+            }
+            // Send what may go: at most max_in_flight, one per (customer, meter).
+            let mut i = 0;
+            while sending && i < ready.len() && tasks.len() < self.max_in_flight {
+                let row = &ready[i];
+                let key = (row.customer.clone(), row.event_name.clone());
+                if in_flight.contains(&key) {
+                    i += 1;
+                    continue;
+                }
+                let Some(row) = ready.remove(i) else { break };
+                if let Some(outcome) = too_late(&row, now_ms()) {
+                    outcomes.push((row.identifier.clone(), outcome));
+                    continue;
+                }
+                in_flight.insert(key);
+                let (client, meters) = (self.client.clone(), self.meters.clone());
+                tasks.spawn(async move {
+                    let result = send(&client, &meters, &row).await;
+                    (row, result)
+                });
+            }
+            if !sending && !ready.is_empty() {
+                // Halted or stopping: what was not sent is fetched again later.
+                for row in ready.drain(..) {
+                    known.remove(&row.identifier);
                 }
             }
             if stop.is_cancelled() && tasks.is_empty() {
@@ -98,15 +116,14 @@ impl Sender {
                         let outcome = self.outcome(&row, result);
                         outcomes.push((row.identifier, outcome));
                     }
-                    fetch = true;
                 }
                 _ = flush.tick(), if !outcomes.is_empty() => {
                     match self.store.finish_pushes(&outcomes, now_ms()).await {
                         Ok(()) => {
                             for (id, _) in outcomes.drain(..) {
-                                busy.remove(&id);
+                                known.remove(&id);
                             }
-                            fetch = true;
+                            fetch |= ready.len() < self.max_in_flight;
                         }
                         // Kept, and written on the next tick; if tally stops
                         // first, the rows are sent again (same identifiers).
@@ -134,7 +151,8 @@ impl Sender {
             Err(e) if e.halts() => {
                 count("halted");
                 self.status.halt(format!("Stripe refuses the API key: {e}"));
-                PushOutcome::Retry { next_ms: now_ms() + 60_000, error: e.to_string() }
+                // Not this push's fault: it goes first once the key works.
+                PushOutcome::Retry { next_ms: now_ms(), error: e.to_string() }
             }
             Err(e) if e.is_retriable() => {
                 count("retry");

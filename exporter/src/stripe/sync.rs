@@ -20,7 +20,8 @@ use crate::delivery::Backoff;
 
 /// Changes planned per transaction.
 const BATCH: i64 = 500;
-/// How often a halted sync asks Stripe whether the key works again.
+/// How often a halted sync asks Stripe whether the key works again (five
+/// sync intervals when that is sooner).
 const PROBE: Duration = Duration::from_secs(60);
 
 /// Turns the ledger's changes into pushes (see [`plan_window`]).
@@ -38,6 +39,7 @@ impl Planner {
     pub async fn pass(&self, now: i64, commit: bool) -> Result<Vec<PushRow>, StoreError> {
         let bounds: Vec<(&str, i64)> =
             self.meters.iter().map(|m| (m.name.as_str(), m.shape.closed_before(now, self.lag_ms))).collect();
+        let started = std::time::Instant::now();
         let mut written = Vec::new();
         loop {
             let changes = self.store.usage_changes(&bounds, BATCH).await?;
@@ -51,6 +53,9 @@ impl Planner {
             if n < BATCH || !commit {
                 break;
             }
+        }
+        if commit && !written.is_empty() {
+            tracing::info!(pushes = written.len(), took = ?started.elapsed(), "Stripe pushes planned");
         }
         Ok(written)
     }
@@ -71,20 +76,28 @@ impl Planner {
                 window_ms: start,
                 period_ms: period(start).0,
             };
-            if windows.contains_key(&key) {
-                continue;
-            }
+            windows.entry(key).or_insert((meter, c.customer.as_str(), 0.0));
+        }
+        // The ledger's value of each window: sums and counts in one query,
+        // period values (last, max, …) one by one.
+        let sums: Vec<(&str, &str, i64, i64)> = windows
+            .iter()
+            .filter(|(_, (m, ..))| m.shape != Shape::PeriodValue)
+            .map(|(k, (m, ..))| (k.tenant.as_str(), k.meter.as_str(), k.window_ms, m.shape.window(k.window_ms).1))
+            .collect();
+        let mut sums = self.store.usage_windows(&sums).await?.into_iter();
+        for (key, (meter, _, scaled)) in windows.iter_mut() {
             let value = match meter.shape {
                 Shape::PeriodValue => {
-                    let p = period(start);
-                    self.store.usage_value(&c.tenant, &c.meter, meter.aggregation, p.0, p.1).await?.unwrap_or(0.0)
+                    let p = period(key.window_ms);
+                    self.store.usage_value(&key.tenant, &key.meter, meter.aggregation, p.0, p.1).await?.unwrap_or(0.0)
                 }
                 _ => {
-                    let (sum, count) = self.store.usage_window(&c.tenant, &c.meter, start, end).await?;
+                    let (sum, count) = sums.next().unwrap_or_default();
                     if meter.aggregation == Aggregation::Count { count as f64 } else { sum }
                 }
             };
-            windows.insert(key, (meter, c.customer.as_str(), value * meter.scale));
+            *scaled = value * meter.scale;
         }
         let keys: Vec<WindowKey> = windows.keys().cloned().collect();
         self.store
@@ -188,7 +201,7 @@ impl StripeSync {
             let mut last_probe = tokio::time::Instant::now();
             loop {
                 let now = now_ms();
-                if status.halted() && last_probe.elapsed() >= PROBE {
+                if status.halted() && last_probe.elapsed() >= PROBE.min(config.sync_interval * 5) {
                     last_probe = tokio::time::Instant::now();
                     match client.meters().await {
                         Ok(_) => {

@@ -270,6 +270,12 @@ impl FakeStripe {
         self.shared.lock().settings.rate_limits = limits;
     }
 
+    /// Only these secret keys are accepted from now on (a key rolled or
+    /// revoked in the dashboard); empty: any `sk_test_…` key.
+    pub fn set_api_keys<I: IntoIterator<Item = S>, S: Into<String>>(&self, keys: I) {
+        self.shared.lock().settings.api_keys = keys.into_iter().map(Into::into).collect();
+    }
+
     pub fn set_processing_time(&self, d: Duration) {
         self.shared.lock().settings.processing_time = d;
     }

@@ -90,6 +90,8 @@ pub struct Settings {
     pub clock_offset_ms: i64,
     pub unknown_event_name: UnknownEventName,
     pub adjustment_status: AdjustmentStatus,
+    /// Accepted secret keys; empty accepts any `sk_test_…` key.
+    pub api_keys: Vec<String>,
 }
 
 /// A saved answer for an idempotency key.
@@ -138,7 +140,6 @@ pub struct Inner {
 }
 
 pub struct Shared {
-    pub api_keys: Vec<String>,
     pub livemode: bool,
     inner: Mutex<Inner>,
 }
@@ -161,9 +162,9 @@ impl Shared {
             clock_offset_ms: 0,
             unknown_event_name: config.unknown_event_name,
             adjustment_status: config.adjustment_status,
+            api_keys: config.api_keys.clone(),
         };
         Shared {
-            api_keys: config.api_keys.clone(),
             livemode: false,
             inner: Mutex::new(Inner {
                 meters: Vec::new(),
@@ -216,7 +217,7 @@ impl Shared {
         let checked = match (credential(headers), auth) {
             (Credential::None, Auth::SecretKey) => Err(no_key(None)),
             (Credential::Empty(h), Auth::SecretKey) => Err(no_key(Some(&h))),
-            (Credential::Key(k), Auth::SecretKey) if !self.key_ok(&k) => Err(bad_key(&k)),
+            (Credential::Key(k), Auth::SecretKey) if !key_ok(&g.settings.api_keys, &k) => Err(bad_key(&k)),
             (Credential::Key(t), Auth::SessionToken) => match g.sessions.get(&t) {
                 Some(exp) if *exp > now_ms => Ok(()),
                 Some(_) => Err(ApiError::v2(
@@ -266,10 +267,6 @@ impl Shared {
             });
         }
         Ok(())
-    }
-
-    fn key_ok(&self, key: &str) -> bool {
-        if self.api_keys.is_empty() { key.starts_with("sk_test_") } else { self.api_keys.iter().any(|k| k == key) }
     }
 
     /// Look up an `Idempotency-Key`. `Ok(Some(response))` is a replay;
@@ -514,4 +511,9 @@ impl Inner {
         self.stats.events_recorded += 1;
         &self.events[idx]
     }
+}
+
+/// Accepted secret keys; none set: any `sk_test_…` key.
+fn key_ok(keys: &[String], key: &str) -> bool {
+    if keys.is_empty() { key.starts_with("sk_test_") } else { keys.iter().any(|k| k == key) }
 }

@@ -3,13 +3,12 @@
 //! before each call and after), and the tenant ↔ customer mapping. The
 //! planning and sending themselves are `tally_exporter::stripe`.
 
-use std::collections::HashMap;
-
 use sqlx::{AssertSqlSafe, Row};
 use tally_core::Aggregation;
 
-use crate::{Result, Store, StoreError, store::BeginWrite};
+use crate::{Result, Store, StoreError};
 
+mod plan;
 mod pushes;
 mod reconcile;
 
@@ -294,6 +293,35 @@ impl Store {
         })
     }
 
+    /// [`Store::usage_window`] of many windows at once, in order:
+    /// `(tenant, meter, from_ms, to_ms)` each.
+    pub async fn usage_windows(&self, keys: &[(&str, &str, i64, i64)]) -> Result<Vec<(f64, i64)>> {
+        match self {
+            Store::Postgres(pool) => {
+                let rows = sqlx::query(
+                    "SELECT COALESCE(SUM(u.sum), 0.0), CAST(COALESCE(SUM(u.count), 0) AS BIGINT) \
+                     FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[]) WITH ORDINALITY AS k(t, m, f, e, i) \
+                     LEFT JOIN usage_hourly u ON u.tenant = k.t AND u.meter = k.m AND u.hour_ms >= k.f AND u.hour_ms < k.e \
+                     GROUP BY k.i ORDER BY k.i",
+                )
+                .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+                .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+                .bind(keys.iter().map(|k| k.2).collect::<Vec<_>>())
+                .bind(keys.iter().map(|k| k.3).collect::<Vec<_>>())
+                .fetch_all(pool)
+                .await?;
+                rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+            }
+            Store::Sqlite(_) => {
+                let mut out = Vec::with_capacity(keys.len());
+                for k in keys {
+                    out.push(self.usage_window(k.0, k.1, k.2, k.3).await?);
+                }
+                Ok(out)
+            }
+        }
+    }
+
     /// A tenant's meter over `[from_ms, to_ms)` as its aggregation defines
     /// it (`None`: no usage in the range).
     pub async fn usage_value(
@@ -337,172 +365,6 @@ impl Store {
                 Some(r) => r.try_get::<Option<f64>, _>(0)?,
                 None => None,
             })
-        })
-    }
-
-    /// Plans windows in one transaction, serialised against any other
-    /// planner (another replica that also thinks it leads): for each key,
-    /// in order, `plan` gets the window's and its period's state as stored
-    /// (or as changed by an earlier key of this batch) and returns the
-    /// window's new state and the push it takes, if any. The new states and
-    /// pushes are written, each period moving by its windows' changes, and
-    /// `done` changes are deleted unless the ledger changed them again.
-    /// Returns the pushes written; with `commit` false nothing is written
-    /// (a dry run: what would be pushed).
-    pub async fn plan_stripe<F>(
-        &self,
-        keys: &[WindowKey],
-        done: &[UsageChange],
-        commit: bool,
-        mut plan: F,
-    ) -> Result<Vec<PushRow>>
-    where
-        F: FnMut(&WindowKey, Planned, Planned) -> Option<(Planned, Option<NewPush>)> + Send,
-    {
-        let now = tally_core::now_ms();
-        crate::on_pool!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
-            if matches!(self, Store::Postgres(_)) {
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(crate::locks::STRIPE_PLAN)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            let mut periods: HashMap<(String, String, i64), (Planned, Planned)> = HashMap::new();
-            let mut pushes = Vec::new();
-            for key in keys {
-                let pk = (key.tenant.clone(), key.meter.clone(), key.period_ms);
-                if !periods.contains_key(&pk) {
-                    let row = sqlx::query(
-                        "SELECT units, covered FROM stripe_periods WHERE tenant = $1 AND meter = $2 AND period_ms = $3",
-                    )
-                    .bind(&key.tenant)
-                    .bind(&key.meter)
-                    .bind(key.period_ms)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    let p = match row {
-                        Some(r) => Planned { units: r.try_get(0)?, covered: r.try_get(1)?, revision: 0 },
-                        None => Planned::default(),
-                    };
-                    periods.insert(pk.clone(), (p, p));
-                }
-                let row = sqlx::query(
-                    "SELECT units, covered, revision FROM stripe_windows WHERE tenant = $1 AND meter = $2 AND window_ms = $3",
-                )
-                .bind(&key.tenant)
-                .bind(&key.meter)
-                .bind(key.window_ms)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let window = match row {
-                    Some(r) => Planned { units: r.try_get(0)?, covered: r.try_get(1)?, revision: r.try_get(2)? },
-                    None => Planned::default(),
-                };
-                let Some(period) = periods.get_mut(&pk) else { continue };
-                let Some((next, push)) = plan(key, window, period.1) else { continue };
-                period.1.units += next.units - window.units;
-                period.1.covered += next.covered - window.covered;
-                sqlx::query(
-                    "INSERT INTO stripe_windows (tenant, meter, window_ms, period_ms, units, covered, revision, updated_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                     ON CONFLICT (tenant, meter, window_ms) DO UPDATE SET units = excluded.units, \
-                     covered = excluded.covered, revision = excluded.revision, updated_ms = excluded.updated_ms",
-                )
-                .bind(&key.tenant)
-                .bind(&key.meter)
-                .bind(key.window_ms)
-                .bind(key.period_ms)
-                .bind(next.units)
-                .bind(next.covered)
-                .bind(next.revision)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                if let Some(p) = push {
-                    let row = PushRow {
-                        identifier: p.identifier,
-                        tenant: key.tenant.clone(),
-                        meter: key.meter.clone(),
-                        window_ms: key.window_ms,
-                        period_ms: key.period_ms,
-                        revision: next.revision,
-                        kind: p.kind,
-                        customer: p.customer,
-                        event_name: p.event_name,
-                        value: p.value,
-                        timestamp_s: p.timestamp_s,
-                        state: p.state,
-                        attempts: 0,
-                        next_attempt_ms: now,
-                        created_ms: now,
-                        first_attempt_ms: None,
-                        sent_ms: None,
-                        request_id: None,
-                        error: p.error,
-                    };
-                    let insert = format!(
-                        "INSERT INTO stripe_pushes ({PUSH_COLUMNS}) VALUES \
-                         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
-                    );
-                    sqlx::query(AssertSqlSafe(insert))
-                        .bind(&row.identifier)
-                        .bind(&row.tenant)
-                        .bind(&row.meter)
-                        .bind(row.window_ms)
-                        .bind(row.period_ms)
-                        .bind(row.revision)
-                        .bind(row.kind.as_str())
-                        .bind(&row.customer)
-                        .bind(&row.event_name)
-                        .bind(row.value)
-                        .bind(row.timestamp_s)
-                        .bind(row.state.as_str())
-                        .bind(row.attempts)
-                        .bind(row.next_attempt_ms)
-                        .bind(row.created_ms)
-                        .bind(row.first_attempt_ms)
-                        .bind(row.sent_ms)
-                        .bind(&row.request_id)
-                        .bind(&row.error)
-                        .execute(&mut *tx)
-                        .await?;
-                    pushes.push(row);
-                }
-            }
-            for ((tenant, meter, period_ms), (before, after)) in &periods {
-                if before == after {
-                    continue;
-                }
-                sqlx::query(
-                    "INSERT INTO stripe_periods (tenant, meter, period_ms, units, covered) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (tenant, meter, period_ms) DO UPDATE SET units = excluded.units, covered = excluded.covered",
-                )
-                .bind(tenant)
-                .bind(meter)
-                .bind(period_ms)
-                .bind(after.units)
-                .bind(after.covered)
-                .execute(&mut *tx)
-                .await?;
-            }
-            for c in done {
-                sqlx::query(
-                    "DELETE FROM usage_changes WHERE tenant = $1 AND meter = $2 AND hour_ms = $3 AND version = $4",
-                )
-                .bind(&c.tenant)
-                .bind(&c.meter)
-                .bind(c.hour_ms)
-                .bind(c.version)
-                .execute(&mut *tx)
-                .await?;
-            }
-            if commit {
-                tx.commit().await?;
-            } else {
-                tx.rollback().await?;
-            }
-            Ok(pushes)
         })
     }
 

@@ -30,41 +30,70 @@ impl Store {
         crate::on_pool!(self, |pool| Ok(sqlx::query_scalar::<_, Option<i64>>(SELECT).fetch_one(pool).await?))
     }
 
-    /// Records attempts' outcomes, in one transaction.
+    /// Records attempts' outcomes, in one transaction (one statement on
+    /// PostgreSQL).
     pub async fn finish_pushes(&self, outcomes: &[(String, PushOutcome)], now_ms: i64) -> Result<()> {
         if outcomes.is_empty() {
             return Ok(());
         }
-        const SET: &str = "UPDATE stripe_pushes SET state = $2, attempts = attempts + 1, next_attempt_ms = $3, \
-             first_attempt_ms = COALESCE(first_attempt_ms, $4), sent_ms = $5, request_id = COALESCE($6, request_id), \
-             error = $7 WHERE identifier = $1 AND state = 'pending'";
-        crate::on_pool!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
-            for (id, outcome) in outcomes {
-                let (state, next, sent, request_id, error) = match outcome {
-                    PushOutcome::Sent { request_id } => {
-                        (PushState::Sent, now_ms, Some(now_ms), request_id.as_deref(), None)
-                    }
-                    PushOutcome::Retry { next_ms, error } => {
-                        (PushState::Pending, *next_ms, None, None, Some(error.as_str()))
-                    }
-                    PushOutcome::Failed { error } => (PushState::Failed, now_ms, None, None, Some(error.as_str())),
-                    PushOutcome::Expired { error } => (PushState::Expired, now_ms, None, None, Some(error.as_str())),
-                };
-                sqlx::query(SET)
-                    .bind(id)
-                    .bind(state.as_str())
-                    .bind(next)
-                    .bind(now_ms)
-                    .bind(sent)
-                    .bind(request_id)
-                    .bind(error)
-                    .execute(&mut *tx)
-                    .await?;
+        let rows: Vec<(&str, PushState, i64, Option<i64>, Option<&str>, Option<&str>)> = outcomes
+            .iter()
+            .map(|(id, outcome)| match outcome {
+                PushOutcome::Sent { request_id } => {
+                    (id.as_str(), PushState::Sent, now_ms, Some(now_ms), request_id.as_deref(), None)
+                }
+                PushOutcome::Retry { next_ms, error } => {
+                    (id.as_str(), PushState::Pending, *next_ms, None, None, Some(error.as_str()))
+                }
+                PushOutcome::Failed { error } => {
+                    (id.as_str(), PushState::Failed, now_ms, None, None, Some(error.as_str()))
+                }
+                PushOutcome::Expired { error } => {
+                    (id.as_str(), PushState::Expired, now_ms, None, None, Some(error.as_str()))
+                }
+            })
+            .collect();
+        match self {
+            Store::Postgres(pool) => {
+                sqlx::query(
+                    "UPDATE stripe_pushes p SET state = u.s, attempts = p.attempts + 1, next_attempt_ms = u.n, \
+                     first_attempt_ms = COALESCE(p.first_attempt_ms, $7), sent_ms = u.sent, \
+                     request_id = COALESCE(u.req, p.request_id), error = u.err \
+                     FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[]) \
+                         AS u(id, s, n, sent, req, err) \
+                     WHERE p.identifier = u.id AND p.state = 'pending'",
+                )
+                .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.3).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.4).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.5).collect::<Vec<_>>())
+                .bind(now_ms)
+                .execute(pool)
+                .await?;
             }
-            tx.commit().await?;
-            Ok(())
-        })
+            Store::Sqlite(pool) => {
+                const SET: &str = "UPDATE stripe_pushes SET state = $2, attempts = attempts + 1, next_attempt_ms = $3, \
+                     first_attempt_ms = COALESCE(first_attempt_ms, $4), sent_ms = $5, \
+                     request_id = COALESCE($6, request_id), error = $7 WHERE identifier = $1 AND state = 'pending'";
+                let mut tx = pool.begin_write().await?;
+                for r in &rows {
+                    sqlx::query(SET)
+                        .bind(r.0)
+                        .bind(r.1.as_str())
+                        .bind(r.2)
+                        .bind(now_ms)
+                        .bind(r.3)
+                        .bind(r.4)
+                        .bind(r.5)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
     }
 
     /// How many pushes are in each state (of one tenant, or all).
