@@ -1005,6 +1005,11 @@ def tally_self() -> dict:
                   (f"sum by (signal) ({rate('tally_processed_items_total')})", "processed {{signal}}"),
                   (f"sum by (signal) ({rate('tally_received_items_total')})", "received {{signal}}")))  # fmt: skip
     y += 7
+    p.append(prom(timeseries(i(), "Items shed by forwarding branches",
+                             "Items a forwarding branch of the pipeline (Application Insights) missed per minute because its queue was full (tally_pipeline_shed_items_total), by branch. Billing, rollups and the lake never shed: they push back.", "",
+                             g(0, y, 24, 6), unit="cpm", draw="bars", stack=True),
+                  (f"60 * sum by (branch) ({rate('tally_pipeline_shed_items_total')})", "{{branch}}")))  # fmt: skip
+    y += 6
     p.append(row(i(), "Rollups", y))
     y += 1
     p.append(prom(timeseries(i(), "Rollup flush duration",
@@ -1121,6 +1126,35 @@ def tally_self() -> dict:
                   (f"max by (instance) ({sel('tally_alert_eval_seconds', Q99)})", "p99 {{instance}}"),
                   (f"60 * sum by (rule) ({rate('tally_alert_eval_errors_total')})", "errors {{rule}}")))  # fmt: skip
     y += 7
+    p.append(row(i(), "Stripe sync", y))
+    y += 1
+    p.append(prom(timeseries(i(), "Stripe pushes by outcome",
+                             "Meter-event calls per minute by outcome (tally_stripe_pushes_total): sent, duplicate (Stripe already had it: delivered), retry, failed, halted, expired, unconfirmed; and pushes planned (dashed, tally_stripe_planned_pushes_total).", "",
+                             g(0, y, 12, 8), unit="cpm", draw="bars", stack=True,
+                             overrides=[color("sent", "green"), color("duplicate", "blue"), color("retry", "orange"), color("failed", "red"),
+                                        color("expired", "dark-red"), color_re("^planned", "text", dashed=True)]),
+                  (f"60 * sum by (outcome) ({rate('tally_stripe_pushes_total')})", "{{outcome}}"),
+                  (f"60 * sum({rate('tally_stripe_planned_pushes_total')})", "planned")))  # fmt: skip
+    p.append(prom(timeseries(i(), "Sync ledger by state",
+                             "Pushes in the sync ledger by state (tally_stripe_push_rows), from the replica that leads: pending should drain between sync rounds; failed and expired need a look (GET /v1/stripe/sync).", "",
+                             g(12, y, 12, 8), overrides=[color("failed", "red"), color("expired", "dark-red"), color("pending", "orange")]),
+                  (f"max by (state) ({sel('tally_stripe_push_rows')})", "{{state}}")))  # fmt: skip
+    y += 8
+    p.append(prom(timeseries(i(), "Planned to confirmed (delay)",
+                             "Seconds from a push being planned to Stripe confirming it (tally_stripe_push_delay_seconds, a summary): p50, p99 and max per replica.", "",
+                             g(0, y, 8, 7), unit="s"),
+                  *summary_quantiles("tally_stripe_push_delay_seconds")))  # fmt: skip
+    p.append(prom(timeseries(i(), "Leader and halted",
+                             "1 on the replica that leads the Stripe sync (tally_stripe_leader: exactly one should); halted is 1 while Stripe refuses the API key (tally_stripe_halted).", "",
+                             g(8, y, 8, 7), overrides=[color_re("^halted", "red")]),
+                  (f"max by (instance) ({sel('tally_stripe_leader')})", "leader {{instance}}"),
+                  (f"max by (instance) ({sel('tally_stripe_halted')})", "halted {{instance}}")))  # fmt: skip
+    p.append(prom(stat(i(), "Confirmed drift",
+                       "Reconciliation lines (tenant x meter x period) whose drift a second read of Stripe confirmed (tally_stripe_drift_lines), and the sum of their |drift| in Stripe units (tally_stripe_drift_units). Should be 0: see tally stripe reconcile.", "",
+                       g(16, y, 8, 7), th=thresholds(("green", None), ("red", 1)), color="background"),
+                  (f"max({sel('tally_stripe_drift_lines')})", "lines"),
+                  (f"max({sel('tally_stripe_drift_units')})", "units")))  # fmt: skip
+    y += 7
     p.append(row(i(), "Connections", y))
     y += 1
     p.append(prom(timeseries(i(), "Open connections per listener",
@@ -1135,7 +1169,7 @@ def tally_self() -> dict:
     return dashboard(
         "tally-self",
         "tally / tally itself",
-        "tally's own health from its /metrics (scraped by Prometheus): ingest and refusals, request latency, pipeline queue and back-pressure, rollups, Parquet lake, usage ledger, alert notifications, connections.",
+        "tally's own health from its /metrics (scraped by Prometheus): ingest and refusals, request latency, pipeline queue and back-pressure, rollups, Parquet lake, usage ledger, alert notifications, Stripe sync, connections.",
         ["tally", "self"],
         p,
         prom_variables(),
