@@ -344,3 +344,65 @@ async fn a_dry_run_shows_the_next_pushes_and_sends_nothing() {
     assert!(code == 0 && out.contains("cus_Dry1"), "{out}");
     stripe.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_closed_period_is_reconciled_by_itself_and_drift_counts_once_confirmed() {
+    let stripe = fake(StripeConfig::default()).await;
+    let s = start(&stripe, "").await;
+    assert_eq!(put_customer(&s, "acme", json!({"stripe_customer_id": "cus_Auto1"}), None).await.0, 200);
+    let hour = (now_ms() / HOUR - 3) * HOUR;
+    let events =
+        (0..3).map(|i| event(&format!("a{i}"), "acme", hour + i * 60_000, "llm.completion", json!({"tokens": 10 + i})));
+    post(&s, events.collect()).await;
+    wait("the hour to reach Stripe", async || stripe.total("tokens", "cus_Auto1", 0, i64::MAX) == Some(33.0)).await;
+
+    // The leader's step after the period closes, run at chosen times.
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("data_dir = \"{}\"", dir.path().display());
+    let cfg = tally::Config::from_toml(&[&base, &config(&stripe, "")]).unwrap();
+    let env = |name: &str| (name == "STRIPE_API_KEY").then(|| KEY.to_owned());
+    let sync = tally_exporter::stripe::Stripe::connect(&cfg.stripe, &cfg.meters, &env).await.unwrap().unwrap();
+    let store = s.server.as_ref().unwrap().store.clone();
+    let reconciler = sync.reconciler(store.clone());
+    let (period, end) = tally_exporter::stripe::plan::period(hour);
+    let closed = end + cfg.stripe.close_grace.as_millis() as i64 + 60_000;
+    reconciler.after_close(closed - 120_000, &cfg.stripe).await;
+    assert!(store.reconciliation(period, None).await.unwrap().is_empty(), "reconciled before close_grace");
+    reconciler.after_close(closed, &cfg.stripe).await;
+    let rows = store.reconciliation(period, None).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!((rows[0].expected, rows[0].stripe, rows[0].drift, rows[0].checks), (33, Some(33.0), Some(0.0), 1));
+
+    // Stripe loses an event: a first read finds the drift, but only a
+    // second read after recheck_after counts it (summaries lag).
+    let lost = stripe.events().into_iter().find(|e| e.event_name == "tokens").unwrap();
+    assert!(stripe.remove_event(&lost.identifier));
+    s.exec_sql("DELETE FROM stripe_reconciliations").await;
+    reconciler.after_close(closed, &cfg.stripe).await;
+    let rows = store.reconciliation(period, None).await.unwrap();
+    assert_eq!((rows[0].drift, rows[0].checks), (Some(-(lost.value as f64)), 1));
+    assert!(store.drift_by_tenant().await.unwrap().is_empty(), "unconfirmed drift counted");
+    // At least a day after the push whatever today's date (near a month's
+    // end the period closes within hours of it).
+    let recheck = (closed + cfg.stripe.recheck_after.as_millis() as i64).max(now_ms() + 25 * HOUR);
+    reconciler.after_close(recheck, &cfg.stripe).await;
+    let rows = store.reconciliation(period, None).await.unwrap();
+    assert_eq!((rows[0].drift, rows[0].checks), (Some(-(lost.value as f64)), 2));
+    // Over 24 h after the push: reported, not edited.
+    assert!(rows[0].error.as_deref().is_some_and(|e| e.contains("over 24 h ago")), "{rows:?}");
+    assert_eq!(store.drift_by_tenant().await.unwrap(), [("acme".to_owned(), lost.value as f64)]);
+    assert_eq!(metric_value(&s.metrics().await, "tally_stripe_drift_lines"), 1.0);
+    let report = s
+        .get_json(
+            &format!("/v1/stripe/reconciliation?period={}", tally_exporter::stripe::plan::period_name(period)),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (report["drift_lines"].as_u64(), report["lines"][0]["confirmed"].as_bool()),
+        (Some(1), Some(true)),
+        "{report}"
+    );
+    s.stop().await;
+    stripe.shutdown().await;
+}
