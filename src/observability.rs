@@ -74,4 +74,8 @@ fn describe() {
     describe_gauge!(m::STRIPE_HALTED, "1 while the Stripe sync is halted: Stripe refuses the API key");
     describe_gauge!(m::STRIPE_DRIFT_LINES, "Reconciliation lines with confirmed drift");
     describe_gauge!(m::STRIPE_DRIFT_UNITS, "Sum of |drift| of confirmed reconciliation lines, in Stripe units");
+    describe_counter!(m::STRIPE_WEBHOOKS, "Stripe webhook events, by outcome");
+    describe_counter!(m::STRIPE_WEBHOOKS_REFUSED, "Stripe webhook requests refused, by reason");
+    describe_counter!(m::ENTITLEMENT_CHECKS, "Entitlement checks answered, by reason");
+    describe_counter!(m::BILLING_NOTICES, "Billing notices queued, by event");
 }

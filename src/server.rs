@@ -7,7 +7,11 @@ use std::{
 };
 
 use anyhow::Context;
-use tally_aggregator::{RollupStage, alert::AlertEngine};
+use tally_aggregator::{
+    RollupStage,
+    alert::AlertEngine,
+    entitlements::{Entitlements, NoticeTargets},
+};
 use tally_collector::{
     Authenticator, Ingest, Pipeline, Policy, TenantResolver, UsageLedger, events, otlp, otlp_usage::OtlpMeters,
 };
@@ -19,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     Config,
     api::{
-        self, alerts as alerts_api, rollups as rollup_api, stripe as stripe_api, tenants as tenants_api,
-        usage as usage_api,
+        self, alerts as alerts_api, entitlements as entitlements_api, rollups as rollup_api, stripe as stripe_api,
+        tenants as tenants_api, usage as usage_api, webhook as webhook_api,
     },
     config::EnvLookup,
     serve,
@@ -78,12 +82,32 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
         None => None,
     };
 
+    // Entitlements ("may this tenant still use this meter?"): loaded before
+    // anything is served, then kept current by the ledger's commits, the
+    // webhooks and a refresher; their notices go through the alert outbox.
+    let api_addr_hint = config.api.addr;
+    let targets = NoticeTargets {
+        receivers: if config.entitlements.receivers.is_empty() {
+            receivers.iter().map(|r| r.name.clone()).collect()
+        } else {
+            config.entitlements.receivers.clone()
+        },
+        external_url: config.external_url(api_addr_hint),
+    };
+    let entitlements = Entitlements::new(store.clone(), &config.meters, config.entitlements.clone(), targets.clone());
+    entitlements.load().await.context("loading entitlements")?;
+
     // Billing-grade usage (usage events, and usage derived from spans, logs
     // and metrics) goes to the ledger's group-commit task before a request
     // is acknowledged; it stops once the receivers and the API holding its
-    // handles stop.
-    let (ledger, ledger_task) =
-        UsageLedger::start(store.clone(), config.events.max_commit_records, config.events.ledger_writers);
+    // handles stop. Each commit's accepted records reach the entitlements.
+    let observed = entitlements.clone();
+    let (ledger, ledger_task) = UsageLedger::start_observed(
+        store.clone(),
+        config.events.max_commit_records,
+        config.events.ledger_writers,
+        Some(Arc::new(move |records, outcomes| observed.observe(records, outcomes))),
+    );
     let auth = Authenticator::load(store.clone()).await.context("loading api keys")?;
     check_open_mode(&config, &auth)?;
     let ingest = Arc::new(
@@ -150,6 +174,7 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
     // Usage to Stripe: the leader plans pushes from the ledger's changes,
     // sends them and reconciles closed periods.
     let stripe_sync = stripe.as_ref().map(|s| tokio::spawn(s.sync(store.clone()).run(shutdown.clone())));
+    let entitlement_task = tokio::spawn(entitlements.clone().run(shutdown.clone()));
     // The receivers (OTLP over gRPC and HTTP → ingest → ledger, pipeline)
     // and the API (usage events → ledger; queries).
     let grpc_router = otlp::grpc_routes(ingest.clone(), config.otlp.max_request_bytes, config.otlp.request_timeout)
@@ -175,10 +200,25 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
         .merge(tenants_api::router(tenants_api::TenantsState {
             store: store.clone(),
             stripe_enabled: stripe.is_some(),
+            entitlements: entitlements.clone(),
+        }))
+        .merge(entitlements_api::router(entitlements_api::EntitlementsState {
+            store: store.clone(),
+            entitlements: entitlements.clone(),
         }))
         .merge(stripe_api::router(stripe_api::StripeState { store: store.clone(), stripe: stripe.clone() }))
         .layer(axum::middleware::from_fn_with_state(auth, tally_collector::auth::require_caller));
-    let api_router = api::public_router(api_state).merge(v1);
+    // Stripe's webhooks carry Stripe's signature, not an API key.
+    let webhooks = webhook_api::router(webhook_api::WebhookState {
+        store: store.clone(),
+        secret: env(&config.stripe.webhook_secret_env).filter(|s| !s.is_empty()).map(tally_core::Secret::new),
+        secret_env: config.stripe.webhook_secret_env.clone(),
+        tolerance_s: config.stripe.webhook_tolerance.as_secs() as i64,
+        tenant_key: config.stripe.tenant_metadata_key.clone(),
+        entitlements,
+        targets,
+    });
+    let api_router = api::public_router(api_state).merge(webhooks).merge(v1);
 
     // The listeners: three ports, or everything on one (routes do not
     // overlap: gRPC paths are /opentelemetry.proto…, OTLP/HTTP /v1/traces,
@@ -223,10 +263,19 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
             Some(task) => task.await.context("Stripe sync"),
             None => Ok(()),
         };
+        let entitlements = entitlement_task.await.context("entitlements");
         let ledger = ledger_task.await.context("usage ledger writer");
         task_store.close().await;
         tracing::info!("shutdown complete");
-        listeners.and(rollups).and(lake).and(maintenance).and(alerts).and(delivery).and(stripe).and(ledger)
+        listeners
+            .and(rollups)
+            .and(lake)
+            .and(maintenance)
+            .and(alerts)
+            .and(delivery)
+            .and(stripe)
+            .and(entitlements)
+            .and(ledger)
     });
 
     tracing::info!(

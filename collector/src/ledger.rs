@@ -32,6 +32,10 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<UsageOutcome>, LedgerError>>,
 }
 
+/// Told the records each transaction accepted, after it commits (the
+/// entitlement counters follow the ledger this way). Must not block.
+pub type CommitObserver = Arc<dyn Fn(&[UsageRecord], &[UsageOutcome]) + Send + Sync>;
+
 /// A handle for writing usage records; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct UsageLedger {
@@ -50,11 +54,22 @@ impl UsageLedger {
     /// handle is dropped and what was queued is committed. `max_batch`
     /// bounds the records of one transaction.
     pub fn start(store: Store, max_batch: usize, writers: usize) -> (UsageLedger, tokio::task::JoinHandle<()>) {
+        Self::start_observed(store, max_batch, writers, None)
+    }
+
+    /// [`UsageLedger::start`], telling `observer` what each commit accepted.
+    pub fn start_observed(
+        store: Store,
+        max_batch: usize,
+        writers: usize,
+        observer: Option<CommitObserver>,
+    ) -> (UsageLedger, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(1024);
         let writers = if store.backend() == tally_store::Backend::Sqlite { 1 } else { writers.max(1) };
         let rx = Arc::new(Mutex::new(rx));
-        let tasks: Vec<_> =
-            (0..writers).map(|_| tokio::spawn(run(store.clone(), rx.clone(), max_batch.max(1)))).collect();
+        let tasks: Vec<_> = (0..writers)
+            .map(|_| tokio::spawn(run(store.clone(), rx.clone(), max_batch.max(1), observer.clone())))
+            .collect();
         let all = tokio::spawn(async move {
             for t in tasks {
                 let _ = t.await;
@@ -87,7 +102,7 @@ impl UsageLedger {
 /// One writer: takes what is queued (up to `max_batch` records) and commits
 /// it, while the other writers may be committing their own group. Writers
 /// write keys in sorted order, so their transactions cannot deadlock.
-async fn run(store: Store, rx: Arc<Mutex<mpsc::Receiver<Job>>>, max_batch: usize) {
+async fn run(store: Store, rx: Arc<Mutex<mpsc::Receiver<Job>>>, max_batch: usize, observer: Option<CommitObserver>) {
     loop {
         let jobs = {
             let mut rx = rx.lock().await;
@@ -105,11 +120,11 @@ async fn run(store: Store, rx: Arc<Mutex<mpsc::Receiver<Job>>>, max_batch: usize
             }
             jobs
         };
-        commit(&store, jobs).await;
+        commit(&store, jobs, observer.as_ref()).await;
     }
 }
 
-async fn commit(store: &Store, jobs: Vec<Job>) {
+async fn commit(store: &Store, jobs: Vec<Job>, observer: Option<&CommitObserver>) {
     let mut all = Vec::with_capacity(jobs.iter().map(|j| j.records.len()).sum());
     let mut cumulative = Vec::new();
     let mut parts = Vec::with_capacity(jobs.len());
@@ -121,6 +136,9 @@ async fn commit(store: &Store, jobs: Vec<Job>) {
     let result = write(store, &all, &cumulative).await;
     match result {
         Ok(outcomes) => {
+            if let Some(observe) = observer {
+                observe(&all, &outcomes);
+            }
             let mut outcomes = outcomes.into_iter();
             for (n, _, reply) in parts {
                 let _ = reply.send(Ok(outcomes.by_ref().take(n).collect()));
@@ -137,6 +155,9 @@ async fn commit(store: &Store, jobs: Vec<Job>) {
                 let mine: Vec<UsageRecord> = records.by_ref().take(n).collect();
                 let my_points: Vec<CumulativePoint> = points.by_ref().take(c).collect();
                 let result = write(store, &mine, &my_points).await.map_err(|e| failed(&e, mine.len()));
+                if let (Some(observe), Ok(outcomes)) = (observer, &result) {
+                    observe(&mine, outcomes);
+                }
                 let _ = reply.send(result);
             }
         }

@@ -25,6 +25,6 @@ pub use admission::{Admission, caller_key};
 pub use auth::{Authenticator, Caller};
 pub use config::{OtlpConfig, PipelineConfig, TenancyConfig};
 pub use ingest::{Accepted, Ingest, IngestError, RequestContext};
-pub use ledger::{LedgerError, UsageLedger};
+pub use ledger::{CommitObserver, LedgerError, UsageLedger};
 pub use pipeline::{Pipeline, PipelineBuilder, PipelineReceiver, Policy};
 pub use tenancy::TenantResolver;

@@ -91,6 +91,10 @@ pub struct MeterConfig {
     /// fraction carries to the next window, so a period's pushes add up to
     /// floor(its total × scale). Default 1.
     pub stripe_scale: Option<f64>,
+    /// Entitlements: the allowance per billing period, for every tenant
+    /// without its own (`PUT /v1/tenants/{tenant}`). `sum` and `count`
+    /// meters only. None: no allowance (unlimited unless credits are set).
+    pub limit: Option<f64>,
 }
 
 fn yes() -> bool {
@@ -138,10 +142,24 @@ impl MeterConfig {
         Ok(())
     }
 
+    /// Whether an allowance or credits can apply: the meter's period value
+    /// only grows (`sum` of values ≥ 0, `count`).
+    pub fn limitable(&self) -> bool {
+        matches!(self.aggregation, Aggregation::Sum | Aggregation::Count)
+    }
+
     /// Checks one meter on its own; `validate_meters` checks them together.
     pub fn validate(&self) -> Result<(), String> {
         let name = &self.name;
         self.validate_stripe()?;
+        if let Some(limit) = self.limit {
+            if !self.limitable() {
+                return Err(format!("meters.{name}.limit: only sum and count meters take a limit"));
+            }
+            if !(limit.is_finite() && (0.0..=MAX_EXACT).contains(&limit)) {
+                return Err(format!("meters.{name}.limit: must be >= 0 and at most 2^53"));
+            }
+        }
         if let Some(max) = self.max_value
             && !(max > 0.0 && max <= MAX_EXACT)
         {

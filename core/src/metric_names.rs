@@ -150,3 +150,20 @@ pub const STRIPE_HALTED: &str = "tally_stripe_halted";
 /// by a second read of Stripe, and the sum of their |drift| in Stripe units.
 pub const STRIPE_DRIFT_LINES: &str = "tally_stripe_drift_lines";
 pub const STRIPE_DRIFT_UNITS: &str = "tally_stripe_drift_units";
+
+/// Stripe webhook events by outcome: `applied`, `duplicate` (a redelivery:
+/// nothing changed), `stale` (older than the state held), `ignored` (a type
+/// tally does not act on), `refused` (see the next), `error` (not stored:
+/// answered 503, Stripe redelivers).
+pub const STRIPE_WEBHOOKS: &str = "tally_stripe_webhooks_total";
+/// Webhook requests refused (400, or 503 without a secret). Labels:
+/// `reason` (`missing_signature`, `malformed_signature`,
+/// `outside_tolerance`, `bad_signature`, `malformed_event`, `not_configured`).
+pub const STRIPE_WEBHOOKS_REFUSED: &str = "tally_stripe_webhooks_refused_total";
+/// Entitlement checks answered, by `reason` (`ok`, `limit_reached`,
+/// `credits_exhausted`, `subscription_inactive`, `unknown_tenant`).
+pub const ENTITLEMENT_CHECKS: &str = "tally_entitlement_checks_total";
+/// Billing notices queued for the receivers, by `event` (`limit_warning`,
+/// `limit_reached`, `credits_exhausted`, `subscription_status`,
+/// `payment_failed`, `payment_action_required`).
+pub const BILLING_NOTICES: &str = "tally_billing_notices_total";

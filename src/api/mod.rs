@@ -1,15 +1,17 @@
 //! The query/admin HTTP API (`[api] addr`, :8080 by default): probes and
 //! metrics, and the `/v1` route groups, one file each ([`usage`],
-//! [`rollups`], [`alerts`], [`tenants`], [`stripe`]). Shared here: the error shape every answer
+//! [`rollups`], [`alerts`], [`tenants`], [`stripe`], [`entitlements`], [`webhook`]). Shared here: the error shape every answer
 //! uses ([`ApiError`]), the query extractor that answers in it
 //! ([`Query`]), and the tenant preamble every tenant-scoped query starts
 //! with ([`ReadTenant`], [`ReadScope`]).
 
 pub mod alerts;
+pub mod entitlements;
 pub mod rollups;
 pub mod stripe;
 pub mod tenants;
 pub mod usage;
+pub mod webhook;
 
 use std::sync::{
     Arc,

@@ -65,8 +65,10 @@ pub struct Config {
     /// `[[receivers]]`: where alert notifications go.
     #[serde(default)]
     pub receivers: Vec<ReceiverConfig>,
-    /// `[stripe]`: the usage sync to Stripe Billing.
+    /// `[stripe]`: the usage sync to Stripe Billing, and its webhooks.
     pub stripe: StripeConfig,
+    /// `[entitlements]`: who may still use what.
+    pub entitlements: tally_aggregator::entitlements::EntitlementsConfig,
     /// What loading the config noticed but did not refuse (unknown
     /// `TALLY_*` variables), logged once logging is set up.
     #[serde(skip)]
@@ -158,6 +160,8 @@ impl Config {
         self.alert_rules()?;
         self.alert_receivers(None)?;
         self.stripe.validate().map_err(anyhow::Error::msg)?;
+        let receivers: Vec<&str> = self.receivers.iter().map(|r| r.name.as_str()).collect();
+        self.entitlements.validate(&receivers).map_err(anyhow::Error::msg)?;
         let a = &self.alerting;
         anyhow::ensure!(!a.eval_interval.is_zero(), "alerting.eval_interval must be greater than 0");
         anyhow::ensure!(!a.send_timeout.is_zero(), "alerting.send_timeout must be greater than 0");

@@ -8,6 +8,7 @@
 //! next to the query.
 
 mod alerts;
+mod billing;
 mod error;
 mod ingest;
 mod keys;
@@ -22,6 +23,10 @@ mod tenants;
 mod usage;
 
 pub use alerts::{Attempt, NewNotification, OutboxRow};
+pub use billing::{
+    Applied, BillingEffect, CreditBalance, CreditEntry, CreditKind, CustomerBilling, LimitRow, NewCredit, PeriodUsage,
+    WebhookEvent,
+};
 pub use error::StoreError;
 pub use ingest::IngestCount;
 pub use keys::ApiKeyRow;

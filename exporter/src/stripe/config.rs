@@ -54,6 +54,15 @@ pub struct StripeConfig {
     /// billed by other means before tally took over.
     #[serde(default)]
     pub sync_from: Option<String>,
+    /// The variable holding the webhook endpoint's signing secret
+    /// (`whsec_…`); `POST /v1/stripe/webhook` answers 503 without it.
+    pub webhook_secret_env: String,
+    /// How far a webhook's signed timestamp may be from now.
+    #[serde(with = "humantime_serde")]
+    pub webhook_tolerance: Duration,
+    /// The metadata key (on the subscription or the customer) naming the
+    /// tenant: maps an unmapped customer on its first event.
+    pub tenant_metadata_key: String,
 }
 
 impl StripeConfig {
@@ -67,6 +76,12 @@ impl StripeConfig {
         }
         if self.sync_interval.is_zero() || self.timeout.is_zero() {
             return Err("stripe.sync_interval and stripe.timeout must be greater than 0".into());
+        }
+        if self.webhook_tolerance.is_zero() || self.webhook_tolerance > Duration::from_secs(3600) {
+            return Err("stripe.webhook_tolerance: must be > 0 and at most 1h".into());
+        }
+        if self.tenant_metadata_key.is_empty() || self.tenant_metadata_key.len() > 40 {
+            return Err("stripe.tenant_metadata_key: 1 to 40 characters (Stripe's metadata key limit)".into());
         }
         reqwest::Url::parse(&self.api_base).map_err(|e| format!("stripe.api_base: {e}"))?;
         self.sync_from_ms()?;

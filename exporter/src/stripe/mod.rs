@@ -17,6 +17,8 @@
 //! - [`reconcile`]: the period's ledger against the pushes and Stripe's
 //!   meter event summaries; drift within 24 h repaired, older reported.
 //! - [`client`]: the HTTP calls, on the delivery core.
+//! - [`webhook`]: the webhook signature check and the events tally acts on
+//!   (subscription status, invoices, customer metadata).
 
 pub mod client;
 pub mod config;
@@ -25,6 +27,7 @@ pub mod plan;
 pub mod reconcile;
 pub mod send;
 pub mod sync;
+pub mod webhook;
 
 use std::{
     sync::{
