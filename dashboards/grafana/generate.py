@@ -1126,7 +1126,7 @@ def tally_self() -> dict:
                   (f"max by (instance) ({sel('tally_alert_eval_seconds', Q99)})", "p99 {{instance}}"),
                   (f"60 * sum by (rule) ({rate('tally_alert_eval_errors_total')})", "errors {{rule}}")))  # fmt: skip
     y += 7
-    p.append(row(i(), "Stripe sync", y))
+    p.append(row(i(), "Stripe sync, webhooks and entitlements", y))
     y += 1
     p.append(prom(timeseries(i(), "Stripe pushes by outcome",
                              "Meter-event calls per minute by outcome (tally_stripe_pushes_total): sent, duplicate (Stripe already had it: delivered), retry, failed, halted, expired, unconfirmed; and pushes planned (dashed, tally_stripe_planned_pushes_total).", "",
@@ -1154,6 +1154,20 @@ def tally_self() -> dict:
                        g(16, y, 8, 7), th=thresholds(("green", None), ("red", 1)), color="background"),
                   (f"max({sel('tally_stripe_drift_lines')})", "lines"),
                   (f"max({sel('tally_stripe_drift_units')})", "units")))  # fmt: skip
+    y += 7
+    p.append(prom(timeseries(i(), "Stripe webhooks by outcome",
+                             "Webhook events per minute (tally_stripe_webhooks_total): applied, duplicate (a redelivery: nothing changed), stale (older than the state held), ignored (a type tally does not act on), error (answered 503: Stripe redelivers); and requests refused by reason (dashed, tally_stripe_webhooks_refused_total): a forged or stale signature, a missing secret.", "",
+                             g(0, y, 12, 7), unit="cpm", draw="bars", stack=True,
+                             overrides=[color("applied", "green"), color("duplicate", "blue"), color("error", "red"), color_re("^refused", "orange", dashed=True)]),
+                  (f"60 * sum by (outcome) ({rate('tally_stripe_webhooks_total')})", "{{outcome}}"),
+                  (f"60 * sum by (reason) ({rate('tally_stripe_webhooks_refused_total')})", "refused {{reason}}")))  # fmt: skip
+    p.append(prom(timeseries(i(), "Entitlement checks and billing notices",
+                             "GET /v1/entitlements answers per second by reason (tally_entitlement_checks_total: ok, limit_reached, credits_exhausted, subscription_inactive, unknown_tenant), and billing notices queued per minute by event (right axis, tally_billing_notices_total).", "",
+                             g(12, y, 12, 7), unit="reqps",
+                             overrides=[{"matcher": {"id": "byRegexp", "options": "^notice"},
+                                         "properties": [{"id": "unit", "value": "cpm"}, {"id": "custom.axisPlacement", "value": "right"}]}]),
+                  (f"sum by (reason) ({rate('tally_entitlement_checks_total')})", "{{reason}}"),
+                  (f"60 * sum by (event) ({rate('tally_billing_notices_total')})", "notice {{event}}")))  # fmt: skip
     y += 7
     p.append(row(i(), "Connections", y))
     y += 1

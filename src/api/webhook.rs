@@ -82,7 +82,7 @@ async fn receive(State(st): State<WebhookState>, headers: HeaderMap, body: Bytes
             outcome(if stale { "stale" } else { "applied" });
             if !stale {
                 st.entitlements.apply_billing(&after);
-                if !targets.status(before.as_ref(), &after, now).is_empty() {
+                if !targets.status(before.as_deref(), &after, now).is_empty() {
                     let event = notice_event(before.as_ref().and_then(|b| b.status.as_deref()), &after);
                     metrics::counter!(metric_names::BILLING_NOTICES, "event" => event).increment(1);
                 }

@@ -10,16 +10,11 @@
 //! Rounds are fast here: 10 s rollup windows written every 200 ms,
 //! evaluation every 300 ms, retries after 200 ms.
 
-use std::{
-    path::PathBuf,
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::io::AsyncBufReadExt;
 
-use crate::support::*;
+use crate::{receiver::Receiver, support::*};
 
 /// Rollups and alerting sped up; `{port}` is the receiver's.
 fn fast(port: u16, rules: &str) -> String {
@@ -49,75 +44,6 @@ fn fast(port: u16, rules: &str) -> String {
         {rules}
         "#
     )
-}
-
-/// The receiver process; its records survive a restart (same file).
-struct Receiver {
-    child: Option<tokio::process::Child>,
-    port: u16,
-    out: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Receiver {
-    /// A port that is free now, for a receiver that is not running yet.
-    fn reserve() -> Receiver {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = tempfile::tempdir().unwrap();
-        Receiver { child: None, port, out: dir.path().join("received.jsonl"), _dir: dir }
-    }
-
-    async fn start() -> Receiver {
-        let mut r = Receiver::reserve();
-        r.run().await;
-        r
-    }
-
-    async fn run(&mut self) {
-        let mut child = tokio::process::Command::new(client_python())
-            .arg(clients_dir().join("webhook_receiver.py"))
-            .args(["--port", &self.port.to_string(), "--secret", WEBHOOK_SECRET, "--out"])
-            .arg(&self.out)
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap();
-        assert_eq!(first.as_deref(), Some(format!("listening {}", self.port).as_str()));
-        self.child = Some(child);
-    }
-
-    async fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().await.unwrap();
-        }
-    }
-
-    fn records(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    /// Accepted requests to `path`, waiting up to 30 s until there are `n`.
-    async fn accepted(&self, path: &str, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let all = self.records();
-            for r in &all {
-                assert!(r["error"].is_null() || r["status"] == 503, "receiver refused a request: {r}");
-            }
-            let ok: Vec<Value> =
-                all.into_iter().filter(|r| r["path"] == path && r["status"].as_u64().unwrap() < 300).collect();
-            if ok.len() >= n || Instant::now() > deadline {
-                return ok;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
 }
 
 /// (status, severity) of each accepted webhook, with the one alert checked.

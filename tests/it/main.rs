@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod daemon;
+mod receiver;
 mod support;
 
 mod e2e_alerts;
@@ -14,6 +15,7 @@ mod e2e_auth;
 mod e2e_backpressure;
 mod e2e_bad_input;
 mod e2e_cli;
+mod e2e_entitlements;
 mod e2e_hostile;
 mod e2e_lake;
 mod e2e_metric_usage;

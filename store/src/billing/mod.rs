@@ -87,7 +87,7 @@ pub enum Applied {
     Duplicate,
     /// Applied (or found older than the state held: `stale`). `before` and
     /// `after` are the customer's state around it.
-    Done { stale: bool, before: Option<CustomerBilling>, after: CustomerBilling },
+    Done { stale: bool, before: Option<Box<CustomerBilling>>, after: Box<CustomerBilling> },
 }
 
 const COLUMNS: &str = "c.customer_id, t.id AS tenant, c.subscription_id, c.status, c.period_start_ms, c.period_end_ms, \
@@ -238,7 +238,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            Ok(Applied::Done { stale, before, after })
+            Ok(Applied::Done { stale, before: before.map(Box::new), after: Box::new(after) })
         });
         match result {
             // Another replica applied the same event meanwhile.
