@@ -123,23 +123,31 @@ impl Entitlements {
         u: PeriodUsage,
         recent: bool,
     ) {
-        let Some(m) = self.inner.meters.iter().find(|m| m.name == u.meter) else { return };
-        let Some(&(start, end)) = periods.get(&u.tenant) else { return };
+        let Some(&period) = periods.get(&u.tenant) else { return };
+        let t = tenants.entry(u.tenant.clone()).or_default();
+        self.add_to(t, period, u, recent);
+    }
+
+    /// Whether the counter grew.
+    fn add_to(&self, t: &mut Tenant, (start, end): (i64, i64), u: PeriodUsage, recent: bool) -> bool {
+        let Some(m) = self.inner.meters.iter().find(|m| m.name == u.meter) else { return false };
         if recent && (u.hour_ms < start || u.hour_ms >= end) {
-            return;
+            return false;
         }
         let v = if m.count { u.count as f64 } else { u.sum };
-        let t = tenants.entry(u.tenant).or_default();
         let c = t.usage.entry(u.meter).or_insert_with(|| Usage { period_start: start, ..Usage::default() });
-        if recent {
-            let h = c.recent.entry(u.hour_ms).or_insert(0.0);
-            *h = h.max(v);
-        } else {
-            c.base = v;
+        if c.period_start != start {
+            return false; // read again once the period moved on
         }
+        let slot = if recent { c.recent.entry(u.hour_ms).or_insert(0.0) } else { &mut c.base };
+        let grew = v > *slot;
+        *slot = if recent { slot.max(v) } else { v };
+        grew
     }
 
     /// Other replicas' recent usage and everything changed since `since`.
+    /// The write lock is held for the changes only: whole-state passes run
+    /// when the hour turns (the recent window slides, periods end on hours).
     async fn quick_refresh(&self, since: i64) -> Result<()> {
         let store = &self.inner.store;
         let now = now_ms();
@@ -149,15 +157,37 @@ impl Entitlements {
         let limit_rows = store.limits(since).await?;
         let credits = store.credit_balances().await?;
         let hours = store.hourly_usage(None, recent_from, i64::MAX).await?;
+        // Most hours are as held: find the others under the read lock, so
+        // checks wait on the write lock only for what changed.
+        let hours: Vec<PeriodUsage> = {
+            let tenants = self.inner.tenants.read().expect("entitlement state lock");
+            hours
+                .into_iter()
+                .filter(|u| {
+                    let held = tenants
+                        .get(&u.tenant)
+                        .and_then(|t| t.usage.get(&u.meter))
+                        .and_then(|c| c.recent.get(&u.hour_ms));
+                    let count = self.meter(&u.meter).map(|m| m.count).unwrap_or(false);
+                    held.is_none_or(|h| *h < if count { u.count as f64 } else { u.sum })
+                })
+                .collect()
+        };
+        let hour_turned = recent_from != self.inner.recent_from.load(Ordering::Relaxed);
         let mut rolled = Vec::new();
+        let mut grown = Vec::new();
         {
             let mut tenants = self.inner.tenants.write().expect("entitlement state lock");
             for id in new_tenants {
                 tenants.entry(id).or_default();
             }
             for b in &billing_rows {
-                if let Some(t) = b.tenant.as_ref() {
-                    tenants.entry(t.clone()).or_default().billing = billing(b);
+                if let Some(id) = b.tenant.as_ref() {
+                    let t = tenants.entry(id.clone()).or_default();
+                    t.billing = billing(b);
+                    if t.usage.values().any(|u| u.period_start != t.period(now).0) {
+                        rolled.push(id.clone());
+                    }
                 }
             }
             for l in limit_rows {
@@ -169,39 +199,51 @@ impl Entitlements {
             }
             for c in credits {
                 let t = tenants.entry(c.tenant).or_default();
-                t.credits.insert(
-                    c.meter,
-                    Credits { balance: c.balance, granted: c.granted, drawn: c.drawn, first_ms: c.first_ms },
-                );
+                let fresh = Credits { balance: c.balance, granted: c.granted, drawn: c.drawn, first_ms: c.first_ms };
+                if t.credits.get(&c.meter) != Some(&fresh) {
+                    t.credits.insert(c.meter, fresh);
+                }
             }
-            // Hours leaving the recent window join the base; a tenant whose
-            // period moved on is read again below.
-            for (id, t) in tenants.iter_mut() {
-                let (start, _) = t.period(now);
-                for u in t.usage.values_mut() {
-                    let old: Vec<i64> = u.recent.range(..recent_from).map(|(h, _)| *h).collect();
-                    for h in old {
-                        u.base += u.recent.remove(&h).unwrap_or(0.0);
+            if hour_turned {
+                // Hours leaving the recent window join the base; a tenant
+                // whose period moved on is read again below.
+                for (id, t) in tenants.iter_mut() {
+                    let (start, _) = t.period(now);
+                    for u in t.usage.values_mut() {
+                        let old: Vec<i64> = u.recent.range(..recent_from).map(|(h, _)| *h).collect();
+                        for h in old {
+                            u.base += u.recent.remove(&h).unwrap_or(0.0);
+                        }
+                    }
+                    if t.usage.values().any(|u| u.period_start != start) {
+                        rolled.push(id.clone());
                     }
                 }
-                if t.usage.values().any(|u| u.period_start != start) {
-                    rolled.push(id.clone());
-                }
             }
-            let periods: HashMap<String, (i64, i64)> =
-                tenants.iter().map(|(id, t)| (id.clone(), t.period(now))).collect();
             for u in hours {
-                self.add(&mut tenants, &periods, u, true);
+                let key = (u.tenant.clone(), u.meter.clone());
+                let t = tenants.entry(u.tenant.clone()).or_default();
+                let period = t.period(now);
+                if self.add_to(t, period, u, true) {
+                    grown.push(key);
+                }
             }
         }
         self.inner.recent_from.store(recent_from, Ordering::Relaxed);
+        rolled.sort();
+        rolled.dedup();
         for tenant in &rolled {
             self.reload_usage(tenant).await?;
         }
-        if !rolled.is_empty() || !billing_rows.is_empty() {
+        if !rolled.is_empty() || !billing_rows.is_empty() || hour_turned {
             self.draw_closed_periods(now).await?;
         }
-        self.notice_all();
+        if hour_turned || !rolled.is_empty() {
+            self.notice_all();
+        } else {
+            // Other replicas' usage may have crossed a line.
+            self.notice_due(&grown);
+        }
         Ok(())
     }
 
