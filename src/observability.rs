@@ -78,4 +78,10 @@ fn describe() {
     describe_counter!(m::STRIPE_WEBHOOKS_REFUSED, "Stripe webhook requests refused, by reason");
     describe_counter!(m::ENTITLEMENT_CHECKS, "Entitlement checks answered, by reason");
     describe_counter!(m::BILLING_NOTICES, "Billing notices queued, by event");
+    describe_counter!(m::APPINSIGHTS_REQUESTS, "Application Insights track calls, by HTTP status");
+    describe_counter!(m::APPINSIGHTS_ACCEPTED, "Items Application Insights accepted");
+    describe_counter!(m::APPINSIGHTS_RETRIED, "Items sent to Application Insights again");
+    describe_counter!(m::APPINSIGHTS_DROPPED, "Items given up for Application Insights, by reason");
+    describe_gauge!(m::APPINSIGHTS_BUFFERED, "Items waiting in the Application Insights buffer");
+    describe_gauge!(m::APPINSIGHTS_DAILY_CAP, "1 while the Application Insights daily cap stops sending");
 }

@@ -74,9 +74,29 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
     );
     let rollups_rx = fanout.branch("rollups", Policy::Block);
     let lake_rx = config.lake.enabled.then(|| fanout.branch("lake", Policy::Block));
+    // Application Insights, when a connection string is set: a forwarder,
+    // so its branch sheds rather than pushes back.
+    let ai = &config.appinsights;
+    let appinsights = ai.connection_string(env(&ai.connection_string_env)).map_err(anyhow::Error::msg)?;
+    let appinsights_rx =
+        appinsights.as_ref().map(|_| fanout.branch("appinsights", Policy::Shed { max_bytes: ai.max_queued_bytes }));
     let pipeline = fanout.build();
     let stage = RollupStage::new(store.clone(), config.rollups.clone(), config.pipeline.flush_interval);
     let rollups = tokio::spawn(stage.run(rollups_rx));
+    let appinsights_task = match (appinsights.as_ref(), appinsights_rx) {
+        (Some(cs), Some(rx)) => {
+            use tally_exporter::appinsights::{Mapper, MapperConfig, client::TrackClient, forwarder};
+            let mut mapper_config = MapperConfig::new(cs.instrumentation_key.clone());
+            // Counters started before this process count from their next point.
+            mapper_config.count_series_started_after_ns = tally_core::now_ms() as u64 * 1_000_000;
+            let client = TrackClient::new(cs.track_url(), ai.timeout).map_err(anyhow::Error::msg)?;
+            // It ends when the pipeline closes its queue (after the
+            // listeners), sending what is buffered for up to drain_timeout.
+            let run = forwarder::run(rx, Mapper::new(mapper_config), client, ai.clone(), CancellationToken::new());
+            Some(tokio::spawn(run))
+        }
+        _ => None,
+    };
     let lake = match lake_rx {
         Some(rx) => Some(crate::lake::start(&config, &store, env, rx)?),
         None => None,
@@ -252,6 +272,10 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
             l.drain();
         }
         let rollups = rollups.await.context("rollup stage");
+        let forwarded = match appinsights_task {
+            Some(task) => task.await.context("Application Insights forwarder"),
+            None => Ok(()),
+        };
         let lake = match lake {
             Some(l) => l.finish(shutdown_timeout).await,
             None => Ok(()),
@@ -269,6 +293,7 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
         tracing::info!("shutdown complete");
         listeners
             .and(rollups)
+            .and(forwarded)
             .and(lake)
             .and(maintenance)
             .and(alerts)
@@ -282,6 +307,7 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
         otlp_grpc = %grpc_addr, otlp_http = %http_addr, api = %api_addr,
         database = %config.database_description(),
         stripe_sync = stripe.is_some(),
+        appinsights = appinsights.is_some(),
         "tally is serving"
     );
     Ok(Server { grpc_addr, http_addr, api_addr, store, shutdown, task })

@@ -167,3 +167,17 @@ pub const ENTITLEMENT_CHECKS: &str = "tally_entitlement_checks_total";
 /// `limit_reached`, `credits_exhausted`, `subscription_status`,
 /// `payment_failed`, `payment_action_required`).
 pub const BILLING_NOTICES: &str = "tally_billing_notices_total";
+
+/// Application Insights track calls by HTTP `status` (`200`, `206`, `429`, …).
+pub const APPINSIGHTS_REQUESTS: &str = "tally_appinsights_requests_total";
+/// Items accepted by Application Insights.
+pub const APPINSIGHTS_ACCEPTED: &str = "tally_appinsights_accepted_items_total";
+/// Items sent again (a per-item 408/429/5xx, or the whole batch failed).
+pub const APPINSIGHTS_RETRIED: &str = "tally_appinsights_retried_items_total";
+/// Items given up. Labels: `reason` (`buffer_full`, `daily_cap`, `too_old`,
+/// `refused`: a per-item or batch 4xx other than 408/429, `shutdown`).
+pub const APPINSIGHTS_DROPPED: &str = "tally_appinsights_dropped_items_total";
+/// Items waiting in the exporter's buffer.
+pub const APPINSIGHTS_BUFFERED: &str = "tally_appinsights_buffered_items";
+/// 1 while the daily cap stops sending (until the next UTC day).
+pub const APPINSIGHTS_DAILY_CAP: &str = "tally_appinsights_daily_cap";

@@ -1169,6 +1169,26 @@ def tally_self() -> dict:
                   (f"sum by (reason) ({rate('tally_entitlement_checks_total')})", "{{reason}}"),
                   (f"60 * sum by (event) ({rate('tally_billing_notices_total')})", "notice {{event}}")))  # fmt: skip
     y += 7
+    p.append(row(i(), "Application Insights", y))
+    y += 1
+    p.append(prom(timeseries(i(), "Items to Application Insights",
+                             "Items per second accepted by Application Insights (tally_appinsights_accepted_items_total), sent again (tally_appinsights_retried_items_total: a per-item 408/429/5xx or a failed batch) and given up by reason (tally_appinsights_dropped_items_total: buffer_full, daily_cap, too_old, refused, shutdown). Ingestion never waits for it.", "",
+                             g(0, y, 12, 7), unit="cps", overrides=[color("accepted", "green"), color("retried", "orange"), color_re("^dropped", "red")]),
+                  (f"sum({rate('tally_appinsights_accepted_items_total')})", "accepted"),
+                  (f"sum({rate('tally_appinsights_retried_items_total')})", "retried"),
+                  (f"sum by (reason) ({rate('tally_appinsights_dropped_items_total')})", "dropped {{reason}}")))  # fmt: skip
+    p.append(prom(timeseries(i(), "Track calls by status",
+                             "Application Insights track calls per minute by HTTP status (tally_appinsights_requests_total): 200, 206 (some items failed), 429/5xx (retried), 402/439 (daily cap).", "",
+                             g(12, y, 6, 7), unit="cpm", draw="bars", stack=True),
+                  (f"60 * sum by (status) ({rate('tally_appinsights_requests_total')})", "{{status}}")))  # fmt: skip
+    p.append(prom(timeseries(i(), "Buffer and daily cap",
+                             "Items waiting in the exporter's bounded buffer (tally_appinsights_buffered_items), and 1 while the daily cap stops sending until the next UTC day (tally_appinsights_daily_cap, right axis).", "",
+                             g(18, y, 6, 7),
+                             overrides=[{"matcher": {"id": "byRegexp", "options": "^daily cap"},
+                                         "properties": [{"id": "custom.axisPlacement", "value": "right"}, {"id": "color", "value": {"fixedColor": "red", "mode": "fixed"}}]}]),
+                  (f"max by (instance) ({sel('tally_appinsights_buffered_items')})", "buffered {{instance}}"),
+                  (f"max by (instance) ({sel('tally_appinsights_daily_cap')})", "daily cap {{instance}}")))  # fmt: skip
+    y += 7
     p.append(row(i(), "Connections", y))
     y += 1
     p.append(prom(timeseries(i(), "Open connections per listener",

@@ -67,6 +67,8 @@ pub struct Config {
     pub receivers: Vec<ReceiverConfig>,
     /// `[stripe]`: the usage sync to Stripe Billing, and its webhooks.
     pub stripe: StripeConfig,
+    /// `[appinsights]`: forwarding to Application Insights.
+    pub appinsights: tally_exporter::appinsights::AppInsightsConfig,
     /// `[entitlements]`: who may still use what.
     pub entitlements: tally_aggregator::entitlements::EntitlementsConfig,
     /// What loading the config noticed but did not refuse (unknown
@@ -162,6 +164,7 @@ impl Config {
         self.stripe.validate().map_err(anyhow::Error::msg)?;
         let receivers: Vec<&str> = self.receivers.iter().map(|r| r.name.as_str()).collect();
         self.entitlements.validate(&receivers).map_err(anyhow::Error::msg)?;
+        self.appinsights.validate().map_err(anyhow::Error::msg)?;
         let a = &self.alerting;
         anyhow::ensure!(!a.eval_interval.is_zero(), "alerting.eval_interval must be greater than 0");
         anyhow::ensure!(!a.send_timeout.is_zero(), "alerting.send_timeout must be greater than 0");

@@ -11,6 +11,7 @@ mod receiver;
 mod support;
 
 mod e2e_alerts;
+mod e2e_appinsights;
 mod e2e_auth;
 mod e2e_backpressure;
 mod e2e_bad_input;

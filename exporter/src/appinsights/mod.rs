@@ -1,16 +1,20 @@
-//! Application Insights: the pure half of the exporter — the connection
-//! string, the envelope model with its limits, the OTLP → envelope
-//! [`Mapper`] (tenant-aware, with cumulative-to-delta metrics), trace-id
-//! sampling, and the per-tenant usage metrics from the ledger. No I/O here:
-//! the HTTP client, batching, retries and spool sit on top.
+//! Application Insights: the connection string, the envelope model with
+//! its limits, the OTLP → envelope [`Mapper`] (tenant-aware, with
+//! cumulative-to-delta metrics), trace-id sampling and the per-tenant usage
+//! metrics (pure, no I/O); and on top, [`client`] (one track call and what
+//! its answer means per item) and [`forwarder`] (the pipeline branch: a
+//! bounded buffer, batches, retries, the daily cap).
 //!
 //! The mapping, its deliberate differences from Microsoft's exporter and
 //! example KQL are in this folder's README.md; `golden_tests.rs` checks the
 //! mapping field by field against a capture of Microsoft's exporter
 //! (tests/data/appinsights/).
 
+pub mod client;
+pub mod config;
 mod connection_string;
 pub mod envelope;
+pub mod forwarder;
 mod logs;
 mod mapping;
 mod metrics;
@@ -25,6 +29,7 @@ mod golden_tests;
 #[cfg(test)]
 mod mapping_tests;
 
+pub use config::AppInsightsConfig;
 pub use connection_string::{ConnectionString, DEFAULT_AAD_AUDIENCE, DEFAULT_INGESTION_ENDPOINT};
 pub use envelope::{Data, Envelope, EnvelopeTime, format_duration, truncate};
 pub use logs::LOG_BODY_PROPERTY;

@@ -1,0 +1,209 @@
+//! The Application Insights branch of the pipeline: maps what it is handed
+//! into envelopes, keeps them in a bounded buffer, and sends them in
+//! batches. It never pushes back: the pipeline sheds for it when it falls
+//! behind, and when its own buffer is full the newest items are dropped and
+//! counted — this is observability-grade data, and billing and rollups must
+//! not wait for Azure.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use tally_core::{Payload, QueuedRequest, metric_names, now_ms};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Mapper,
+    client::{TrackClient, Tracked, gzip_array},
+    config::AppInsightsConfig,
+};
+use crate::delivery::Backoff;
+
+/// Items older than this are not sent (the ingestion refuses items older
+/// than 48 h).
+const MAX_AGE_MS: i64 = 47 * 3_600_000;
+
+/// An envelope serialized once, with its time.
+struct Item {
+    json: Bytes,
+    time_ms: i64,
+}
+
+struct Buffer {
+    items: VecDeque<Item>,
+    bytes: usize,
+}
+
+/// Runs the branch until `rx` closes or `shutdown`, then sends what is
+/// buffered for up to `drain` and drops (counting) the rest.
+pub async fn run(
+    mut rx: mpsc::Receiver<QueuedRequest>,
+    mut mapper: Mapper,
+    client: TrackClient,
+    config: AppInsightsConfig,
+    shutdown: CancellationToken,
+) {
+    let buffer = Arc::new(Mutex::new(Buffer { items: VecDeque::new(), bytes: 0 }));
+    let wake = Arc::new(Notify::new());
+    let stop_sending = CancellationToken::new();
+    let sender = tokio::spawn(send_loop(buffer.clone(), wake.clone(), client, config.clone(), stop_sending.clone()));
+    loop {
+        let req = tokio::select! {
+            r = rx.recv() => match r { Some(r) => r, None => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let mut envelopes = Vec::new();
+        for batch in req.batches.iter() {
+            match &batch.payload {
+                Payload::Spans(rs) if config.traces => {
+                    rs.iter().for_each(|r| mapper.spans(&batch.tenant, r, &mut envelopes))
+                }
+                Payload::Logs(rl) if config.logs => {
+                    rl.iter().for_each(|r| mapper.logs(&batch.tenant, r, &mut envelopes))
+                }
+                Payload::Metrics(rm) if config.metrics => {
+                    rm.iter().for_each(|r| mapper.metrics(&batch.tenant, r, &mut envelopes))
+                }
+                _ => {}
+            }
+        }
+        drop(req); // frees the branch's byte budget
+        let mut dropped = 0u64;
+        {
+            let mut b = buffer.lock().expect("appinsights buffer");
+            for e in envelopes {
+                let Ok(json) = serde_json::to_vec(&e) else { continue };
+                if b.items.len() >= config.max_buffer_items || b.bytes + json.len() > config.max_buffer_bytes {
+                    dropped += 1;
+                    continue;
+                }
+                b.bytes += json.len();
+                b.items.push_back(Item { json: Bytes::from(json), time_ms: e.time.0 / 1_000_000 });
+            }
+            metrics::gauge!(metric_names::APPINSIGHTS_BUFFERED).set(b.items.len() as f64);
+            if b.items.len() >= config.max_batch_items {
+                wake.notify_one();
+            }
+        }
+        if dropped > 0 {
+            metrics::counter!(metric_names::APPINSIGHTS_DROPPED, "reason" => "buffer_full").increment(dropped);
+        }
+    }
+    // Send what is left, for a while.
+    wake.notify_one();
+    let drained = tokio::time::timeout(config.drain_timeout, async {
+        while !buffer.lock().expect("appinsights buffer").items.is_empty() {
+            wake.notify_one();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    stop_sending.cancel();
+    let _ = sender.await;
+    if drained.is_err() {
+        let left = buffer.lock().expect("appinsights buffer").items.len();
+        metrics::counter!(metric_names::APPINSIGHTS_DROPPED, "reason" => "shutdown").increment(left as u64);
+        tracing::warn!(items = left, "Application Insights items still buffered at shutdown: dropped");
+    }
+}
+
+/// The start of the next UTC day, in ms.
+fn next_utc_day(now: i64) -> i64 {
+    (now / 86_400_000 + 1) * 86_400_000
+}
+
+async fn send_loop(
+    buffer: Arc<Mutex<Buffer>>,
+    wake: Arc<Notify>,
+    client: TrackClient,
+    config: AppInsightsConfig,
+    stop: CancellationToken,
+) {
+    let backoff = Backoff::exponential(Duration::from_millis(500), Duration::from_secs(60));
+    let mut failures = 0u32;
+    let mut capped_until = 0i64;
+    loop {
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(config.flush_interval) => {}
+            _ = stop.cancelled() => return,
+        }
+        loop {
+            let now = now_ms();
+            let batch: Vec<Item> = {
+                let mut b = buffer.lock().expect("appinsights buffer");
+                let (mut old, mut capped) = (0u64, 0u64);
+                while b.items.front().is_some_and(|i| i.time_ms < now - MAX_AGE_MS || now < capped_until) {
+                    let i = b.items.pop_front().expect("checked");
+                    b.bytes -= i.json.len();
+                    if now < capped_until { capped += 1 } else { old += 1 }
+                }
+                for (n, reason) in [(old, "too_old"), (capped, "daily_cap")] {
+                    if n > 0 {
+                        metrics::counter!(metric_names::APPINSIGHTS_DROPPED, "reason" => reason).increment(n);
+                    }
+                }
+                let take = b.items.len().min(config.max_batch_items);
+                let batch: Vec<Item> = b.items.drain(..take).collect();
+                b.bytes -= batch.iter().map(|i| i.json.len()).sum::<usize>();
+                metrics::gauge!(metric_names::APPINSIGHTS_BUFFERED).set(b.items.len() as f64);
+                batch
+            };
+            if batch.is_empty() {
+                break;
+            }
+            let body = gzip_array(&batch.iter().map(|i| &i.json[..]).collect::<Vec<_>>());
+            let (mut again, wait) = match client.track(body, batch.len()).await {
+                Ok(Tracked::Partial { accepted, retry, dropped }) => {
+                    failures = 0;
+                    metrics::counter!(metric_names::APPINSIGHTS_ACCEPTED).increment(accepted as u64);
+                    if !dropped.is_empty() {
+                        metrics::counter!(metric_names::APPINSIGHTS_DROPPED, "reason" => "refused")
+                            .increment(dropped.len() as u64);
+                    }
+                    let wait = (!retry.is_empty()).then(|| backoff.wait(1, None)).flatten();
+                    (retry, wait)
+                }
+                Ok(Tracked::DailyCap) => {
+                    capped_until = next_utc_day(now_ms());
+                    metrics::gauge!(metric_names::APPINSIGHTS_DAILY_CAP).set(1.0);
+                    tracing::warn!("Application Insights daily cap reached: nothing is sent until the next UTC day");
+                    metrics::counter!(metric_names::APPINSIGHTS_DROPPED, "reason" => "daily_cap")
+                        .increment(batch.len() as u64);
+                    (Vec::new(), None)
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e.message, status = ?e.status, failures, "Application Insights send failed; retried");
+                    ((0..batch.len()).collect(), backoff.wait(failures, e.retry_after()))
+                }
+            };
+            if now_ms() >= capped_until {
+                metrics::gauge!(metric_names::APPINSIGHTS_DAILY_CAP).set(0.0);
+            }
+            if !again.is_empty() {
+                again.sort_unstable();
+                metrics::counter!(metric_names::APPINSIGHTS_RETRIED).increment(again.len() as u64);
+                let mut slots: Vec<Option<Item>> = batch.into_iter().map(Some).collect();
+                let mut b = buffer.lock().expect("appinsights buffer");
+                for i in again.into_iter().rev() {
+                    if let Some(item) = slots.get_mut(i).and_then(Option::take) {
+                        b.bytes += item.json.len();
+                        b.items.push_front(item);
+                    }
+                }
+                metrics::gauge!(metric_names::APPINSIGHTS_BUFFERED).set(b.items.len() as f64);
+            }
+            if let Some(wait) = wait {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+}

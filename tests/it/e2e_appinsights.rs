@@ -1,0 +1,147 @@
+//! Application Insights end to end: the real Python OpenTelemetry SDK and a
+//! gRPC client send to tally, tally forwards to the ingestion stand-in
+//! (`tally-standins`, which answers as Azure does), scripted to answer 206
+//! with mixed per-item codes, 429 with Retry-After, 503 and a 307; every
+//! item accepted arrives exactly once and what Azure refused is not sent
+//! again. Then the stand-in is down while OTLP load and usage events go on:
+//! every export is answered 200, usage is recorded, the buffer stays within
+//! its bound and what it held arrives once Azure is back.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tally_standins::appinsights::{Behaviour, FakeIngestion, IngestionConfig};
+
+use crate::support::*;
+
+fn config(extra: &str) -> String {
+    format!(
+        r#"
+        [[meters]]
+        name = "tokens"
+        aggregation = "sum"
+        event_type = "llm.completion"
+        value = "$.tokens"
+        [appinsights]
+        flush_interval = "100ms"
+        max_batch_items = 10
+        {extra}
+        "#
+    )
+}
+
+async fn start(ingestion: &FakeIngestion, extra: &str) -> TestServer {
+    let env = vec![("APPLICATIONINSIGHTS_CONNECTION_STRING".into(), ingestion.connection_string())];
+    TestServer::start_with_env(Db::Sqlite, &config(extra), env).await
+}
+
+async fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn requests_of(ingestion: &FakeIngestion, name: &str) -> Vec<Value> {
+    ingestion
+        .accepted()
+        .into_iter()
+        .map(|a| a.envelope)
+        .filter(|e| e["name"].as_str().is_some_and(|n| n.ends_with(name)))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_accepted_item_arrives_once_through_partial_throttled_and_failed_answers() {
+    let ingestion = FakeIngestion::start(IngestionConfig::default()).await.unwrap();
+    ingestion.push(Behaviour::Partial(vec![(0, 500), (1, 400), (2, 429)]));
+    ingestion.push(Behaviour::Throttle { retry_after: Some(1) });
+    ingestion.push(Behaviour::Status(503));
+    ingestion.push(Behaviour::Redirect { status: 307, base: ingestion.url().trim_end_matches('/').to_owned() });
+    let s = start(&ingestion, "").await;
+
+    // 30 SERVER spans over gRPC, in three batches of ten at tally's side.
+    send_traces(&s, &spans_at("acme", "/checkout", 30, now_ms(), 20, false)).await;
+    // The real SDK: spans and logs of another tenant.
+    let sent = otel_send(&[
+        "--endpoint",
+        &s.grpc_url(),
+        "--protocol",
+        "grpc",
+        "--tenant",
+        "globex",
+        "--service",
+        "api",
+        "--spans",
+        "5",
+        "--logs",
+        "4",
+    ])
+    .await;
+    assert_eq!(sent["spans"], 5, "{sent}");
+
+    // acme: 30 requests less the one refused with 400. globex (the SDK):
+    // 5 spans (requests or dependencies by kind) and 4 log messages.
+    let of = |tenant: &str, names: &[&str]| {
+        ingestion
+            .accepted()
+            .iter()
+            .filter(|a| a.envelope["data"]["baseData"]["properties"]["tenant.id"] == tenant)
+            .filter(|a| names.iter().any(|n| a.envelope["name"].as_str().is_some_and(|x| x.ends_with(n))))
+            .count()
+    };
+    let spans = ["Request", "RemoteDependency"];
+    wait_for("the items to arrive", 30, || {
+        of("acme", &spans) >= 29 && of("globex", &spans) >= 5 && of("globex", &["Message"]) >= 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await; // anything sent twice would show now
+    assert!(ingestion.duplicates().is_empty(), "sent twice: {:?}", ingestion.duplicates());
+    assert_eq!(of("acme", &["Request"]), 29, "the one refused with 400 is not sent again");
+    // (Messages: the 4 log records, and span events as Python's exporter maps them.)
+    assert_eq!(of("globex", &spans), 5);
+    assert!(of("globex", &["Message"]) >= 4);
+    let statuses: Vec<u16> = ingestion.requests().iter().map(|r| r.status).collect();
+    assert_eq!(&statuses[..4], [206, 429, 503, 307], "{statuses:?}");
+    assert!(ingestion.requests().iter().all(|r| r.gzip), "every batch gzipped");
+
+    let m = s.metrics().await;
+    assert!(metric_value(&m, "tally_appinsights_dropped_items_total{reason=\"refused\"}") >= 1.0, "{m}");
+    assert!(metric_value(&m, "tally_appinsights_retried_items_total") >= 2.0);
+    s.stop().await;
+    ingestion.shutdown().await;
+}
+
+#[tokio::test]
+async fn azure_down_never_slows_ingestion_or_billing_and_the_buffer_stays_bounded() {
+    let ingestion = FakeIngestion::start(IngestionConfig::default()).await.unwrap();
+    let s = start(&ingestion, "max_buffer_items = 50").await;
+    ingestion.down_for(Duration::from_secs(6));
+    let started = Instant::now();
+    for round in 0..8 {
+        // Each export answered at once, whatever Azure does.
+        let t = Instant::now();
+        send_traces(&s, &spans_at("acme", "/pay", 20, now_ms(), 10, false)).await;
+        assert!(t.elapsed() < Duration::from_secs(2), "an export waited {:?} for Azure", t.elapsed());
+        let event = json!([{"specversion": "1.0", "id": format!("u{round}"), "source": "app", "type": "llm.completion",
+                            "subject": "acme", "data": {"tokens": 10}}]);
+        let resp: Value = s.http.post(s.api_url("/v1/events")).json(&event).send().await.unwrap().json().await.unwrap();
+        assert_eq!(resp["accepted"], 1, "{resp}");
+        let m = s.metrics().await;
+        assert!(metric_value(&m, "tally_appinsights_buffered_items") <= 50.0, "buffer over its bound");
+    }
+    assert!(started.elapsed() < Duration::from_secs(6), "the load ran while Azure was down");
+    assert_eq!(s.usage_total("acme", "tokens").await, 80.0, "billing unaffected");
+    let m = s.metrics().await;
+    let shed = metric_value(&m, "tally_appinsights_dropped_items_total{reason=\"buffer_full\"}")
+        + metric_value(&m, "tally_pipeline_shed_items_total{branch=\"appinsights\"}");
+    assert!(shed >= 100.0, "160 spans into a buffer of 50: dropped {shed}");
+
+    // Back up: what the buffer held arrives, once.
+    wait_for("the buffered items to arrive", 40, || requests_of(&ingestion, "Request").len() >= 40).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(ingestion.duplicates().is_empty());
+    s.stop().await;
+    ingestion.shutdown().await;
+}
