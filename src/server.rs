@@ -92,10 +92,13 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
             let client = TrackClient::new(cs.track_url(), ai.timeout).map_err(anyhow::Error::msg)?;
             // It ends when the pipeline closes its queue (after the
             // listeners), sending what is buffered for up to drain_timeout.
-            let run = forwarder::run(rx, Mapper::new(mapper_config), client, ai.clone(), CancellationToken::new());
-            Some(tokio::spawn(run))
+            Some(forwarder::start(rx, Mapper::new(mapper_config), client, ai.clone()))
         }
         _ => None,
+    };
+    let (usage_feed, appinsights_task) = match appinsights_task {
+        Some((feed, task)) => (Some(feed), Some(task)),
+        None => (None, None),
     };
     let lake = match lake_rx {
         Some(rx) => Some(crate::lake::start(&config, &store, env, rx)?),
@@ -195,6 +198,18 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
     // sends them and reconciles closed periods.
     let stripe_sync = stripe.as_ref().map(|s| tokio::spawn(s.sync(store.clone()).run(shutdown.clone())));
     let entitlement_task = tokio::spawn(entitlements.clone().run(shutdown.clone()));
+    // Per-tenant usage from the ledger to Application Insights (the leader).
+    let usage_feed_task = match (usage_feed, appinsights.as_ref()) {
+        (Some(feed), Some(cs)) if ai.usage => Some(tokio::spawn(tally_exporter::appinsights::usage_feed::run(
+            store.clone(),
+            feed,
+            cs.instrumentation_key.clone(),
+            config.meters.clone(),
+            ai.usage_interval,
+            shutdown.clone(),
+        ))),
+        _ => None,
+    };
     // The receivers (OTLP over gRPC and HTTP → ingest → ledger, pipeline)
     // and the API (usage events → ledger; queries).
     let grpc_router = otlp::grpc_routes(ingest.clone(), config.otlp.max_request_bytes, config.otlp.request_timeout)
@@ -288,6 +303,10 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
             None => Ok(()),
         };
         let entitlements = entitlement_task.await.context("entitlements");
+        let usage_feed = match usage_feed_task {
+            Some(task) => task.await.context("Application Insights usage feed"),
+            None => Ok(()),
+        };
         let ledger = ledger_task.await.context("usage ledger writer");
         task_store.close().await;
         tracing::info!("shutdown complete");
@@ -300,6 +319,7 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
             .and(delivery)
             .and(stripe)
             .and(entitlements)
+            .and(usage_feed)
             .and(ledger)
     });
 

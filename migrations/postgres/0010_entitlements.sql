@@ -6,7 +6,7 @@
 -- last heard of, its status and current period, and the `created` time of
 -- the event it came from; an older event never overwrites a newer one.
 CREATE TABLE stripe_customers (
-    customer_id      TEXT   PRIMARY KEY,
+    customer_id      TEXT   NOT NULL PRIMARY KEY,
     subscription_id  TEXT,
     status           TEXT,
     period_start_ms  BIGINT,
@@ -25,7 +25,7 @@ CREATE INDEX stripe_customers_updated ON stripe_customers (updated_ms);
 -- Every webhook event applied, under its id: written in the transaction of
 -- its effect, so a redelivery changes nothing.
 CREATE TABLE stripe_webhook_events (
-    event_id     TEXT   PRIMARY KEY,
+    event_id     TEXT   NOT NULL PRIMARY KEY,
     type         TEXT   NOT NULL,
     created_s    BIGINT NOT NULL,
     customer_id  TEXT,
@@ -66,6 +66,6 @@ CREATE INDEX credit_entries_tenant ON credit_entries (tenant, meter, id);
 -- exhausted, status change): each goes to the outbox once, whichever
 -- replica notices it first, across restarts.
 CREATE TABLE billing_notices (
-    key         TEXT   PRIMARY KEY,
+    key         TEXT   NOT NULL PRIMARY KEY,
     created_ms  BIGINT NOT NULL
 );

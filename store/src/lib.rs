@@ -10,6 +10,7 @@
 mod alerts;
 mod billing;
 mod error;
+mod export;
 mod ingest;
 mod keys;
 mod lake;
@@ -28,6 +29,7 @@ pub use billing::{
     WebhookEvent,
 };
 pub use error::StoreError;
+pub use export::MinuteUsage;
 pub use ingest::IngestCount;
 pub use keys::ApiKeyRow;
 pub use locks::Leadership;

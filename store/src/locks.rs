@@ -12,6 +12,8 @@ pub const ALERTS: i64 = 0x7461_6c6c_7961_6c72;
 pub const STRIPE_PLAN: i64 = 0x7461_6c6c_7973_7470;
 /// The Stripe sync's leader, held for as long as it leads: "tally.sts".
 pub const STRIPE_SYNC: i64 = 0x7461_6c6c_7973_7473;
+/// The Application Insights usage feed's leader: "tally.aiu".
+pub const APPINSIGHTS_USAGE: i64 = 0x7461_6c6c_7961_6975;
 
 /// Leadership of a long-running job among replicas sharing a PostgreSQL
 /// database: a session advisory lock held on a connection of its own (out

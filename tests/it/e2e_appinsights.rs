@@ -145,3 +145,38 @@ async fn azure_down_never_slows_ingestion_or_billing_and_the_buffer_stays_bounde
     s.stop().await;
     ingestion.shutdown().await;
 }
+
+#[tokio::test]
+async fn per_tenant_usage_from_the_ledger_arrives_once_per_minute() {
+    let ingestion = FakeIngestion::start(IngestionConfig::default()).await.unwrap();
+    let s = start(&ingestion, "usage_interval = \"200ms\"").await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // the feed's cursor starts now
+    let events: Vec<Value> = [("acme", "a1", 10), ("acme", "a2", 20), ("acme", "a3", 30), ("globex", "g1", 7)]
+        .iter()
+        .map(|(t, id, n)| {
+            json!({"specversion": "1.0", "id": id, "source": "app", "type": "llm.completion", "subject": t,
+                   "data": {"tokens": n}})
+        })
+        .collect();
+    let resp: Value = s.http.post(s.api_url("/v1/events")).json(&events).send().await.unwrap().json().await.unwrap();
+    assert_eq!(resp["accepted"], 4, "{resp}");
+    // A minute is read once it closed (plus 10 s for commits to land).
+    let usage = || -> Vec<Value> {
+        requests_of(&ingestion, "Metric")
+            .into_iter()
+            .filter(|e| e["data"]["baseData"]["metrics"][0]["name"] == "tally.usage")
+            .collect()
+    };
+    wait_for("the usage items", 100, || usage().len() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let items = usage();
+    assert_eq!(items.len(), 2, "{items:?}");
+    let of = |tenant: &str| items.iter().find(|e| e["data"]["baseData"]["properties"]["tenant.id"] == tenant).unwrap();
+    let acme = &of("acme")["data"]["baseData"];
+    assert_eq!((acme["metrics"][0]["value"].as_f64(), acme["metrics"][0]["count"].as_u64()), (Some(60.0), Some(3)));
+    assert_eq!(acme["properties"]["meter"], "tokens", "{acme}");
+    assert!(acme["properties"]["window_id"].as_str().is_some_and(|w| w.len() == 32), "{acme}");
+    assert_eq!(of("globex")["data"]["baseData"]["metrics"][0]["value"], 7.0);
+    s.stop().await;
+    ingestion.shutdown().await;
+}

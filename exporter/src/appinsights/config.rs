@@ -17,6 +17,12 @@ pub struct AppInsightsConfig {
     pub traces: bool,
     pub logs: bool,
     pub metrics: bool,
+    /// Per-tenant usage from the ledger: one `tally.usage` item per
+    /// (tenant, meter, minute recorded), from the replica that leads.
+    pub usage: bool,
+    /// How often the usage feed looks for closed minutes.
+    #[serde(with = "humantime_serde")]
+    pub usage_interval: Duration,
     /// Items per track call (Azure takes up to 1,024 per call by default).
     pub max_batch_items: usize,
     /// A batch goes at the latest this long after its first item.
@@ -42,6 +48,8 @@ impl Default for AppInsightsConfig {
             traces: true,
             logs: true,
             metrics: true,
+            usage: true,
+            usage_interval: Duration::from_secs(15),
             max_batch_items: 1024,
             flush_interval: Duration::from_secs(5),
             max_buffer_items: 100_000,
@@ -61,8 +69,8 @@ impl AppInsightsConfig {
         if self.max_buffer_items == 0 || self.max_buffer_bytes == 0 || self.max_queued_bytes == 0 {
             return Err("appinsights.max_buffer_items, max_buffer_bytes and max_queued_bytes must be > 0".into());
         }
-        if self.flush_interval.is_zero() || self.timeout.is_zero() {
-            return Err("appinsights.flush_interval and timeout must be > 0".into());
+        if self.flush_interval.is_zero() || self.timeout.is_zero() || self.usage_interval.is_zero() {
+            return Err("appinsights.flush_interval, usage_interval and timeout must be > 0".into());
         }
         Ok(())
     }

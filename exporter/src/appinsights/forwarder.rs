@@ -38,24 +38,82 @@ struct Buffer {
     bytes: usize,
 }
 
-/// Runs the branch until `rx` closes or `shutdown`, then sends what is
-/// buffered for up to `drain` and drops (counting) the rest.
-pub async fn run(
+/// Puts envelopes into the forwarder's buffer (the pipeline branch does,
+/// and the usage feed); cheap to clone.
+#[derive(Clone)]
+pub struct Feed {
+    buffer: Arc<Mutex<Buffer>>,
+    wake: Arc<Notify>,
+    max_items: usize,
+    max_bytes: usize,
+    batch: usize,
+}
+
+impl Feed {
+    fn new(config: &AppInsightsConfig) -> Feed {
+        Feed {
+            buffer: Arc::new(Mutex::new(Buffer { items: VecDeque::new(), bytes: 0 })),
+            wake: Arc::new(Notify::new()),
+            max_items: config.max_buffer_items,
+            max_bytes: config.max_buffer_bytes,
+            batch: config.max_batch_items,
+        }
+    }
+
+    /// Buffers `envelopes`; beyond the bound they are dropped and counted.
+    pub fn push(&self, envelopes: Vec<super::Envelope>) {
+        let mut dropped = 0u64;
+        {
+            let mut b = self.buffer.lock().expect("appinsights buffer");
+            for e in envelopes {
+                let Ok(json) = serde_json::to_vec(&e) else { continue };
+                if b.items.len() >= self.max_items || b.bytes + json.len() > self.max_bytes {
+                    dropped += 1;
+                    continue;
+                }
+                b.bytes += json.len();
+                b.items.push_back(Item { json: Bytes::from(json), time_ms: e.time.0 / 1_000_000 });
+            }
+            metrics::gauge!(metric_names::APPINSIGHTS_BUFFERED).set(b.items.len() as f64);
+            if b.items.len() >= self.batch {
+                self.wake.notify_one();
+            }
+        }
+        if dropped > 0 {
+            metrics::counter!(metric_names::APPINSIGHTS_DROPPED, "reason" => "buffer_full").increment(dropped);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buffer.lock().expect("appinsights buffer").items.is_empty()
+    }
+}
+
+/// Starts the forwarder on the pipeline branch `rx`: returns its feed (for
+/// other producers) and its task, which ends once `rx` closes and what is
+/// buffered went (or `drain_timeout` passed).
+pub fn start(
+    rx: mpsc::Receiver<QueuedRequest>,
+    mapper: Mapper,
+    client: TrackClient,
+    config: AppInsightsConfig,
+) -> (Feed, tokio::task::JoinHandle<()>) {
+    let feed = Feed::new(&config);
+    let task = tokio::spawn(run(rx, mapper, client, config, feed.clone()));
+    (feed, task)
+}
+
+async fn run(
     mut rx: mpsc::Receiver<QueuedRequest>,
     mut mapper: Mapper,
     client: TrackClient,
     config: AppInsightsConfig,
-    shutdown: CancellationToken,
+    feed: Feed,
 ) {
-    let buffer = Arc::new(Mutex::new(Buffer { items: VecDeque::new(), bytes: 0 }));
-    let wake = Arc::new(Notify::new());
     let stop_sending = CancellationToken::new();
-    let sender = tokio::spawn(send_loop(buffer.clone(), wake.clone(), client, config.clone(), stop_sending.clone()));
-    loop {
-        let req = tokio::select! {
-            r = rx.recv() => match r { Some(r) => r, None => break },
-            _ = shutdown.cancelled() => break,
-        };
+    let sender =
+        tokio::spawn(send_loop(feed.buffer.clone(), feed.wake.clone(), client, config.clone(), stop_sending.clone()));
+    while let Some(req) = rx.recv().await {
         let mut envelopes = Vec::new();
         for batch in req.batches.iter() {
             match &batch.payload {
@@ -72,32 +130,12 @@ pub async fn run(
             }
         }
         drop(req); // frees the branch's byte budget
-        let mut dropped = 0u64;
-        {
-            let mut b = buffer.lock().expect("appinsights buffer");
-            for e in envelopes {
-                let Ok(json) = serde_json::to_vec(&e) else { continue };
-                if b.items.len() >= config.max_buffer_items || b.bytes + json.len() > config.max_buffer_bytes {
-                    dropped += 1;
-                    continue;
-                }
-                b.bytes += json.len();
-                b.items.push_back(Item { json: Bytes::from(json), time_ms: e.time.0 / 1_000_000 });
-            }
-            metrics::gauge!(metric_names::APPINSIGHTS_BUFFERED).set(b.items.len() as f64);
-            if b.items.len() >= config.max_batch_items {
-                wake.notify_one();
-            }
-        }
-        if dropped > 0 {
-            metrics::counter!(metric_names::APPINSIGHTS_DROPPED, "reason" => "buffer_full").increment(dropped);
-        }
+        feed.push(envelopes);
     }
     // Send what is left, for a while.
-    wake.notify_one();
     let drained = tokio::time::timeout(config.drain_timeout, async {
-        while !buffer.lock().expect("appinsights buffer").items.is_empty() {
-            wake.notify_one();
+        while !feed.is_empty() {
+            feed.wake.notify_one();
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
@@ -105,7 +143,7 @@ pub async fn run(
     stop_sending.cancel();
     let _ = sender.await;
     if drained.is_err() {
-        let left = buffer.lock().expect("appinsights buffer").items.len();
+        let left = feed.buffer.lock().expect("appinsights buffer").items.len();
         metrics::counter!(metric_names::APPINSIGHTS_DROPPED, "reason" => "shutdown").increment(left as u64);
         tracing::warn!(items = left, "Application Insights items still buffered at shutdown: dropped");
     }

@@ -3,7 +3,8 @@
 //! cumulative-to-delta metrics), trace-id sampling and the per-tenant usage
 //! metrics (pure, no I/O); and on top, [`client`] (one track call and what
 //! its answer means per item) and [`forwarder`] (the pipeline branch: a
-//! bounded buffer, batches, retries, the daily cap).
+//! bounded buffer, batches, retries, the daily cap) fed by the pipeline
+//! and by [`usage_feed`] (per-tenant usage from the ledger).
 //!
 //! The mapping, its deliberate differences from Microsoft's exporter and
 //! example KQL are in this folder's README.md; `golden_tests.rs` checks the
@@ -23,6 +24,7 @@ mod sampling;
 mod series;
 mod spans;
 mod usage;
+pub mod usage_feed;
 
 #[cfg(test)]
 mod golden_tests;
