@@ -175,7 +175,8 @@ pub const APPINSIGHTS_ACCEPTED: &str = "tally_appinsights_accepted_items_total";
 /// Items sent again (a per-item 408/429/5xx, or the whole batch failed).
 pub const APPINSIGHTS_RETRIED: &str = "tally_appinsights_retried_items_total";
 /// Items given up. Labels: `reason` (`buffer_full`, `daily_cap`, `too_old`,
-/// `refused`: a per-item or batch 4xx other than 408/429, `shutdown`).
+/// `refused`: a per-item or batch 4xx other than 408/429, `shutdown`,
+/// `sampled`: left out by `sample_percent`).
 pub const APPINSIGHTS_DROPPED: &str = "tally_appinsights_dropped_items_total";
 /// Items waiting in the exporter's buffer.
 pub const APPINSIGHTS_BUFFERED: &str = "tally_appinsights_buffered_items";

@@ -5,7 +5,8 @@
 //! item accepted arrives exactly once and what Azure refused is not sent
 //! again. Then the stand-in is down while OTLP load and usage events go on:
 //! every export is answered 200, usage is recorded, the buffer stays within
-//! its bound and what it held arrives once Azure is back.
+//! its bound and what it held arrives once Azure is back. Per-tenant usage
+//! from the ledger arrives once per minute; sampling keeps whole traces.
 
 use std::time::{Duration, Instant};
 
@@ -177,6 +178,34 @@ async fn per_tenant_usage_from_the_ledger_arrives_once_per_minute() {
     assert_eq!(acme["properties"]["meter"], "tokens", "{acme}");
     assert!(acme["properties"]["window_id"].as_str().is_some_and(|w| w.len() == 32), "{acme}");
     assert_eq!(of("globex")["data"]["baseData"]["metrics"][0]["value"], 7.0);
+    s.stop().await;
+    ingestion.shutdown().await;
+}
+
+#[tokio::test]
+async fn sampling_keeps_whole_traces_and_says_so() {
+    let ingestion = FakeIngestion::start(IngestionConfig::default()).await.unwrap();
+    let s = start(&ingestion, "sample_percent = 50").await;
+    let mut req = spans_at("acme", "/search", 200, now_ms(), 5, false);
+    for (i, span) in req.resource_spans[0].scope_spans[0].spans.iter_mut().enumerate() {
+        span.trace_id = (i as u128 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835).to_be_bytes().to_vec();
+    }
+    let kept: Vec<String> = req.resource_spans[0].scope_spans[0]
+        .spans
+        .iter()
+        .filter(|s| tally_exporter::appinsights::keep_trace(&s.trace_id, 50.0))
+        .map(|s| s.trace_id.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    assert!((60..140).contains(&kept.len()), "{} of 200 kept", kept.len());
+    send_traces(&s, &req).await;
+    wait_for("the kept spans", 30, || requests_of(&ingestion, "Request").len() >= kept.len()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = requests_of(&ingestion, "Request");
+    assert_eq!(got.len(), kept.len());
+    for e in &got {
+        assert_eq!(e["sampleRate"], 50.0, "{e}");
+        assert!(kept.contains(&e["tags"]["ai.operation.id"].as_str().unwrap().to_owned()), "{e}");
+    }
     s.stop().await;
     ingestion.shutdown().await;
 }

@@ -17,6 +17,10 @@ pub struct AppInsightsConfig {
     pub traces: bool,
     pub logs: bool,
     pub metrics: bool,
+    /// Fixed-rate sampling of spans and logs by trace id, in percent (a
+    /// trace is kept or dropped whole, and kept items carry `sampleRate`
+    /// so Azure's counts stay right); None: everything. Never for usage.
+    pub sample_percent: Option<f64>,
     /// Per-tenant usage from the ledger: one `tally.usage` item per
     /// (tenant, meter, minute recorded), from the replica that leads.
     pub usage: bool,
@@ -48,6 +52,7 @@ impl Default for AppInsightsConfig {
             traces: true,
             logs: true,
             metrics: true,
+            sample_percent: None,
             usage: true,
             usage_interval: Duration::from_secs(15),
             max_batch_items: 1024,
@@ -63,6 +68,11 @@ impl Default for AppInsightsConfig {
 
 impl AppInsightsConfig {
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(p) = self.sample_percent
+            && !(p > 0.0 && p <= 100.0)
+        {
+            return Err("appinsights.sample_percent: must be > 0 and at most 100".into());
+        }
         if !(1..=1024).contains(&self.max_batch_items) {
             return Err("appinsights.max_batch_items: 1 to 1024".into());
         }

@@ -113,15 +113,34 @@ async fn run(
     let stop_sending = CancellationToken::new();
     let sender =
         tokio::spawn(send_loop(feed.buffer.clone(), feed.wake.clone(), client, config.clone(), stop_sending.clone()));
+    mapper.set_sample_rate(config.sample_percent);
+    let percent = config.sample_percent.unwrap_or(100.0);
     while let Some(req) = rx.recv().await {
         let mut envelopes = Vec::new();
+        let mut sampled_out = 0;
         for batch in req.batches.iter() {
             match &batch.payload {
                 Payload::Spans(rs) if config.traces => {
-                    rs.iter().for_each(|r| mapper.spans(&batch.tenant, r, &mut envelopes))
+                    for r in rs {
+                        if percent < 100.0 {
+                            let (kept, out) = super::sample_spans(r, percent);
+                            sampled_out += out;
+                            mapper.spans(&batch.tenant, &kept, &mut envelopes);
+                        } else {
+                            mapper.spans(&batch.tenant, r, &mut envelopes);
+                        }
+                    }
                 }
                 Payload::Logs(rl) if config.logs => {
-                    rl.iter().for_each(|r| mapper.logs(&batch.tenant, r, &mut envelopes))
+                    for r in rl {
+                        if percent < 100.0 {
+                            let (kept, out) = super::sample_logs(r, percent);
+                            sampled_out += out;
+                            mapper.logs(&batch.tenant, &kept, &mut envelopes);
+                        } else {
+                            mapper.logs(&batch.tenant, r, &mut envelopes);
+                        }
+                    }
                 }
                 Payload::Metrics(rm) if config.metrics => {
                     rm.iter().for_each(|r| mapper.metrics(&batch.tenant, r, &mut envelopes))
@@ -130,6 +149,9 @@ async fn run(
             }
         }
         drop(req); // frees the branch's byte budget
+        if sampled_out > 0 {
+            metrics::counter!(metric_names::APPINSIGHTS_DROPPED, "reason" => "sampled").increment(sampled_out);
+        }
         feed.push(envelopes);
     }
     // Send what is left, for a while.

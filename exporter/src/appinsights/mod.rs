@@ -37,7 +37,7 @@ pub use envelope::{Data, Envelope, EnvelopeTime, format_duration, truncate};
 pub use logs::LOG_BODY_PROPERTY;
 pub use mapping::{Mapper, MapperConfig, SDK_VERSION};
 pub use props::TENANT_PROPERTY;
-pub use sampling::{keep_trace, sampling_score};
+pub use sampling::{keep_trace, sample_logs, sample_spans, sampling_score};
 pub use usage::{
     PERIOD_TOTAL_METRIC, PeriodTotal, USAGE_METRIC, USAGE_ROLE, UsageWindow, billing_period, period_total_envelope,
     usage_envelope, window_id,

@@ -43,6 +43,37 @@ pub fn keep_trace(trace_id: &[u8], percent: f64) -> bool {
     percent > 0.0 && sampling_score(trace_id) < percent
 }
 
+/// `rs` with only the spans of kept traces, and how many were left out.
+pub fn sample_spans(
+    rs: &tally_core::otlp::trace::v1::ResourceSpans,
+    percent: f64,
+) -> (tally_core::otlp::trace::v1::ResourceSpans, u64) {
+    let mut kept = rs.clone();
+    let mut out = 0u64;
+    for ss in &mut kept.scope_spans {
+        let before = ss.spans.len();
+        ss.spans.retain(|s| keep_trace(&s.trace_id, percent));
+        out += (before - ss.spans.len()) as u64;
+    }
+    (kept, out)
+}
+
+/// `rl` with only the records of kept traces (records outside a trace are
+/// all kept: they cannot be sampled by trace), and how many were left out.
+pub fn sample_logs(
+    rl: &tally_core::otlp::logs::v1::ResourceLogs,
+    percent: f64,
+) -> (tally_core::otlp::logs::v1::ResourceLogs, u64) {
+    let mut kept = rl.clone();
+    let mut out = 0u64;
+    for sl in &mut kept.scope_logs {
+        let before = sl.log_records.len();
+        sl.log_records.retain(|r| r.trace_id.is_empty() || keep_trace(&r.trace_id, percent));
+        out += (before - sl.log_records.len()) as u64;
+    }
+    (kept, out)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failing unwrap is a failing test
 mod tests {
