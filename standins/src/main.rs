@@ -1,13 +1,18 @@
 //! `tally-standins`: run a stand-in on its own and print its URL.
 //!
 //! `tally-standins stripe --addr 127.0.0.1:12111 --meter tokens:sum --meter storage:last:hour`
+//! `tally-standins appinsights --addr 127.0.0.1:12112` (prints its connection
+//! string; at Ctrl-C or SIGTERM, a JSON summary of what it received)
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use tally_standins::stripe::{FakeStripe, MeterSpec, RateLimits, StripeConfig};
+use tally_standins::{
+    appinsights::{FakeIngestion, IngestionConfig},
+    stripe::{FakeStripe, MeterSpec, RateLimits, StripeConfig},
+};
 
 #[derive(Parser)]
 #[command(name = "tally-standins", about = "Local stand-ins for tally's tests")]
@@ -54,6 +59,21 @@ enum Command {
         #[arg(long, default_value_t = 900)]
         session_ttl_secs: u64,
     },
+    /// The Application Insights ingestion stand-in (`/v2.1/track`), accepting everything.
+    Appinsights {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        addr: SocketAddr,
+    },
+}
+
+/// Ctrl-C or SIGTERM.
+async fn stopped() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -91,6 +111,24 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", stripe.url());
             tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
             stripe.shutdown().await;
+        }
+        Command::Appinsights { addr } => {
+            let ingestion = FakeIngestion::start(IngestionConfig { addr, ..IngestionConfig::default() })
+                .await
+                .context("starting the ingestion stand-in")?;
+            println!("{}", ingestion.connection_string());
+            stopped().await?;
+            let requests = ingestion.requests();
+            let summary = serde_json::json!({
+                "requests": requests.len(),
+                "items_received": requests.iter().map(|r| r.items_received).sum::<usize>(),
+                "items_accepted": requests.iter().map(|r| r.items_accepted).sum::<usize>(),
+                "bytes": requests.iter().map(|r| r.bytes).sum::<usize>(),
+                "gzip": requests.iter().all(|r| r.gzip),
+                "duplicates": ingestion.duplicates().len(),
+            });
+            println!("{summary}");
+            ingestion.shutdown().await;
         }
     }
     Ok(())
