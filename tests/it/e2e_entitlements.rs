@@ -222,6 +222,14 @@ async fn subscription_life(db: Db) {
     assert!(got.iter().all(|(e, t, _)| e == "subscription_status" && t == "lifeco"), "{got:?}");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(hook.accepted("/hook", 5).await.len(), 4, "a notice twice");
+
+    // A tenant key asks about its own tenant only (from here on keys are needed).
+    let key = tenant_key(&s, "lifeco").await;
+    let ask = async |tenant: &str| {
+        let url = s.api_url(&format!("/v1/entitlements?tenant={tenant}&meter=tokens"));
+        s.http.get(url).bearer_auth(&key).send().await.unwrap().status().as_u16()
+    };
+    assert_eq!((ask("lifeco").await, ask("acme").await), (200, 403));
     s.stop().await;
 }
 

@@ -115,7 +115,7 @@ async fn usage_waits_for_its_mapping_and_the_mapping_is_checked() {
     assert_eq!(sync["meters"].as_array().map(Vec::len), Some(2), "{sync}");
 
     // A tenant key reads its own tenant, not others, and maps nothing.
-    let out = tally_cmd_keys(&s, "initech").await;
+    let out = tenant_key(&s, "initech").await;
     let (code, _) = put_customer(&s, "initech", json!({"stripe_customer_id": "cus_Other1"}), Some(&out)).await;
     assert_eq!(code, 403);
     let own = s.get_json("/v1/tenants/initech", Some(&out)).await;
@@ -131,25 +131,6 @@ async fn usage_waits_for_its_mapping_and_the_mapping_is_checked() {
 }
 
 /// A tenant key for `tenant`, made in the server's database.
-async fn tally_cmd_keys(s: &TestServer, tenant: &str) -> String {
-    let store = s.server.as_ref().unwrap().store.clone();
-    let key = format!("tly_{}_{}", "k".repeat(12), "s".repeat(40));
-    store
-        .insert_api_key(&tally_store::ApiKeyRow {
-            id: "k".repeat(12),
-            hash: tally_collector::auth::hash_key(&key),
-            kind: "tenant".into(),
-            tenant: Some(tenant.into()),
-            name: String::new(),
-            created_ms: now_ms(),
-            revoked_ms: None,
-        })
-        .await
-        .unwrap();
-    // Keys are reloaded on first use of an unknown one.
-    key
-}
-
 #[tokio::test]
 async fn what_stripe_cannot_take_is_expired_or_failed_listed_and_alerted() {
     let stripe = fake(StripeConfig::default()).await;

@@ -378,3 +378,24 @@ pub async fn send_traces(s: &TestServer, req: &ExportTraceServiceRequest) {
     let resp = grpc_export_traces(&mut client, encode(req), &[]).await.unwrap();
     assert!(resp.partial_success.as_ref().is_none_or(|p| p.rejected_spans == 0), "{resp:?}");
 }
+
+/// A key of `tenant`'s (inserted in the store; the server loads keys on
+/// first use of an unknown one). Ends open mode.
+pub async fn tenant_key(s: &TestServer, tenant: &str) -> String {
+    let store = s.server.as_ref().unwrap().store.clone();
+    let key = format!("tly_{}_{}", "k".repeat(12), "s".repeat(40));
+    store
+        .insert_api_key(&tally_store::ApiKeyRow {
+            id: "k".repeat(12),
+            hash: tally_collector::auth::hash_key(&key),
+            kind: "tenant".into(),
+            tenant: Some(tenant.into()),
+            name: String::new(),
+            created_ms: now_ms(),
+            revoked_ms: None,
+        })
+        .await
+        .unwrap();
+    // Keys are reloaded on first use of an unknown one.
+    key
+}
