@@ -89,7 +89,17 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
             let mut mapper_config = MapperConfig::new(cs.instrumentation_key.clone());
             // Counters started before this process count from their next point.
             mapper_config.count_series_started_after_ns = tally_core::now_ms() as u64 * 1_000_000;
-            let client = TrackClient::new(cs.track_url(), ai.timeout).map_err(anyhow::Error::msg)?;
+            let mut client = TrackClient::new(cs.track_url(), ai.timeout).map_err(anyhow::Error::msg)?;
+            if ai.entra_id {
+                let audience = cs.aad_scope();
+                let source = tally_exporter::identity::TokenSource::from_env(
+                    env,
+                    &audience,
+                    ai.managed_identity_client_id.clone(),
+                )
+                .map_err(anyhow::Error::msg)?;
+                client = client.with_token(source);
+            }
             // It ends when the pipeline closes its queue (after the
             // listeners), sending what is buffered for up to drain_timeout.
             Some(forwarder::start(rx, Mapper::new(mapper_config), client, ai.clone()))

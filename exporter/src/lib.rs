@@ -10,5 +10,6 @@
 pub mod alerts;
 pub mod appinsights;
 pub mod delivery;
+pub mod identity;
 pub mod lake;
 pub mod stripe;

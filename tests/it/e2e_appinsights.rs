@@ -209,3 +209,38 @@ async fn sampling_keeps_whole_traces_and_says_so() {
     s.stop().await;
     ingestion.shutdown().await;
 }
+
+#[tokio::test]
+async fn entra_id_tokens_from_the_managed_identity_and_a_refused_one_renewed() {
+    use tally_standins::identity::{FakeIdentity, IdentityConfig};
+    const MONITOR: &str = "https://monitor.azure.com";
+    let identity = FakeIdentity::start(IdentityConfig::default()).await.unwrap();
+    let ingestion = FakeIngestion::start(IngestionConfig::default()).await.unwrap();
+    ingestion.require_bearer(identity.checker(MONITOR));
+    let env = vec![
+        ("APPLICATIONINSIGHTS_CONNECTION_STRING".into(), ingestion.connection_string()),
+        ("IDENTITY_ENDPOINT".into(), identity.identity_endpoint()),
+        ("IDENTITY_HEADER".into(), identity.identity_header().to_owned()),
+    ];
+    let s = TestServer::start_with_env(Db::Sqlite, &config("entra_id = true"), env).await;
+    send_traces(&s, &spans_at("acme", "/a", 10, now_ms(), 5, false)).await;
+    wait_for("the first spans", 30, || requests_of(&ingestion, "Request").len() >= 10).await;
+    assert_eq!(identity.requests_for(MONITOR), 1, "one token, cached");
+
+    // The service stops taking that token (revoked): tally fetches another.
+    let old = identity.current_token(MONITOR).unwrap();
+    identity.rotate();
+    ingestion.forbid_token(&old);
+    let mut req = spans_at("acme", "/b", 10, now_ms(), 5, false);
+    req.resource_spans[0].scope_spans[0].spans.iter_mut().for_each(|s| s.trace_id = vec![9; 16]);
+    send_traces(&s, &req).await;
+    wait_for("the spans after the renewal", 30, || requests_of(&ingestion, "Request").len() >= 20).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(ingestion.duplicates().is_empty());
+    assert_eq!(requests_of(&ingestion, "Request").len(), 20);
+    assert!(ingestion.requests().iter().any(|r| r.status == 403), "the revoked token was refused once");
+    assert_eq!(identity.requests_for(MONITOR), 2);
+    s.stop().await;
+    ingestion.shutdown().await;
+    identity.shutdown().await;
+}

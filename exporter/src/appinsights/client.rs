@@ -7,7 +7,9 @@
 //! is reached — nothing more until the next UTC day. 408, 429, 5xx and
 //! network errors: the whole batch again after a backoff (`Retry-After`
 //! honoured). 400 for the batch: every item dropped. 307/308 are followed
-//! (reqwest keeps the body). Other answers (401, 403, 404): dropped, logged.
+//! (reqwest keeps the body). With Entra ID, 401/403 drop the cached token
+//! and the batch is sent again; other answers (401, 403 without it, 404):
+//! dropped, logged.
 
 use std::{io::Write, time::Duration};
 
@@ -53,6 +55,8 @@ struct ItemError {
 pub struct TrackClient {
     http: reqwest::Client,
     url: String,
+    /// Entra ID: a Bearer token on every call.
+    token: Option<std::sync::Arc<crate::identity::TokenSource>>,
 }
 
 /// Gzips a JSON array of already-serialized envelopes.
@@ -79,17 +83,26 @@ impl TrackClient {
             .redirect(reqwest::redirect::Policy::limited(3))
             .build()
             .map_err(|e| format!("building the Application Insights client: {e}"))?;
-        Ok(TrackClient { http, url })
+        Ok(TrackClient { http, url, token: None })
+    }
+
+    /// Sends an Entra ID token (from a managed identity) with every call.
+    pub fn with_token(mut self, token: crate::identity::TokenSource) -> TrackClient {
+        self.token = Some(std::sync::Arc::new(token));
+        self
     }
 
     /// Sends one batch of `n` items (gzipped by [`gzip_array`]).
     pub async fn track(&self, body: Bytes, n: usize) -> Result<Tracked, CallError> {
-        let req = self
+        let mut req = self
             .http
             .post(&self.url)
             .header("content-type", "application/json")
             .header("content-encoding", "gzip")
             .body(body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t.token().await?);
+        }
         let answer = delivery::send(req, 1 << 20).await?;
         let status = answer.status.as_u16();
         metrics::counter!(tally_core::metric_names::APPINSIGHTS_REQUESTS, "status" => status.to_string()).increment(1);
@@ -111,6 +124,11 @@ impl TrackClient {
                 Ok(Tracked::Partial { accepted: parsed.items_accepted, retry, dropped })
             }
             402 | 439 => Ok(Tracked::DailyCap),
+            // The token expired or was revoked early: a fresh one next time.
+            401 | 403 if self.token.is_some() => {
+                self.token.as_ref().map(|t| t.invalidate());
+                Err(CallError::retriable(format!("Application Insights refused the Entra ID token (HTTP {status})")))
+            }
             400 => {
                 tracing::warn!(answer = %answer.text().chars().take(300).collect::<String>(), "Application Insights refused a whole batch as invalid");
                 Ok(Tracked::Partial { accepted: 0, retry: Vec::new(), dropped: (0..n).map(|i| (i, 400)).collect() })

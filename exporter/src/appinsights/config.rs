@@ -17,6 +17,13 @@ pub struct AppInsightsConfig {
     pub traces: bool,
     pub logs: bool,
     pub metrics: bool,
+    /// Authenticate with Entra ID (a managed identity's token for the
+    /// connection string's AADAudience, default https://monitor.azure.com)
+    /// instead of the instrumentation key alone; needed when the resource
+    /// has local authentication disabled.
+    pub entra_id: bool,
+    /// A user-assigned managed identity's client id (none: the system-assigned one).
+    pub managed_identity_client_id: Option<String>,
     /// Fixed-rate sampling of spans and logs by trace id, in percent (a
     /// trace is kept or dropped whole, and kept items carry `sampleRate`
     /// so Azure's counts stay right); None: everything. Never for usage.
@@ -52,6 +59,8 @@ impl Default for AppInsightsConfig {
             traces: true,
             logs: true,
             metrics: true,
+            entra_id: false,
+            managed_identity_client_id: None,
             sample_percent: None,
             usage: true,
             usage_interval: Duration::from_secs(15),
