@@ -126,7 +126,9 @@ impl TrackClient {
             402 | 439 => Ok(Tracked::DailyCap),
             // The token expired or was revoked early: a fresh one next time.
             401 | 403 if self.token.is_some() => {
-                self.token.as_ref().map(|t| t.invalidate());
+                if let Some(t) = &self.token {
+                    t.invalidate();
+                }
                 Err(CallError::retriable(format!("Application Insights refused the Entra ID token (HTTP {status})")))
             }
             400 => {
