@@ -83,5 +83,6 @@ fn describe() {
     describe_counter!(m::APPINSIGHTS_RETRIED, "Items sent to Application Insights again");
     describe_counter!(m::APPINSIGHTS_DROPPED, "Items given up for Application Insights, by reason");
     describe_gauge!(m::APPINSIGHTS_BUFFERED, "Items waiting in the Application Insights buffer");
+    describe_gauge!(m::APPINSIGHTS_SPOOL_BYTES, "Bytes in the Application Insights disk spool");
     describe_gauge!(m::APPINSIGHTS_DAILY_CAP, "1 while the Application Insights daily cap stops sending");
 }

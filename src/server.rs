@@ -102,7 +102,15 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
             }
             // It ends when the pipeline closes its queue (after the
             // listeners), sending what is buffered for up to drain_timeout.
-            Some(forwarder::start(rx, Mapper::new(mapper_config), client, ai.clone()))
+            let spool = match ai.spool_max_bytes {
+                0 => None,
+                max => Some(
+                    tally_exporter::appinsights::spool::Spool::open(config.data_dir.join("appinsights-spool"), max)
+                        .await
+                        .context("opening the Application Insights spool")?,
+                ),
+            };
+            Some(forwarder::start(rx, Mapper::new(mapper_config), client, ai.clone(), spool))
         }
         _ => None,
     };

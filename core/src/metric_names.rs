@@ -180,5 +180,7 @@ pub const APPINSIGHTS_RETRIED: &str = "tally_appinsights_retried_items_total";
 pub const APPINSIGHTS_DROPPED: &str = "tally_appinsights_dropped_items_total";
 /// Items waiting in the exporter's buffer.
 pub const APPINSIGHTS_BUFFERED: &str = "tally_appinsights_buffered_items";
+/// Bytes in the exporter's disk spool (items memory could not hold).
+pub const APPINSIGHTS_SPOOL_BYTES: &str = "tally_appinsights_spool_bytes";
 /// 1 while the daily cap stops sending (until the next UTC day).
 pub const APPINSIGHTS_DAILY_CAP: &str = "tally_appinsights_daily_cap";

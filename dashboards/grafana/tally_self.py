@@ -371,12 +371,13 @@ def tally_self() -> dict:
                              g(12, y, 6, 7), unit="cpm", draw="bars", stack=True),
                   (f"60 * sum by (status) ({rate('tally_appinsights_requests_total')})", "{{status}}")))  # fmt: skip
     p.append(prom(timeseries(i(), "Buffer and daily cap",
-                             "Items waiting in the exporter's bounded buffer (tally_appinsights_buffered_items), and 1 while the daily cap stops sending until the next UTC day (tally_appinsights_daily_cap, right axis).", "",
+                             "Items waiting in the exporter's bounded buffer (tally_appinsights_buffered_items), KiB in its disk spool behind it (tally_appinsights_spool_bytes), and 1 while the daily cap stops sending until the next UTC day (tally_appinsights_daily_cap, right axis).", "",
                              g(18, y, 6, 7),
                              overrides=[{"matcher": {"id": "byRegexp", "options": "^daily cap"},
                                          "properties": [{"id": "custom.axisPlacement", "value": "right"}, {"id": "color", "value": {"fixedColor": "red", "mode": "fixed"}}]}]),
                   (f"max by (instance) ({sel('tally_appinsights_buffered_items')})", "buffered {{instance}}"),
-                  (f"max by (instance) ({sel('tally_appinsights_daily_cap')})", "daily cap {{instance}}")))  # fmt: skip
+                  (f"max by (instance) ({sel('tally_appinsights_daily_cap')})", "daily cap {{instance}}"),
+                  (f"max by (instance) ({sel('tally_appinsights_spool_bytes')}) / 1024", "spool KiB {{instance}}")))  # fmt: skip
     y += 7
     p.append(row(i(), "Connections", y))
     y += 1

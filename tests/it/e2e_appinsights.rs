@@ -114,10 +114,12 @@ async fn every_accepted_item_arrives_once_through_partial_throttled_and_failed_a
     ingestion.shutdown().await;
 }
 
-#[tokio::test]
-async fn azure_down_never_slows_ingestion_or_billing_and_the_buffer_stays_bounded() {
+/// Azure down for 6 s while 8 rounds of 20 spans and a usage event go in;
+/// the memory buffer holds 50 items, with or without the spool behind it.
+async fn azure_down(spool: bool) {
     let ingestion = FakeIngestion::start(IngestionConfig::default()).await.unwrap();
-    let s = start(&ingestion, "max_buffer_items = 50").await;
+    let extra = if spool { "max_buffer_items = 50" } else { "max_buffer_items = 50\nspool_max_bytes = 0" };
+    let s = start(&ingestion, extra).await;
     ingestion.down_for(Duration::from_secs(6));
     let started = Instant::now();
     for round in 0..8 {
@@ -134,14 +136,54 @@ async fn azure_down_never_slows_ingestion_or_billing_and_the_buffer_stays_bounde
     }
     assert!(started.elapsed() < Duration::from_secs(6), "the load ran while Azure was down");
     assert_eq!(s.usage_total("acme", "tokens").await, 80.0, "billing unaffected");
-    let m = s.metrics().await;
-    let shed = metric_value(&m, "tally_appinsights_dropped_items_total{reason=\"buffer_full\"}")
-        + metric_value(&m, "tally_pipeline_shed_items_total{branch=\"appinsights\"}");
-    assert!(shed >= 100.0, "160 spans into a buffer of 50: dropped {shed}");
+    if spool {
+        // (Counters are the process's, shared with the test without a spool:
+        // judged by what arrives and what is on disk.)
+        let segments = || std::fs::read_dir(s.dir.path().join("appinsights-spool")).unwrap().count();
+        assert!(segments() >= 1, "the spool took what memory could not");
+        // Back up: everything arrives, once.
+        wait_for("every span", 60, || requests_of(&ingestion, "Request").len() >= 160).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(requests_of(&ingestion, "Request").len(), 160);
+        assert_eq!(segments(), 0, "the spool emptied");
+    } else {
+        let m = s.metrics().await;
+        let full = metric_value(&m, "tally_appinsights_dropped_items_total{reason=\"buffer_full\"}");
+        let shed = metric_value(&m, "tally_pipeline_shed_items_total{branch=\"appinsights\"}");
+        assert!(full + shed >= 100.0, "160 spans into a buffer of 50: dropped {}", full + shed);
+        // Back up: what the buffer held arrives, once.
+        wait_for("the buffered items to arrive", 40, || requests_of(&ingestion, "Request").len() >= 40).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
+    assert!(ingestion.duplicates().is_empty());
+    s.stop().await;
+    ingestion.shutdown().await;
+}
 
-    // Back up: what the buffer held arrives, once.
-    wait_for("the buffered items to arrive", 40, || requests_of(&ingestion, "Request").len() >= 40).await;
+#[tokio::test]
+async fn azure_down_never_slows_ingestion_or_billing_and_memory_stays_bounded() {
+    azure_down(false).await;
+}
+
+#[tokio::test]
+async fn azure_down_spools_what_memory_cannot_hold_and_sends_it_all() {
+    azure_down(true).await;
+}
+
+#[tokio::test]
+async fn what_is_buffered_at_shutdown_is_sent_after_the_next_start() {
+    let ingestion = FakeIngestion::start(IngestionConfig::default()).await.unwrap();
+    let extra = "drain_timeout = \"500ms\"";
+    let mut s = start(&ingestion, extra).await;
+    ingestion.down_for(Duration::from_secs(600));
+    send_traces(&s, &spans_at("acme", "/kept", 30, now_ms(), 10, false)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s = s.restart(&config(extra)).await;
+    assert!(std::fs::read_dir(s.dir.path().join("appinsights-spool")).unwrap().count() >= 1, "spooled at shutdown");
+    ingestion.up();
+    wait_for("the spooled spans", 60, || requests_of(&ingestion, "Request").len() >= 30).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(requests_of(&ingestion, "Request").len(), 30);
     assert!(ingestion.duplicates().is_empty());
     s.stop().await;
     ingestion.shutdown().await;

@@ -42,6 +42,9 @@ pub struct AppInsightsConfig {
     /// The exporter's buffer; beyond it items are dropped and counted.
     pub max_buffer_items: usize,
     pub max_buffer_bytes: usize,
+    /// The disk spool under `data_dir/appinsights-spool` behind the memory
+    /// buffer (also what is still buffered at shutdown); 0: none.
+    pub spool_max_bytes: u64,
     /// Request bytes the pipeline holds for this branch before it sheds.
     pub max_queued_bytes: usize,
     /// Per track call.
@@ -68,6 +71,7 @@ impl Default for AppInsightsConfig {
             flush_interval: Duration::from_secs(5),
             max_buffer_items: 100_000,
             max_buffer_bytes: 64 << 20,
+            spool_max_bytes: 256 << 20,
             max_queued_bytes: 32 << 20,
             timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(5),

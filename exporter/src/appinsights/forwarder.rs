@@ -20,6 +20,7 @@ use super::{
     Mapper,
     client::{TrackClient, Tracked, gzip_array},
     config::AppInsightsConfig,
+    spool::Spool,
 };
 use crate::delivery::Backoff;
 
@@ -44,44 +45,95 @@ struct Buffer {
 pub struct Feed {
     buffer: Arc<Mutex<Buffer>>,
     wake: Arc<Notify>,
+    spool: Option<Arc<Spool>>,
     max_items: usize,
     max_bytes: usize,
     batch: usize,
 }
 
 impl Feed {
-    fn new(config: &AppInsightsConfig) -> Feed {
+    fn new(config: &AppInsightsConfig, spool: Option<Spool>) -> Feed {
         Feed {
             buffer: Arc::new(Mutex::new(Buffer { items: VecDeque::new(), bytes: 0 })),
             wake: Arc::new(Notify::new()),
+            spool: spool.map(Arc::new),
             max_items: config.max_buffer_items,
             max_bytes: config.max_buffer_bytes,
             batch: config.max_batch_items,
         }
     }
 
-    /// Buffers `envelopes`; beyond the bound they are dropped and counted.
-    pub fn push(&self, envelopes: Vec<super::Envelope>) {
-        let mut dropped = 0u64;
+    /// Buffers `envelopes`; what memory cannot hold goes to the spool, and
+    /// beyond its budget is dropped and counted.
+    pub async fn push(&self, envelopes: Vec<super::Envelope>) {
+        let mut overflow = Vec::new();
         {
             let mut b = self.buffer.lock().expect("appinsights buffer");
             for e in envelopes {
                 let Ok(json) = serde_json::to_vec(&e) else { continue };
+                let time_ms = e.time.0 / 1_000_000;
                 if b.items.len() >= self.max_items || b.bytes + json.len() > self.max_bytes {
-                    dropped += 1;
+                    overflow.push((time_ms, Bytes::from(json)));
                     continue;
                 }
                 b.bytes += json.len();
-                b.items.push_back(Item { json: Bytes::from(json), time_ms: e.time.0 / 1_000_000 });
+                b.items.push_back(Item { json: Bytes::from(json), time_ms });
             }
             metrics::gauge!(metric_names::APPINSIGHTS_BUFFERED).set(b.items.len() as f64);
             if b.items.len() >= self.batch {
                 self.wake.notify_one();
             }
         }
-        if dropped > 0 {
-            metrics::counter!(metric_names::APPINSIGHTS_DROPPED, "reason" => "buffer_full").increment(dropped);
+        self.spill(overflow).await;
+    }
+
+    /// Writes `items` to the spool, or drops and counts them.
+    async fn spill(&self, items: Vec<(i64, Bytes)>) {
+        if items.is_empty() {
+            return;
         }
+        let written = match &self.spool {
+            Some(spool) => match spool.write(&items).await {
+                Ok(w) => {
+                    metrics::gauge!(metric_names::APPINSIGHTS_SPOOL_BYTES).set(spool.bytes().await as f64);
+                    w
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "writing the Application Insights spool failed");
+                    false
+                }
+            },
+            None => false,
+        };
+        if !written {
+            metrics::counter!(metric_names::APPINSIGHTS_DROPPED, "reason" => "buffer_full")
+                .increment(items.len() as u64);
+        }
+    }
+
+    /// Moves the oldest spool segment back into memory when it has room.
+    async fn unspool(&self) {
+        let Some(spool) = &self.spool else { return };
+        let room = {
+            let b = self.buffer.lock().expect("appinsights buffer");
+            b.items.len() < self.max_items / 2
+        };
+        if !room || !spool.has_segments().await {
+            return;
+        }
+        match spool.take().await {
+            Ok(Some(items)) => {
+                let mut b = self.buffer.lock().expect("appinsights buffer");
+                for (time_ms, json) in items {
+                    b.bytes += json.len();
+                    b.items.push_back(Item { json, time_ms });
+                }
+                metrics::gauge!(metric_names::APPINSIGHTS_BUFFERED).set(b.items.len() as f64);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "reading the Application Insights spool failed"),
+        }
+        metrics::gauge!(metric_names::APPINSIGHTS_SPOOL_BYTES).set(spool.bytes().await as f64);
     }
 
     fn is_empty(&self) -> bool {
@@ -97,8 +149,9 @@ pub fn start(
     mapper: Mapper,
     client: TrackClient,
     config: AppInsightsConfig,
+    spool: Option<Spool>,
 ) -> (Feed, tokio::task::JoinHandle<()>) {
-    let feed = Feed::new(&config);
+    let feed = Feed::new(&config, spool);
     let task = tokio::spawn(run(rx, mapper, client, config, feed.clone()));
     (feed, task)
 }
@@ -111,8 +164,7 @@ async fn run(
     feed: Feed,
 ) {
     let stop_sending = CancellationToken::new();
-    let sender =
-        tokio::spawn(send_loop(feed.buffer.clone(), feed.wake.clone(), client, config.clone(), stop_sending.clone()));
+    let sender = tokio::spawn(send_loop(feed.clone(), client, config.clone(), stop_sending.clone()));
     mapper.set_sample_rate(config.sample_percent);
     let percent = config.sample_percent.unwrap_or(100.0);
     while let Some(req) = rx.recv().await {
@@ -152,7 +204,7 @@ async fn run(
         if sampled_out > 0 {
             metrics::counter!(metric_names::APPINSIGHTS_DROPPED, "reason" => "sampled").increment(sampled_out);
         }
-        feed.push(envelopes);
+        feed.push(envelopes).await;
     }
     // Send what is left, for a while.
     let drained = tokio::time::timeout(config.drain_timeout, async {
@@ -165,9 +217,22 @@ async fn run(
     stop_sending.cancel();
     let _ = sender.await;
     if drained.is_err() {
-        let left = feed.buffer.lock().expect("appinsights buffer").items.len();
-        metrics::counter!(metric_names::APPINSIGHTS_DROPPED, "reason" => "shutdown").increment(left as u64);
-        tracing::warn!(items = left, "Application Insights items still buffered at shutdown: dropped");
+        // Kept for the next start when there is a spool, else dropped.
+        let left: Vec<(i64, Bytes)> = {
+            let mut b = feed.buffer.lock().expect("appinsights buffer");
+            b.bytes = 0;
+            b.items.drain(..).map(|i| (i.time_ms, i.json)).collect()
+        };
+        let n = left.len();
+        match &feed.spool {
+            Some(spool) if matches!(spool.write(&left).await, Ok(true)) => {
+                tracing::info!(items = n, "Application Insights items spooled at shutdown");
+            }
+            _ => {
+                metrics::counter!(metric_names::APPINSIGHTS_DROPPED, "reason" => "shutdown").increment(n as u64);
+                tracing::warn!(items = n, "Application Insights items still buffered at shutdown: dropped");
+            }
+        }
     }
 }
 
@@ -176,13 +241,8 @@ fn next_utc_day(now: i64) -> i64 {
     (now / 86_400_000 + 1) * 86_400_000
 }
 
-async fn send_loop(
-    buffer: Arc<Mutex<Buffer>>,
-    wake: Arc<Notify>,
-    client: TrackClient,
-    config: AppInsightsConfig,
-    stop: CancellationToken,
-) {
+async fn send_loop(feed: Feed, client: TrackClient, config: AppInsightsConfig, stop: CancellationToken) {
+    let (buffer, wake) = (feed.buffer.clone(), feed.wake.clone());
     let backoff = Backoff::exponential(Duration::from_millis(500), Duration::from_secs(60));
     let mut failures = 0u32;
     let mut capped_until = 0i64;
@@ -193,6 +253,7 @@ async fn send_loop(
             _ = stop.cancelled() => return,
         }
         loop {
+            feed.unspool().await;
             let now = now_ms();
             let batch: Vec<Item> = {
                 let mut b = buffer.lock().expect("appinsights buffer");

@@ -23,6 +23,7 @@ mod props;
 mod sampling;
 mod series;
 mod spans;
+pub mod spool;
 mod usage;
 pub mod usage_feed;
 

@@ -88,7 +88,7 @@ async fn step(store: &Store, feed: &Feed, ikey: &str, units: &HashMap<String, St
     // The cursor moves only if no one else moved it: a replica that lost
     // the lead mid-step sends nothing twice.
     if store.advance_export_cursor(CURSOR, Some(from), until).await? {
-        feed.push(envelopes);
+        feed.push(envelopes).await;
     }
     Ok(n)
 }
