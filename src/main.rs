@@ -124,10 +124,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let server = server::start(config).await?;
     shutdown_signal().await;
     tracing::info!(timeout = ?timeout, "signal received, shutting down");
-    match tokio::time::timeout(timeout, server.shutdown()).await {
+    let result = match tokio::time::timeout(timeout, server.shutdown()).await {
         Ok(result) => result,
-        Err(_) => anyhow::bail!("shutdown did not finish within {timeout:?}; exiting anyway"),
-    }
+        Err(_) => Err(anyhow::anyhow!("shutdown did not finish within {timeout:?}; exiting anyway")),
+    };
+    // The exporter blocks: off the runtime's worker.
+    let _ = tokio::task::spawn_blocking(observability::flush_traces).await;
+    result
 }
 
 async fn shutdown_signal() {

@@ -13,15 +13,67 @@ use crate::config::{Config, LogFormat};
 /// reports, keys) stays clean.
 pub fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
-    let registry = tracing_subscriber::registry().with(filter);
+    let traces = self_traces(config);
+    let registry = tracing_subscriber::registry().with(filter).with(traces);
     let _ = match config.log_format {
         LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true).with_current_span(false).with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Text => registry.with(fmt::layer().with_writer(std::io::stderr)).try_init(),
     };
     for warning in &config.warnings {
         tracing::warn!("{warning}");
+    }
+}
+
+static TRACER_PROVIDER: OnceLock<opentelemetry_sdk::trace::SdkTracerProvider> = OnceLock::new();
+
+/// The OpenTelemetry layer for `[self_telemetry]`, when an endpoint is set.
+/// The exporter is OTLP/HTTP with a blocking client on the batch
+/// processor's own thread (it needs no async runtime).
+fn self_traces<S>(config: &Config) -> Option<impl tracing_subscriber::Layer<S>>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig;
+    let t = &config.self_telemetry;
+    if t.otlp_endpoint.is_empty() {
+        return None;
+    }
+    let endpoint = format!("{}/v1/traces", t.otlp_endpoint.trim_end_matches('/'));
+    let exporter = match opentelemetry_otlp::SpanExporter::builder().with_http().with_endpoint(endpoint).build() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("self_telemetry: cannot build the OTLP exporter: {e}");
+            return None;
+        }
+    };
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(t.service_name.clone())
+        .with_attribute(opentelemetry::KeyValue::new("tenant.id", t.tenant.clone()))
+        .build();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build();
+    let tracer = provider.tracer("tally");
+    let _ = TRACER_PROVIDER.set(provider);
+    Some(tracing_opentelemetry::layer().with_tracer(tracer))
+}
+
+/// Sends the spans still batched (at exit).
+pub fn flush_traces() {
+    if let Some(p) = TRACER_PROVIDER.get() {
+        let _ = p.force_flush();
+        let _ = p.shutdown();
     }
 }
 

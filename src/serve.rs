@@ -37,6 +37,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+use tracing::Instrument;
 
 /// `[server]`: the listeners' connections.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -204,15 +205,28 @@ async fn connection(
             req.extensions_mut().insert(ConnectInfo(peer));
             let (router, state) = (router.clone(), state.clone());
             state.in_flight.fetch_add(1, Ordering::Relaxed);
+            // tally's own trace of the request ([self_telemetry]); the path
+            // only (queries may carry tenant ids).
+            let span = tracing::info_span!(
+                "request",
+                otel.name = %format_args!("{} {}", req.method(), req.uri().path()),
+                otel.kind = "server",
+                listener = name,
+                http.request.method = %req.method(),
+                url.path = %req.uri().path(),
+                http.response.status_code = tracing::field::Empty,
+            );
             async move {
                 let response = match check_size(&req, &limits) {
                     Some(refusal) => refusal,
                     None => router.oneshot(req.map(Body::new)).await.unwrap_or_else(|e| match e {}),
                 };
+                tracing::Span::current().record("http.response.status_code", response.status().as_u16());
                 state.in_flight.fetch_sub(1, Ordering::Relaxed);
                 state.touch();
                 Ok::<_, std::convert::Infallible>(response)
             }
+            .instrument(span)
         })
     };
     let conn = builder.serve_connection_with_upgrades(io, service);

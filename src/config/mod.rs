@@ -67,6 +67,8 @@ pub struct Config {
     pub receivers: Vec<ReceiverConfig>,
     /// `[stripe]`: the usage sync to Stripe Billing, and its webhooks.
     pub stripe: StripeConfig,
+    /// `[self_telemetry]`: tally's own traces over OTLP.
+    pub self_telemetry: SelfTelemetry,
     /// `[appinsights]`: forwarding to Application Insights.
     pub appinsights: tally_exporter::appinsights::AppInsightsConfig,
     /// `[entitlements]`: who may still use what.
@@ -102,6 +104,19 @@ pub struct AuthConfig {
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     pub addr: SocketAddr,
+}
+
+/// `[self_telemetry]`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelfTelemetry {
+    /// OTLP/HTTP base URL (e.g. `http://127.0.0.1:4318`, or another tally);
+    /// empty: off.
+    pub otlp_endpoint: String,
+    /// `service.name` of tally's spans.
+    pub service_name: String,
+    /// `tenant.id` resource attribute, so a receiving tally files them.
+    pub tenant: String,
 }
 
 impl Config {

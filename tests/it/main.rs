@@ -22,6 +22,7 @@ mod e2e_lake;
 mod e2e_metric_usage;
 mod e2e_real_clients;
 mod e2e_rollups;
+mod e2e_self_telemetry;
 mod e2e_shutdown;
 mod e2e_span_usage;
 mod e2e_storage;

@@ -121,6 +121,7 @@ impl AlertEngine {
 
     /// One round at `now_ms`. `None`: another replica ran one moments ago
     /// (or committed first), so this one wrote nothing.
+    #[tracing::instrument(name = "alert round", skip_all)]
     pub async fn round(&self, now_ms: i64) -> tally_store::Result<Option<RoundReport>> {
         let (last_eval_ms, stored) = self.store.alert_round_state().await?;
         let half = (self.config.eval_interval.as_millis() / 2) as i64;

@@ -113,6 +113,7 @@ fn drop_flush(f: &Flush) {
 
 /// Counts first, then rollups; what was written is cleared, so a retry
 /// after a partial failure writes nothing twice.
+#[tracing::instrument(name = "rollup flush", skip_all)]
 async fn write(store: &Store, f: &mut Flush) -> tally_store::Result<()> {
     if !f.counts.is_empty() {
         store.add_ingest_counts(&f.counts, f.at_ms).await?;

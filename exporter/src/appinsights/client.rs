@@ -93,6 +93,7 @@ impl TrackClient {
     }
 
     /// Sends one batch of `n` items (gzipped by [`gzip_array`]).
+    #[tracing::instrument(name = "appinsights track", skip_all, fields(otel.kind = "client", items = n))]
     pub async fn track(&self, body: Bytes, n: usize) -> Result<Tracked, CallError> {
         let mut req = self
             .http

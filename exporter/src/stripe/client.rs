@@ -149,6 +149,7 @@ impl Client {
     /// `POST /v1/billing/meter_events`. "An event already exists with
     /// identifier …" is delivery (an earlier send landed, its answer lost);
     /// `Stripe-Should-Retry` decides what else is retried.
+    #[tracing::instrument(name = "stripe meter event", skip_all, fields(otel.kind = "client"))]
     pub async fn meter_event(&self, ev: &MeterEvent<'_>) -> Result<Delivered, CallError> {
         let value = ev.value.to_string();
         let timestamp = ev.timestamp_s.to_string();
