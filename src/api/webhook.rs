@@ -16,7 +16,7 @@ use serde_json::json;
 use tally_aggregator::entitlements::{Entitlements, NoticeTargets};
 use tally_core::{Secret, metric_names, now_ms};
 use tally_exporter::stripe::webhook;
-use tally_store::{Applied, Store};
+use tally_store::{Applied, CustomerBilling, Store};
 
 use super::ApiError;
 
@@ -71,19 +71,24 @@ async fn receive(State(st): State<WebhookState>, headers: HeaderMap, body: Bytes
         outcome("ignored");
         return Json(json!({ "received": true, "id": id, "effect": "ignored" })).into_response();
     };
-    let targets = &st.targets;
-    let applied = st.store.apply_webhook(&event, now, &|before, after| targets.status(before, after, now)).await;
-    match applied {
+    // The notice is built once, inside the transaction; its event is kept
+    // for the metric, counted only once the transaction committed.
+    let noticed = std::sync::Mutex::new(None);
+    let notices = |before: Option<&CustomerBilling>, after: &CustomerBilling| {
+        let (event, rows) = st.targets.status(before, after, now).unzip();
+        *noticed.lock().expect("notice event") = event;
+        rows.unwrap_or_default()
+    };
+    match st.store.apply_webhook(&event, now, &notices).await {
         Ok(Applied::Duplicate) => {
             outcome("duplicate");
             Json(json!({ "received": true, "id": id, "effect": "duplicate" })).into_response()
         }
-        Ok(Applied::Done { stale, before, after }) => {
+        Ok(Applied::Done { stale, after, .. }) => {
             outcome(if stale { "stale" } else { "applied" });
             if !stale {
                 st.entitlements.apply_billing(&after);
-                if !targets.status(before.as_deref(), &after, now).is_empty() {
-                    let event = notice_event(before.as_ref().and_then(|b| b.status.as_deref()), &after);
+                if let Some(event) = noticed.into_inner().expect("notice event") {
                     metrics::counter!(metric_names::BILLING_NOTICES, "event" => event).increment(1);
                 }
             }
@@ -103,15 +108,5 @@ async fn receive(State(st): State<WebhookState>, headers: HeaderMap, body: Bytes
             *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE; // Stripe redelivers
             r
         }
-    }
-}
-
-fn notice_event(before: Option<&str>, after: &tally_store::CustomerBilling) -> &'static str {
-    if after.status.as_deref() != before {
-        "subscription_status"
-    } else if after.payment.as_deref() == Some("payment_action_required") {
-        "payment_action_required"
-    } else {
-        "payment_failed"
     }
 }

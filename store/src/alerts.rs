@@ -23,6 +23,12 @@ use crate::{Result, Store, StoreError, on_pool, store::BeginWrite};
 const INSTANCE_COLUMNS: &str = "rule, group_key, tenant, fingerprint, state, severity, value, threshold, since_ms, \
      started_ms, warning_since_ms, critical_since_ms, warning_last_ms, critical_last_ms, last_notified_ms, updated_ms";
 
+/// Adds one [`NewNotification`] to the outbox (bind receiver, fingerprint,
+/// payload, created_ms): alert rounds, webhooks and billing notices write
+/// it in their own transactions.
+pub(crate) const OUTBOX_INSERT: &str = "INSERT INTO alert_outbox (receiver, fingerprint, payload, created_ms, \
+     next_attempt_ms) VALUES ($1, $2, $3, $4, $4)";
+
 /// A notification to add to the outbox.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewNotification {
@@ -156,8 +162,6 @@ impl Store {
     ) -> Result<bool> {
         const CAS: &str = "UPDATE alert_meta SET last_eval_ms = $1 WHERE id = 1 AND last_eval_ms = $2";
         const DELETE: &str = "DELETE FROM alert_instances WHERE rule = $1 AND group_key = $2";
-        const OUTBOX: &str = "INSERT INTO alert_outbox (receiver, fingerprint, payload, created_ms, next_attempt_ms) \
-             VALUES ($1, $2, $3, $4, $4)";
         let upsert = format!(
             "INSERT INTO alert_instances ({INSTANCE_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
@@ -208,7 +212,7 @@ impl Store {
                 sqlx::query(DELETE).bind(rule).bind(group).execute(&mut *tx).await?;
             }
             for n in outbox {
-                sqlx::query(OUTBOX)
+                sqlx::query(OUTBOX_INSERT)
                     .bind(&n.receiver)
                     .bind(&n.fingerprint)
                     .bind(&n.payload)

@@ -98,27 +98,32 @@ impl NoticeTargets {
         self.rows(key, n, now_ms)
     }
 
-    /// A subscription status or payment change of a mapped customer: none
-    /// when nothing a user would act on changed.
+    /// A subscription status or payment change of a mapped customer: its
+    /// event (`subscription_status`, `payment_failed`,
+    /// `payment_action_required`) and outbox rows; nothing when nothing a
+    /// user would act on changed.
     pub fn status(
         &self,
         before: Option<&CustomerBilling>,
         after: &CustomerBilling,
         now_ms: i64,
-    ) -> Vec<NewNotification> {
-        let Some(tenant) = after.tenant.as_deref() else { return Vec::new() };
+    ) -> Option<(&'static str, Vec<NewNotification>)> {
+        let tenant = after.tenant.as_deref()?;
         let old_status = before.and_then(|b| b.status.clone());
         let old_payment = before.and_then(|b| b.payment_at_s);
         let (event, summary) = if after.status != old_status {
             let to = after.status.clone().unwrap_or_default();
             let from = old_status.clone().map_or("none".to_owned(), |s| s);
             ("subscription_status", format!("tenant {tenant}'s subscription is now {to} (was {from})"))
-        } else if after.payment_at_s != old_payment
-            && let Some(p @ ("payment_failed" | "payment_action_required")) = after.payment.as_deref()
-        {
+        } else if after.payment_at_s != old_payment {
+            let p = match after.payment.as_deref()? {
+                "payment_failed" => "payment_failed",
+                "payment_action_required" => "payment_action_required",
+                _ => return None,
+            };
             (p, format!("tenant {tenant}: invoice {}", p.replace('_', " ")))
         } else {
-            return Vec::new();
+            return None;
         };
         let severity = match after.status.as_deref() {
             Some("active" | "trialing") if event == "subscription_status" => Severity::Warning,
@@ -140,7 +145,7 @@ impl NoticeTargets {
         annotations.insert("stripe_customer_id".into(), after.customer_id.clone());
         let key = format!("{tenant}/status/{}/{}", after.status_at_s, after.payment_at_s.unwrap_or(0));
         let n = self.notification(tenant, None, event, severity, None, None, annotations, now_ms);
-        self.rows(&key, n, now_ms)
+        Some((event, self.rows(&key, n, now_ms)))
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -82,7 +82,7 @@ impl Entitlements {
                 t.billing = billing(&b);
             }
         }
-        for l in store.limits(0).await? {
+        for l in store.limits(None, 0).await? {
             if let (Some(t), Some(v)) = (tenants.get_mut(&l.tenant), l.limit) {
                 t.limits.insert(l.meter, v);
             }
@@ -103,12 +103,9 @@ impl Entitlements {
     }
 
     async fn fill_credits(&self, tenants: &mut HashMap<String, Tenant>) -> Result<()> {
-        for c in self.inner.store.credit_balances().await? {
-            let t = tenants.entry(c.tenant).or_default();
-            t.credits.insert(
-                c.meter,
-                Credits { balance: c.balance, granted: c.granted, drawn: c.drawn, first_ms: c.first_ms },
-            );
+        for c in self.inner.store.credit_balances(None, 0).await? {
+            let t = tenants.entry(c.tenant.clone()).or_default();
+            t.credits.insert(c.meter.clone(), Credits::from(c));
         }
         Ok(())
     }
@@ -154,8 +151,9 @@ impl Entitlements {
         let recent_from = (now / HOUR - RECENT_HOURS + 1) * HOUR;
         let new_tenants = store.tenant_ids(since).await?;
         let billing_rows = store.customer_billing(since).await?;
-        let limit_rows = store.limits(since).await?;
-        let credits = store.credit_balances().await?;
+        let limit_rows = store.limits(None, since).await?;
+        // Only (tenant, meter) pairs with an entry since the last refresh.
+        let credits = store.credit_balances(None, since).await?;
         let hours = store.hourly_usage(None, recent_from, i64::MAX).await?;
         // Most hours are as held: find the others under the read lock, so
         // checks wait on the write lock only for what changed.
@@ -198,11 +196,8 @@ impl Entitlements {
                 };
             }
             for c in credits {
-                let t = tenants.entry(c.tenant).or_default();
-                let fresh = Credits { balance: c.balance, granted: c.granted, drawn: c.drawn, first_ms: c.first_ms };
-                if t.credits.get(&c.meter) != Some(&fresh) {
-                    t.credits.insert(c.meter, fresh);
-                }
+                let t = tenants.entry(c.tenant.clone()).or_default();
+                t.credits.insert(c.meter.clone(), Credits::from(c));
             }
             if hour_turned {
                 // Hours leaving the recent window join the base; a tenant
@@ -288,19 +283,14 @@ impl Entitlements {
     /// write, so the answer changes at once on this replica.
     pub async fn reload_tenant(&self, tenant: &str) -> Result<()> {
         let store = &self.inner.store;
-        let limits: Vec<_> = store.limits(0).await?.into_iter().filter(|l| l.tenant == tenant).collect();
-        let credits: Vec<_> = store.credit_balances().await?.into_iter().filter(|c| c.tenant == tenant).collect();
+        let limits = store.limits(Some(tenant), 0).await?;
+        let credits = store.credit_balances(Some(tenant), 0).await?;
         let b = store.tenant_billing(tenant).await?;
         {
             let mut tenants = self.inner.tenants.write().expect("entitlement state lock");
             let t = tenants.entry(tenant.to_owned()).or_default();
             t.limits = limits.into_iter().filter_map(|l| Some((l.meter, l.limit?))).collect();
-            t.credits = credits
-                .into_iter()
-                .map(|c| {
-                    (c.meter, Credits { balance: c.balance, granted: c.granted, drawn: c.drawn, first_ms: c.first_ms })
-                })
-                .collect();
+            t.credits = credits.into_iter().map(|c| (c.meter.clone(), Credits::from(c))).collect();
             if let Some(b) = &b {
                 t.billing = billing(b);
             }

@@ -81,6 +81,12 @@ pub struct Credits {
     pub first_ms: i64,
 }
 
+impl From<tally_store::CreditBalance> for Credits {
+    fn from(c: tally_store::CreditBalance) -> Credits {
+        Credits { balance: c.balance, granted: c.granted, drawn: c.drawn, first_ms: c.first_ms }
+    }
+}
+
 /// Usage of one tenant and meter in its current period: hours before
 /// `recent_from` added up in `base`, later ones kept per hour (refreshed
 /// from the store, which other replicas write too).

@@ -110,12 +110,15 @@ impl Store {
         Ok(())
     }
 
-    /// Allowances changed at or after `since_ms` (0: all).
-    pub async fn limits(&self, since_ms: i64) -> Result<Vec<LimitRow>> {
-        const SELECT: &str = "SELECT tenant, meter, limit_value, updated_ms FROM tenant_limits WHERE updated_ms >= $1 ORDER BY tenant, meter";
+    /// Allowances changed at or after `since_ms` (0: all), of `tenant` or
+    /// every tenant.
+    pub async fn limits(&self, tenant: Option<&str>, since_ms: i64) -> Result<Vec<LimitRow>> {
+        const SELECT: &str = "SELECT tenant, meter, limit_value, updated_ms FROM tenant_limits \
+             WHERE updated_ms >= $1 AND ($2 IS NULL OR tenant = $2) ORDER BY tenant, meter";
         let rows = on_pool!(self, |pool| {
             sqlx::query(SELECT)
                 .bind(since_ms)
+                .bind(tenant)
                 .fetch_all(pool)
                 .await?
                 .iter()
@@ -179,11 +182,19 @@ impl Store {
 
     /// Per (tenant, meter) with credit entries: the balance (sum of every
     /// entry), what was ever added, the periods already drawn and when the
-    /// first entry was written.
-    pub async fn credit_balances(&self) -> Result<Vec<CreditBalance>> {
-        const SELECT: &str = "SELECT tenant, meter, kind, amount, period_start_ms, created_ms FROM credit_entries ORDER BY tenant, meter, id";
+    /// first entry was written; of `tenant` or every tenant, and only those
+    /// with an entry written at or after `changed_since` (0: all).
+    pub async fn credit_balances(&self, tenant: Option<&str>, changed_since: i64) -> Result<Vec<CreditBalance>> {
+        const SELECT: &str = "SELECT tenant, meter, kind, amount, period_start_ms, created_ms FROM credit_entries \
+             WHERE ($1 IS NULL OR tenant = $1) \
+             AND (tenant, meter) IN (SELECT tenant, meter FROM credit_entries WHERE created_ms >= $2) \
+             ORDER BY tenant, meter, id";
         type Raw = (String, String, String, f64, Option<i64>, i64);
-        let rows: Vec<Raw> = on_pool!(self, |pool| sqlx::query_as::<_, Raw>(SELECT).fetch_all(pool).await)?;
+        let rows: Vec<Raw> = on_pool!(self, |pool| sqlx::query_as::<_, Raw>(SELECT)
+            .bind(tenant)
+            .bind(changed_since)
+            .fetch_all(pool)
+            .await)?;
         let mut out: Vec<CreditBalance> = Vec::new();
         for (tenant, meter, kind, amount, period, created_ms) in rows {
             if out.last().is_none_or(|l| l.tenant != tenant || l.meter != meter) {
@@ -207,15 +218,13 @@ impl Store {
     pub async fn queue_notice(&self, key: &str, notifications: &[NewNotification], now_ms: i64) -> Result<bool> {
         const NOTICE: &str =
             "INSERT INTO billing_notices (key, created_ms) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING";
-        const OUTBOX: &str = "INSERT INTO alert_outbox (receiver, fingerprint, payload, created_ms, next_attempt_ms) \
-             VALUES ($1, $2, $3, $4, $4)";
         let queued = on_pool!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             if sqlx::query(NOTICE).bind(key).bind(now_ms).execute(&mut *tx).await?.rows_affected() == 0 {
                 return Ok(false);
             }
             for n in notifications {
-                sqlx::query(OUTBOX)
+                sqlx::query(crate::alerts::OUTBOX_INSERT)
                     .bind(&n.receiver)
                     .bind(&n.fingerprint)
                     .bind(&n.payload)
@@ -232,11 +241,30 @@ impl Store {
     /// Per (tenant, meter, hour) with `from_ms <= hour < to_ms` (all groups
     /// added up), for `tenant` or every tenant.
     pub async fn hourly_usage(&self, tenant: Option<&str>, from_ms: i64, to_ms: i64) -> Result<Vec<PeriodUsage>> {
-        const SELECT: &str = "SELECT tenant, meter, hour_ms, SUM(sum), CAST(SUM(count) AS BIGINT) FROM usage_hourly \
+        self.usage_sums(tenant, from_ms, to_ms, true).await
+    }
+
+    /// Per (tenant, meter) over `[from_ms, to_ms)`, for `tenant` or every
+    /// tenant: `hour_ms` is `from_ms`.
+    pub async fn range_usage(&self, tenant: Option<&str>, from_ms: i64, to_ms: i64) -> Result<Vec<PeriodUsage>> {
+        self.usage_sums(tenant, from_ms, to_ms, false).await
+    }
+
+    async fn usage_sums(
+        &self,
+        tenant: Option<&str>,
+        from_ms: i64,
+        to_ms: i64,
+        by_hour: bool,
+    ) -> Result<Vec<PeriodUsage>> {
+        let (hour, group) = if by_hour { ("hour_ms", ", hour_ms") } else { ("CAST($1 AS BIGINT)", "") };
+        let sql = format!(
+            "SELECT tenant, meter, {hour}, SUM(sum), CAST(SUM(count) AS BIGINT) FROM usage_hourly \
              WHERE hour_ms >= $1 AND hour_ms < $2 AND ($3 IS NULL OR tenant = $3) \
-             GROUP BY tenant, meter, hour_ms ORDER BY tenant, meter, hour_ms";
+             GROUP BY tenant, meter{group} ORDER BY tenant, meter{group}"
+        );
         let rows = on_pool!(self, |pool| {
-            sqlx::query(SELECT)
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(from_ms)
                 .bind(to_ms)
                 .bind(tenant)
@@ -250,33 +278,6 @@ impl Store {
                         hour_ms: r.try_get(2)?,
                         sum: r.try_get::<Option<f64>, _>(3)?.unwrap_or(0.0),
                         count: r.try_get::<Option<i64>, _>(4)?.unwrap_or(0),
-                    })
-                })
-                .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
-        })?;
-        Ok(rows)
-    }
-
-    /// Per (tenant, meter) over `[from_ms, to_ms)`, for `tenant` or every
-    /// tenant: `hour_ms` is `from_ms`.
-    pub async fn range_usage(&self, tenant: Option<&str>, from_ms: i64, to_ms: i64) -> Result<Vec<PeriodUsage>> {
-        const SELECT: &str = "SELECT tenant, meter, SUM(sum), CAST(SUM(count) AS BIGINT) FROM usage_hourly \
-             WHERE hour_ms >= $1 AND hour_ms < $2 AND ($3 IS NULL OR tenant = $3) GROUP BY tenant, meter";
-        let rows = on_pool!(self, |pool| {
-            sqlx::query(SELECT)
-                .bind(from_ms)
-                .bind(to_ms)
-                .bind(tenant)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(|r| {
-                    Ok(PeriodUsage {
-                        tenant: r.try_get(0)?,
-                        meter: r.try_get(1)?,
-                        hour_ms: from_ms,
-                        sum: r.try_get::<Option<f64>, _>(2)?.unwrap_or(0.0),
-                        count: r.try_get::<Option<i64>, _>(3)?.unwrap_or(0),
                     })
                 })
                 .collect::<std::result::Result<Vec<_>, sqlx::Error>>()

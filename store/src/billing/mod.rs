@@ -171,8 +171,6 @@ impl Store {
              updated_ms = excluded.updated_ms";
         const RECORD: &str = "INSERT INTO stripe_webhook_events (event_id, type, created_s, customer_id, effect, received_ms) \
              VALUES ($1, $2, $3, $4, $5, $6)";
-        const OUTBOX: &str = "INSERT INTO alert_outbox (receiver, fingerprint, payload, created_ms, next_attempt_ms) \
-             VALUES ($1, $2, $3, $4, $4)";
         let customer = event.effect.customer();
         let select = format!(
             "SELECT {COLUMNS} FROM stripe_customers c LEFT JOIN tenants t ON t.stripe_customer_id = c.customer_id \
@@ -219,7 +217,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 for n in notices(before.as_ref(), &after) {
-                    sqlx::query(OUTBOX)
+                    sqlx::query(crate::alerts::OUTBOX_INSERT)
                         .bind(&n.receiver)
                         .bind(&n.fingerprint)
                         .bind(&n.payload)

@@ -8,48 +8,36 @@ const PUSH_INSERT: &str = "INSERT INTO stripe_pushes (identifier, tenant, meter,
      customer, event_name, value, timestamp_s, state, error, attempts, next_attempt_ms, created_ms) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0, $14, $14)";
 
+/// `sql` (units, covered, revision of one slot) for each of `keys`.
+async fn read_slots(conn: &mut SqliteConnection, sql: &'static str, keys: &[Slot]) -> Result<HashMap<Slot, Planned>> {
+    let mut out = HashMap::new();
+    for k in keys {
+        let row = sqlx::query(sql).bind(&k.0).bind(&k.1).bind(k.2).fetch_optional(&mut *conn).await?;
+        if let Some(r) = row {
+            out.insert(k.clone(), Planned { units: r.try_get(0)?, covered: r.try_get(1)?, revision: r.try_get(2)? });
+        }
+    }
+    Ok(out)
+}
+
 impl PlanSql for SqliteConnection {
     async fn lock_planner(&mut self) -> Result<()> {
         Ok(()) // the write transaction (BEGIN IMMEDIATE) already excludes every other writer
     }
 
     async fn read_periods(&mut self, keys: &[Slot]) -> Result<HashMap<Slot, Planned>> {
-        let mut out = HashMap::new();
-        for k in keys {
-            let row = sqlx::query(
-                "SELECT units, covered FROM stripe_periods WHERE tenant = $1 AND meter = $2 AND period_ms = $3",
-            )
-            .bind(&k.0)
-            .bind(&k.1)
-            .bind(k.2)
-            .fetch_optional(&mut *self)
-            .await?;
-            if let Some(r) = row {
-                out.insert(k.clone(), Planned { units: r.try_get(0)?, covered: r.try_get(1)?, revision: 0 });
-            }
-        }
-        Ok(out)
+        read_slots(
+            self,
+            "SELECT units, covered, 0 FROM stripe_periods WHERE tenant = $1 AND meter = $2 AND period_ms = $3",
+            keys,
+        )
+        .await
     }
 
     async fn read_windows(&mut self, keys: &[Slot]) -> Result<HashMap<Slot, Planned>> {
-        let mut out = HashMap::new();
-        for k in keys {
-            let row = sqlx::query(
-                "SELECT units, covered, revision FROM stripe_windows WHERE tenant = $1 AND meter = $2 AND window_ms = $3",
-            )
-            .bind(&k.0)
-            .bind(&k.1)
-            .bind(k.2)
-            .fetch_optional(&mut *self)
-            .await?;
-            if let Some(r) = row {
-                out.insert(
-                    k.clone(),
-                    Planned { units: r.try_get(0)?, covered: r.try_get(1)?, revision: r.try_get(2)? },
-                );
-            }
-        }
-        Ok(out)
+        let sql =
+            "SELECT units, covered, revision FROM stripe_windows WHERE tenant = $1 AND meter = $2 AND window_ms = $3";
+        read_slots(self, sql, keys).await
     }
 
     async fn write_windows(&mut self, rows: &[(&WindowKey, Planned)], now_ms: i64) -> Result<()> {
