@@ -5,6 +5,8 @@
 
 pub mod api;
 pub mod config;
+pub mod database;
+pub mod healthcheck;
 pub mod keys;
 pub mod lake;
 pub mod observability;

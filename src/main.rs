@@ -1,6 +1,5 @@
 use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tally::{Config, observability, server};
 use tally_loadgen as loadgen;
@@ -32,6 +31,9 @@ enum Command {
     Migrate,
     /// Validate the configuration and print it (secrets redacted).
     CheckConfig,
+    /// Exit 0 when the tally of this config answers /readyz (for container
+    /// health checks in images without curl).
+    Healthcheck(tally::healthcheck::HealthcheckArgs),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(tally::keys::KeysCommand),
@@ -76,6 +78,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{config:#?}");
             println!("config ok");
         }
+        Command::Healthcheck(args) => {
+            let url = match args.url {
+                Some(url) => url,
+                None => tally::healthcheck::readyz_url(&load()?),
+            };
+            if let Err(why) = tally::healthcheck::check(&url, args.timeout).await {
+                eprintln!("unhealthy: {why}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Keys(command) => tally::keys::run(&open_store(&load()?).await?, command).await?,
         Command::Tenants(command) => tally::tenants::run(&open_store(&load()?).await?, command).await?,
         Command::Stripe(command) => {
@@ -111,9 +123,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Opens the configured database and applies the migrations.
 async fn open_store(config: &Config) -> anyhow::Result<tally_store::Store> {
-    let store = tally_store::Store::open(config.database_url.expose(), &config.data_dir)
-        .await
-        .with_context(|| format!("opening database {}", config.database_description()))?;
+    let store = tally::database::open(config, &|name| std::env::var(name).ok()).await?.store;
     store.migrate().await?;
     Ok(store)
 }

@@ -66,9 +66,7 @@ pub async fn run(config: &Config, args: &ReplayArgs, env: EnvLookup<'_>) -> anyh
         .iter()
         .map(|s| LakeSignal::ALL.into_iter().find(|l| l.as_str() == s).with_context(|| format!("--signals: {s:?}")))
         .collect::<anyhow::Result<_>>()?;
-    let store = Store::open(config.database_url.expose(), &config.data_dir)
-        .await
-        .with_context(|| format!("opening database {}", config.database_description()))?;
+    let store = crate::database::open(config, env).await?.store;
     store.migrate().await?;
     let lake = open_lake(&config.lake_url, &config.data_dir, env).map_err(anyhow::Error::msg)?;
     eprintln!("replay: {} → {}", lake.description, config.database_description());

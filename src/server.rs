@@ -54,9 +54,7 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
     // Install the metrics recorder before anything records (the pipeline
     // sets its capacity gauges once, at construction).
     crate::observability::prometheus();
-    let store = Store::open(config.database_url.expose(), &config.data_dir)
-        .await
-        .with_context(|| format!("opening database {}", config.database_description()))?;
+    let crate::database::Database { store, tokens } = crate::database::open(&config, env).await?;
     store.migrate().await.context("applying database migrations")?;
     // The Stripe sync, when a key is set: its meters are checked against
     // Stripe's before anything is served.
@@ -191,6 +189,9 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
     let maintenance =
         tokio::spawn(tally_aggregator::run_maintenance(store.clone(), config.rollups.clone(), shutdown.clone()));
     auth.spawn_refresh(config.auth.refresh_interval, shutdown.clone());
+    if let Some((source, token)) = tokens {
+        tokio::spawn(crate::database::renew_tokens(store.clone(), source, token, shutdown.clone()));
+    }
     let meters = Arc::new(config.meters.clone());
     let external_url = config.external_url(api_addr);
     let engine = AlertEngine::new(
@@ -277,8 +278,8 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
     // overlap: gRPC paths are /opentelemetry.proto…, OTLP/HTTP /v1/traces,
     // /v1/logs and /v1/metrics, the API the rest).
     let routers = match one_port {
-        Some(_) => vec![api_router.merge(http_router).merge(grpc_router)],
-        None => vec![grpc_router, http_router, api_router],
+        Some(_) => vec![api_router.merge(http_router).merge(grpc_router).fallback(api::openapi::one_port_not_found)],
+        None => vec![grpc_router, http_router, api_router.fallback(api::openapi::not_found)],
     };
     let limits = config.server.limits(bound.len());
     let mut servers = Vec::new();

@@ -170,6 +170,13 @@ impl Histogram {
         self.buckets.len()
     }
 
+    /// The non-empty buckets as (index, count), ascending by index: the
+    /// sparse form PostgreSQL's `tally_hist_sum(hist_idx, hist_cnt)` reads
+    /// (migrations/postgres/0012).
+    pub fn bucket_counts(&self) -> &[(u16, u64)] {
+        &self.buckets
+    }
+
     /// The value at quantile `q` (0..=1): the highest value of the bucket
     /// holding the ⌈q·n⌉-th smallest recorded value. `None` when empty.
     pub fn value_at_quantile(&self, q: f64) -> Option<u64> {

@@ -184,3 +184,8 @@ pub const APPINSIGHTS_BUFFERED: &str = "tally_appinsights_buffered_items";
 pub const APPINSIGHTS_SPOOL_BYTES: &str = "tally_appinsights_spool_bytes";
 /// 1 while the daily cap stops sending (until the next UTC day).
 pub const APPINSIGHTS_DAILY_CAP: &str = "tally_appinsights_daily_cap";
+
+/// PostgreSQL sign-in tokens (`database_auth = "azure"`) by `outcome`
+/// (`renewed`, `failed`): a failure keeps the last token, which works until
+/// it expires — alert on failures well before the hour is up.
+pub const DATABASE_TOKEN_RENEWALS: &str = "tally_database_token_renewals_total";

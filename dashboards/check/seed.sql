@@ -3,30 +3,30 @@
 -- sql_check.py against a database filled by tally itself. Do not load this
 -- into a real tally database (it adds default partitions and dummy rows).
 --
--- Expects tally's migrations/postgres/*.sql and dashboards/check/hist_functions.sql
--- to be applied. It also adds the two histogram array columns the
--- dashboards read (hist_idx smallint[], hist_cnt bigint[]) if the migrations
--- do not have them yet. Times are relative to now(), so the default
+-- Expects tally's migrations/postgres/*.sql to be applied (0012 and 0013:
+-- the histogram functions and the hist_idx/hist_cnt columns). Times are relative to now(), so the default
 -- dashboard ranges show data:
 --   rollup_windows  1-minute rows for the last 26 hours
 --   rollup_hours    hour rows from 30 days ago up to 26 hours ago
 --   rollup_days     day rows from 180 days ago up to 30 days ago
--- (disjoint, as tally's downsampling leaves them). Deterministic
+-- (disjoint, as tally's downsampling leaves them). Billing: usage_hourly
+-- (75 days, three meters), Stripe subscriptions, limits, credits, billing
+-- notices, the Stripe sync ledger and reconciliation reports (see the
+-- billing section at the end; usage_events is left alone). Deterministic
 -- (setseed), idempotent (clears the tables it fills). ~10 s.
 
 \set ON_ERROR_STOP on
 SET client_min_messages = warning;
 BEGIN;
 
-ALTER TABLE rollup_windows ADD COLUMN IF NOT EXISTS hist_idx smallint[], ADD COLUMN IF NOT EXISTS hist_cnt bigint[];
-ALTER TABLE rollup_hours ADD COLUMN IF NOT EXISTS hist_idx smallint[], ADD COLUMN IF NOT EXISTS hist_cnt bigint[];
-ALTER TABLE rollup_days ADD COLUMN IF NOT EXISTS hist_idx smallint[], ADD COLUMN IF NOT EXISTS hist_cnt bigint[];
 
 CREATE TABLE IF NOT EXISTS rollup_windows_dev_default PARTITION OF rollup_windows DEFAULT;
 CREATE TABLE IF NOT EXISTS rollup_hours_dev_default PARTITION OF rollup_hours DEFAULT;
 CREATE TABLE IF NOT EXISTS rollup_days_dev_default PARTITION OF rollup_days DEFAULT;
 
 TRUNCATE rollup_windows, rollup_hours, rollup_days, alert_instances, alert_outbox;
+TRUNCATE usage_hourly, usage_changes, stripe_windows, stripe_periods, stripe_pushes, stripe_reconciliations,
+         stripe_customers, stripe_webhook_events, tenant_limits, credit_entries, billing_notices;
 DELETE FROM tenants WHERE id IN ('acme', 'globex', 'o''hare', 'initech');
 
 SELECT setseed(0.4242);
@@ -35,7 +35,7 @@ INSERT INTO tenants (id, display_name, stripe_customer_id, status, created_ms) V
     ('acme', 'Acme Corp', 'cus_dev_acme', 'active', 1700000000000),
     ('globex', 'Globex', 'cus_dev_globex', 'active', 1700000000000),
     ('o''hare', 'O''Hare "Air"', NULL, 'past_due', 1700000000000),
-    ('initech', NULL, NULL, 'active', 1700000000000);
+    ('initech', NULL, 'cus_dev_initech', 'active', 1700000000000);
 -- 'umbrella' sends telemetry but is not in `tenants` (the variable must list it).
 
 -- HdrHistogram bucket of a value (tally's core/src/histogram.rs index_of).
@@ -213,5 +213,219 @@ CROSS JOIN LATERAL (SELECT CASE WHEN g <= 3 THEN 'pending' WHEN g % 17 = 0 THEN 
                            CASE WHEN g % 17 = 0 THEN 8 WHEN g % 5 = 0 THEN 2 ELSE 1 END AS attempts,
                            (200 + (random() * 1500) + CASE WHEN g % 5 = 0 THEN 30000 ELSE 0 END)::bigint AS lag) o;
 
+-- Billing (aggregator/src/entitlements, exporter/src/stripe). Hourly usage of
+-- three meters: llm_tokens (sum, by model), api_calls (count: one per
+-- event, so sum = count), storage_gb (max of hourly snapshots). usage_events
+-- is not filled: the dashboards read usage_hourly, as GET /v1/usage and
+-- /v1/entitlements do.
+CREATE TEMP TABLE dev_now AS
+SELECT max(end_ms) AS now_ms,
+       (extract(epoch FROM date_trunc('month', now() AT TIME ZONE 'UTC')) * 1000)::bigint AS month_ms,
+       (extract(epoch FROM date_trunc('month', now() AT TIME ZONE 'UTC') - interval '1 month') * 1000)::bigint AS prev_month_ms,
+       (extract(epoch FROM date_trunc('month', now() AT TIME ZONE 'UTC') - interval '2 months') * 1000)::bigint AS prev2_month_ms
+FROM dev_periods;
+
+CREATE TEMP TABLE dev_meters (tenant text, meter text, grp text, per_hour float8, kind text);
+INSERT INTO dev_meters VALUES
+    ('acme',    'llm_tokens', '{"model":"gpt-x"}', 30000, 'sum'),
+    ('acme',    'llm_tokens', '{"model":"gpt-y"}', 12000, 'sum'),
+    ('acme',    'api_calls',  '{}',                  300, 'count'),
+    ('acme',    'storage_gb', '{}',                  120, 'snapshot'),
+    ('globex',  'llm_tokens', '{"model":"gpt-x"}', 25000, 'sum'),
+    ('globex',  'api_calls',  '{}',                  900, 'count'),
+    ('globex',  'storage_gb', '{}',                   40, 'snapshot'),
+    ('o''hare', 'llm_tokens', '{"model":"gpt-x"}',  2000, 'sum'),
+    ('o''hare', 'api_calls',  '{}',                   60, 'count'),
+    ('initech', 'llm_tokens', '{"model":"gpt-y"}',   500, 'sum');
+
+INSERT INTO usage_hourly (tenant, meter, hour_ms, group_key, sum, count, min, max, last_value, last_time_ms)
+SELECT m.tenant, m.meter, h, m.grp,
+       CASE m.kind WHEN 'sum' THEN round(v.units) WHEN 'count' THEN v.events ELSE v.level END,
+       v.events,
+       CASE m.kind WHEN 'sum' THEN round(v.units / v.events * 0.2) WHEN 'count' THEN 1 ELSE v.level END,
+       CASE m.kind WHEN 'sum' THEN round(v.units / v.events * 3) WHEN 'count' THEN 1 ELSE v.level END,
+       CASE m.kind WHEN 'sum' THEN round(v.units / v.events) WHEN 'count' THEN 1 ELSE v.level END,
+       least(h + 3599000, n.now_ms - 1000)
+FROM dev_now n
+CROSS JOIN dev_meters m
+CROSS JOIN LATERAL generate_series((n.now_ms / 3600000 - 75 * 24) * 3600000, n.now_ms / 3600000 * 3600000, 3600000) h
+CROSS JOIN LATERAL (
+    SELECT m.per_hour * (1 + 0.5 * sin(2 * pi() * ((h / 3600000) % 24) / 24.0)) * (0.8 + 0.4 * random()) AS units,
+           round(m.per_hour * (1 + 0.0002 * ((h - n.now_ms) / 3600000)))::float8 AS level
+) u
+CROSS JOIN LATERAL (
+    SELECT u.units, u.level,
+           CASE m.kind WHEN 'sum' THEN greatest(1, round(u.units / 800)) WHEN 'count' THEN round(u.units) ELSE 1 END::bigint AS events
+) v
+WHERE v.events > 0;
+
+-- Stripe subscriptions as the webhooks left them: acme's period is anchored
+-- mid-month (not on an hour: entitlements align it); globex's period ended 3
+-- days ago and Stripe has not told of the next (rolled forward by its
+-- length) and its card failed; initech canceled; one customer is not mapped
+-- to any tenant yet. o'hare has no customer (calendar month).
+INSERT INTO stripe_customers (customer_id, subscription_id, status, period_start_ms, period_end_ms, prev_start_ms,
+                              prev_end_ms, status_at_s, payment, payment_at_s, updated_ms)
+SELECT c.id, c.sub, c.status, n.now_ms + c.start_h * 3600000::bigint - 1234567, n.now_ms + c.end_h * 3600000::bigint - 1234567,
+       n.now_ms + (2 * c.start_h - c.end_h) * 3600000::bigint - 1234567, n.now_ms + c.start_h * 3600000::bigint - 1234567,
+       (n.now_ms + c.status_h * 3600000::bigint) / 1000, c.payment, (n.now_ms + c.payment_h * 3600000::bigint) / 1000,
+       n.now_ms + greatest(c.status_h, coalesce(c.payment_h, c.status_h)) * 3600000::bigint
+FROM dev_now n,
+(VALUES
+    ('cus_dev_acme',    'sub_dev_acme',    'active',    -12 * 24,  18 * 24, -12 * 24, 'paid',           -12 * 24 + 2),
+    ('cus_dev_globex',  'sub_dev_globex',  'past_due',  -33 * 24,  -3 * 24,  -50,     'payment_failed', -50),
+    ('cus_dev_initech', 'sub_dev_initech', 'canceled',  -70 * 24, -40 * 24, -40 * 24, NULL,             NULL),
+    ('cus_dev_orphan',  'sub_dev_orphan',  'trialing',   -5 * 24,   9 * 24,  -5 * 24, NULL,             NULL)
+) AS c(id, sub, status, start_h, end_h, status_h, payment, payment_h);
+
+INSERT INTO stripe_webhook_events (event_id, type, created_s, customer_id, effect, received_ms)
+SELECT e.id, e.type, (n.now_ms + e.h * 3600000::bigint) / 1000, e.customer, e.effect, n.now_ms + e.h * 3600000::bigint + 900
+FROM dev_now n,
+(VALUES
+    ('evt_dev_1', 'customer.subscription.updated', 'cus_dev_acme',    'applied', -12 * 24),
+    ('evt_dev_2', 'invoice.paid',                  'cus_dev_acme',    'applied', -12 * 24 + 2),
+    ('evt_dev_3', 'customer.subscription.updated', 'cus_dev_acme',    'stale',   -12 * 24 + 3),
+    ('evt_dev_4', 'invoice.payment_failed',        'cus_dev_globex',  'applied', -50),
+    ('evt_dev_5', 'customer.subscription.deleted', 'cus_dev_initech', 'applied', -40 * 24),
+    ('evt_dev_6', 'customer.subscription.created', 'cus_dev_orphan',  'applied', -5 * 24)
+) AS e(id, type, customer, effect, h);
+
+-- Allowances (globex's api_calls back to the meter's default) and credits:
+-- acme draws credits beyond its api_calls allowance, globex has used up
+-- its llm_tokens credits, initech is canceled.
+INSERT INTO tenant_limits (tenant, meter, limit_value, updated_ms)
+SELECT l.tenant, l.meter, l.lim, n.now_ms - 20 * 86400000::bigint
+FROM dev_now n,
+(VALUES ('acme', 'llm_tokens', 20000000::float8), ('acme', 'api_calls', 50000), ('globex', 'llm_tokens', 1000000),
+        ('globex', 'api_calls', NULL), ('o''hare', 'api_calls', 20000)) AS l(tenant, meter, lim);
+
+INSERT INTO credit_entries (tenant, meter, kind, amount, period_start_ms, request_id, reason, created_ms)
+SELECT e.tenant, e.meter, e.kind, e.amount,
+       CASE WHEN e.kind = 'draw' THEN (c.period_start_ms / 3600000) * 3600000 END,
+       e.request_id, e.reason, n.now_ms + e.h * 3600000::bigint
+FROM dev_now n
+CROSS JOIN (VALUES
+    ('acme',    'api_calls',  'topup', 100000::float8, 'in_dev_acme_1',   'invoice in_dev_acme_1',   -20 * 24),
+    ('globex',  'llm_tokens', 'topup', 500000,         'in_dev_globex_1', 'invoice in_dev_globex_1', -40 * 24),
+    ('globex',  'llm_tokens', 'draw',  -200000,        NULL,              'usage beyond the allowance', -3 * 24 + 1),
+    ('initech', 'llm_tokens', 'set',   1000,           NULL,              'balance set by PUT /v1/tenants', -50 * 24)
+) AS e(tenant, meter, kind, amount, request_id, reason, h)
+LEFT JOIN stripe_customers c ON c.customer_id = 'cus_dev_globex';
+
+-- Billing notices queued once (billing_notices) and sent through the outbox
+-- like alerts (rule tally_billing).
+CREATE TEMP TABLE dev_notices AS
+SELECT b.tenant, b.meter, b.event, b.severity, b.summary, n.now_ms + b.h * 3600000::bigint AS created_ms,
+       b.tenant || '/' || coalesce(b.meter || '/' || b.key_part, 'status/' || b.key_part) || '/' || b.event AS key
+FROM dev_now n,
+(VALUES
+    ('globex', 'llm_tokens', 'limit_warning',     'warning',  'tenant globex used 800000 of its 1000000 llm_tokens allowance this period (80 %)', -60, '1'),
+    ('globex', 'llm_tokens', 'limit_reached',     'critical', 'tenant globex reached its 1000000 llm_tokens allowance this period', -40, '1'),
+    ('globex', 'llm_tokens', 'credits_exhausted', 'critical', 'tenant globex has no llm_tokens credits left', -20, '500000'),
+    ('globex', NULL,         'payment_failed',    'warning',  'tenant globex: invoice payment failed', -50, '0'),
+    ('acme',   'api_calls',  'limit_warning',     'warning',  'tenant acme used 40000 of its 50000 api_calls allowance this period (80 %)', -150, '2'),
+    ('acme',   'api_calls',  'limit_reached',     'critical', 'tenant acme reached its 50000 api_calls allowance this period', -100, '2')
+) AS b(tenant, meter, event, severity, summary, h, key_part);
+
+INSERT INTO billing_notices (key, created_ms) SELECT key, created_ms FROM dev_notices;
+
+INSERT INTO alert_outbox (receiver, fingerprint, payload, created_ms, outcome, attempts, next_attempt_ms, done_ms, last_error)
+SELECT 'slack', left(md5(d.key), 16),
+       jsonb_strip_nulls(jsonb_build_object(
+           'status', 'firing', 'rule', 'tally_billing', 'tenant', d.tenant, 'severity', d.severity,
+           'labels', jsonb_build_object('alertname', 'tally_billing', 'tenant', d.tenant, 'meter', d.meter,
+                                        'event', d.event, 'severity', d.severity),
+           'annotations', jsonb_build_object('summary', d.summary),
+           'fingerprint', left(md5(d.key), 16), 'starts_at_ms', d.created_ms, 'generator_url',
+           'http://tally.example/v1/tenants/' || d.tenant, 'at_ms', d.created_ms))::text,
+       d.created_ms, 'delivered', 1, d.created_ms, d.created_ms + 420, NULL
+FROM dev_notices d;
+
+-- The Stripe sync ledger: llm_tokens and api_calls (raw meters: one delta
+-- per closed hour) of acme and globex for 3 days, planned 5 min after the
+-- hour closes; pushes planned in the last 20 minutes are still pending,
+-- three globex api_calls hours were refused, one acme hour is older than
+-- Stripe's 35 days (expired). o'hare has no customer: its hours wait in
+-- usage_changes.
+CREATE TEMP TABLE dev_pushes AS
+SELECT u.tenant, u.meter, u.hour_ms AS window_ms, t.stripe_customer_id AS customer, floor(sum(u.sum))::bigint AS value,
+       u.hour_ms + 3900000 + (random() * 60000)::bigint AS created_ms,
+       (u.hour_ms - n.now_ms) / 3600000 AS ago_h
+FROM usage_hourly u
+JOIN tenants t ON t.id = u.tenant
+CROSS JOIN dev_now n
+WHERE u.tenant IN ('acme', 'globex') AND u.meter IN ('llm_tokens', 'api_calls')
+  AND u.hour_ms >= n.now_ms - 72 * 3600000 AND u.hour_ms + 3900000 <= n.now_ms
+GROUP BY u.tenant, u.meter, u.hour_ms, t.stripe_customer_id, n.now_ms;
+
+INSERT INTO stripe_pushes (identifier, tenant, meter, window_ms, period_ms, revision, kind, customer, event_name, value,
+                           timestamp_s, state, attempts, next_attempt_ms, created_ms, first_attempt_ms, sent_ms, request_id, error)
+SELECT 'tly.' || p.tenant || '.' || p.window_ms || '.r1.' || left(md5(p.tenant || p.customer || p.meter), 12),
+       p.tenant, p.meter, p.window_ms,
+       (extract(epoch FROM date_trunc('month', to_timestamp(p.window_ms / 1000.0) AT TIME ZONE 'UTC')) * 1000)::bigint,
+       1, 'delta', p.customer, p.meter, p.value, (p.window_ms + 1800000) / 1000, s.state,
+       CASE s.state WHEN 'pending' THEN 0 WHEN 'failed' THEN 1 ELSE 1 + (p.ago_h % 29 = 0)::int END,
+       p.created_ms + CASE WHEN s.state = 'pending' THEN 1000 ELSE 0 END, p.created_ms,
+       CASE WHEN s.state <> 'pending' THEN p.created_ms + 120 END,
+       CASE WHEN s.state = 'sent' THEN p.created_ms + 300 + (random() * 2500)::bigint + CASE WHEN p.ago_h % 29 = 0 THEN 60000 ELSE 0 END END,
+       CASE WHEN s.state = 'sent' THEN 'req_dev_' || left(md5(p.tenant || p.meter || p.window_ms), 14) END,
+       CASE WHEN s.state = 'failed' THEN 'Stripe 400 resource_missing: No such customer: ''' || p.customer || '''' END
+FROM dev_pushes p
+CROSS JOIN dev_now n
+CROSS JOIN LATERAL (
+    SELECT CASE WHEN p.created_ms > n.now_ms - 1200000 THEN 'pending'
+                WHEN p.tenant = 'globex' AND p.meter = 'api_calls' AND p.ago_h BETWEEN -31 AND -29 THEN 'failed'
+                ELSE 'sent' END AS state
+) s
+UNION ALL
+SELECT 'tly.acme.' || w || '.r1.' || left(md5('acme' || 'cus_dev_acme' || 'llm_tokens'), 12), 'acme', 'llm_tokens', w,
+       (extract(epoch FROM date_trunc('month', to_timestamp(w / 1000.0) AT TIME ZONE 'UTC')) * 1000)::bigint,
+       1, 'delta', 'cus_dev_acme', 'llm_tokens', 1200, (w + 1800000) / 1000, 'expired', 0, n.now_ms - 3600000,
+       n.now_ms - 3600000, NULL, NULL, NULL, 'older than Stripe accepts (35 days): correct it by hand'
+FROM dev_now n, LATERAL (SELECT (n.now_ms / 3600000 - 36 * 24) * 3600000 AS w) x;
+
+INSERT INTO stripe_windows (tenant, meter, window_ms, period_ms, units, covered, revision, updated_ms)
+SELECT tenant, meter, window_ms, period_ms, value, value, revision, created_ms FROM stripe_pushes WHERE state <> 'expired';
+INSERT INTO stripe_periods (tenant, meter, period_ms, units, covered)
+SELECT tenant, meter, period_ms, sum(units), sum(covered) FROM stripe_windows GROUP BY 1, 2, 3;
+
+INSERT INTO usage_changes (tenant, meter, hour_ms, version)
+SELECT u.tenant, u.meter, u.hour_ms, 1
+FROM usage_hourly u CROSS JOIN dev_now n
+WHERE (u.tenant IN ('acme', 'globex') AND u.meter IN ('llm_tokens', 'api_calls') AND u.hour_ms = n.now_ms / 3600000 * 3600000)
+   OR (u.tenant = 'o''hare' AND u.hour_ms >= n.now_ms - 6 * 3600000)
+GROUP BY 1, 2, 3;
+
+-- Reconciliation reports of the last two calendar months: matches, a
+-- confirmed and an unconfirmed drift, a tenant without customer, a line
+-- Stripe could not be read for.
+INSERT INTO stripe_reconciliations (period_ms, tenant, meter, customers, ledger, expected, pushed, stripe, drift, checks, checked_ms, error)
+SELECT r.period_ms, r.tenant, r.meter, r.customers, r.ledger, floor(r.ledger)::bigint,
+       CASE WHEN r.customers = '' THEN 0 ELSE floor(r.ledger)::bigint END,
+       CASE WHEN r.error IS NULL THEN floor(r.ledger) + r.drift END, CASE WHEN r.error IS NULL THEN r.drift END,
+       r.checks, r.checked_ms, r.error
+FROM (
+    SELECT l.period_ms, l.tenant, l.meter, l.customers, coalesce(sum(u.sum), 0) AS ledger, l.drift, l.checks,
+           l.period_end_ms + 3600000 + (l.checks - 1) * 900000 AS checked_ms, l.error
+    FROM (
+        SELECT p.period_ms, p.period_end_ms, x.*
+        FROM dev_now n
+        CROSS JOIN LATERAL (VALUES (n.prev_month_ms, n.month_ms, 1), (n.prev2_month_ms, n.prev_month_ms, 2)) AS p(period_ms, period_end_ms, age)
+        CROSS JOIN (VALUES
+            ('acme',    'llm_tokens', 'cus_dev_acme',    0::float8, 1, NULL::text, 0),
+            ('acme',    'api_calls',  'cus_dev_acme',    0,         1, NULL,       0),
+            ('globex',  'llm_tokens', 'cus_dev_globex', -12,        2, NULL,       1),
+            ('globex',  'api_calls',  'cus_dev_globex',  3,         1, NULL,       1),
+            ('o''hare', 'api_calls',  '',                0,         1, 'the tenant has no Stripe customer: its usage waits for the mapping', 1),
+            ('initech', 'llm_tokens', 'cus_dev_initech', 0,         1, 'reading Stripe''s summaries for cus_dev_initech: HTTP 500', 1)
+        ) AS x(tenant, meter, customers, drift, checks, error, only_latest)
+        WHERE x.only_latest = 0 OR p.age = 1
+    ) l
+    LEFT JOIN usage_hourly u ON u.tenant = l.tenant AND u.meter = l.meter
+                            AND u.hour_ms >= l.period_ms AND u.hour_ms < l.period_end_ms
+    GROUP BY l.period_ms, l.period_end_ms, l.tenant, l.meter, l.customers, l.drift, l.checks, l.error
+) r;
+
 COMMIT;
 ANALYZE rollup_windows, rollup_hours, rollup_days, alert_instances, alert_outbox, tenants;
+ANALYZE usage_hourly, usage_changes, stripe_customers, stripe_pushes, stripe_reconciliations, tenant_limits, credit_entries;

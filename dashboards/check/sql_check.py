@@ -859,6 +859,7 @@ class Checker:
                 if t.result is not None:
                     entry["columns"] = [f"{n}:{ty}" for n, ty in t.result.columns]
                     entry["rows"] = len(t.result.rows)
+                    entry["first_row"] = t.result.rows[0] if t.result.rows else None  # for tests comparing values
                     entry["ms"] = t.result.ms
                 entry["sql"] = t.sql
             if entry["status"] == "FAIL":

@@ -1,4 +1,4 @@
-"""Tests for hist_functions.sql against a real PostgreSQL.
+"""Tests for the histogram functions (migrations/postgres/0012_rollup_hist_functions.sql) against a real PostgreSQL.
 
 The reference is a Python copy of tally's core/src/histogram.rs layout
 (index_of, bucket_of, value_at_quantile: HdrHistogram, lowest 1, 2
@@ -27,7 +27,7 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DB = os.environ.get("TALLY_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-SQL_FILE = os.path.join(HERE, "hist_functions.sql")
+SQL_FILE = os.path.join(HERE, "..", "..", "migrations", "postgres", "0012_rollup_hist_functions.sql")
 
 MAX_VALUE = (1 << 40) - 1
 MAX_COUNT = 1 << 62
@@ -103,7 +103,7 @@ def sql_array(xs) -> str:
 
 
 def run_psql(statements: list[tuple[str, str]]) -> dict[str, list[list[str]]]:
-    """Runs (label, sql) pairs after loading hist_functions.sql into a private
+    """Runs (label, sql) pairs after loading the histogram functions (migration 0012) into a private
     schema, in one transaction that is rolled back. Returns label -> CSV rows
     (header dropped); errors become [['ERROR', message]]."""
     lines = [

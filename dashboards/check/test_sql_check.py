@@ -1,12 +1,14 @@
 """Tests for sql_check.py: a dashboard of good and deliberately bad panels
 over a demo table created by ``--setup`` (inside the rolled-back transaction,
-so nothing persists). Needs psql and $TALLY_TEST_DATABASE_URL (default
-postgresql://postgres@127.0.0.1:5432/postgres).
+so nothing persists). Also: the Usage & billing dashboard on a freshly
+migrated, empty schema (every panel runs and shows no data). Needs psql and
+$TALLY_TEST_DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres).
 
     python3 -m unittest test_sql_check
 """
 
 import contextlib
+import glob
 import io
 import json
 import os
@@ -19,6 +21,7 @@ sys.path.insert(0, HERE)
 
 import sql_check  # noqa: E402
 
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 DB = os.environ.get("TALLY_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 DS = {"type": "grafana-postgresql-datasource", "uid": "${ds}"}
 NOW = "2026-11-30T12:00:00Z"
@@ -190,6 +193,36 @@ class TestSqlCheck(unittest.TestCase):
     def test_time_classes(self):
         self.assertIn("time read as s×", " ".join(self.by_title["seconds epoch"]["notes"]))
         self.assertIn("time read as ms×", " ".join(self.by_title["wide ms"]["notes"]))
+
+
+class TestBillingOnEmptySchema(unittest.TestCase):
+    """Usage & billing before any usage, Stripe or entitlement row exists (a
+    fresh `tally migrate`, Stripe never configured): every variable and panel
+    runs, the numbers are 0 and the tables empty. The migrations go into a
+    schema of their own inside sql_check's rolled-back transaction."""
+
+    def test_every_panel_runs_and_shows_no_data(self):
+        path = os.path.join(ROOT, "dashboards", "grafana", "dashboards", "usage-billing.json")
+        with open(path, encoding="utf-8") as f:
+            stats = {p["title"] for p in json.load(f)["panels"] if p["type"] == "stat"}
+        with tempfile.TemporaryDirectory() as tmp:
+            setup = os.path.join(tmp, "empty.sql")
+            with open(setup, "w") as f:
+                f.write("CREATE SCHEMA sqlcheck_empty;\nSET LOCAL search_path = sqlcheck_empty;\n")
+                for m in sorted(glob.glob(os.path.join(ROOT, "migrations", "postgres", "*.sql"))):
+                    f.write(f"\\i '{m}'\n")
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                rc = sql_check.main([path, "--db", DB, "--setup", setup, "--json", "--expect", os.path.join(HERE, "expect.json")])
+        report = json.loads(out.getvalue())
+        self.assertEqual(rc, 0, json.dumps(report, indent=1)[:4000])
+        for v in report["variables"]:
+            if v["type"] == "query":
+                self.assertEqual(v["options"], 0, v["name"])
+        for t in report["targets"]:
+            with self.subTest(t["title"]):
+                self.assertEqual(t["status"], "ok", t.get("failures"))
+                self.assertEqual(t["rows"], 1 if t["title"] in stats else 0)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from billing_dashboards import usage_billing  # noqa: E402
 from panels import OUT  # noqa: E402
 from sql_dashboards import alerts, service_slos, tenant_overview  # noqa: E402
 from tally_self import tally_self  # noqa: E402
@@ -46,6 +47,7 @@ DASHBOARDS = {
     "tenant-overview.json": tenant_overview,
     "service-slos.json": service_slos,
     "alerts.json": alerts,
+    "usage-billing.json": usage_billing,
     "tally-self.json": tally_self,
 }
 

@@ -156,6 +156,37 @@ def stat(pid, title, desc, sql, grid, unit="short", th=None, overrides=None, gra
     }
 
 
+def bargauge(pid, title, desc, sql, grid, unit="short", th=None, max_value=None):
+    defaults = {"color": {"mode": "thresholds"}, "mappings": [], "thresholds": th or thresholds(("green", None)), "unit": unit, "min": 0}
+    if max_value is not None:
+        defaults["max"] = max_value
+    return {
+        "datasource": DS,
+        "description": desc,
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "gridPos": grid,
+        "id": pid,
+        "interval": "1m",
+        "options": {
+            "displayMode": "gradient",
+            "legend": {"calcs": [], "displayMode": "list", "placement": "bottom", "showLegend": False},
+            "maxVizHeight": 300,
+            "minVizHeight": 16,
+            "minVizWidth": 8,
+            "namePlacement": "auto",
+            "orientation": "horizontal",
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": True},
+            "showUnfilled": True,
+            "sizing": "auto",
+            "valueMode": "color",
+        },
+        "pluginVersion": "12.1.0",
+        "targets": [target(sql, "table")],
+        "title": title,
+        "type": "bargauge",
+    }
+
+
 def gauge(pid, title, desc, sql, grid, th, unit="short", field_regex=None, max_value=None):
     defaults = {"color": {"mode": "thresholds"}, "mappings": [], "thresholds": th, "unit": unit, "min": 0}
     if max_value is not None:

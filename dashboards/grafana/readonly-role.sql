@@ -1,11 +1,12 @@
 -- A SELECT-only PostgreSQL role for Grafana's tally datasource. Grafana runs
 -- whatever SQL a dashboard editor writes ("Grafana does not validate the
--- safety of queries"), so its user may read tally's telemetry and alert
--- tables and nothing else: no api_keys (key hashes), no writes (every
--- transaction is read-only), a statement timeout, a connection limit.
+-- safety of queries"), so its user may read tally's telemetry, alert and
+-- billing tables and nothing else: no api_keys (key hashes), no Stripe
+-- webhook log, no writes (every transaction is read-only), a statement
+-- timeout, a connection limit.
 --
--- Run as the database owner / admin after tally's migrations (and after
--- dashboards/check/hist_functions.sql), in tally's database:
+-- Run as the database owner / admin after tally's migrations (they include
+-- the histogram functions), in tally's database:
 --   psql "$TALLY_DATABASE_URL" -v grafana_password="$TALLY_PG_GRAFANA_PASSWORD" -f readonly-role.sql
 -- Options: -v grafana_role=NAME (default tally_grafana); without
 -- grafana_password the role's password is left as it is. Idempotent; run it
@@ -42,7 +43,9 @@ SELECT format('GRANT SELECT ON TABLE %I TO %I', t, :'grafana_role')
 FROM unnest(ARRAY[
     'tenants', 'rollup_windows', 'rollup_hours', 'rollup_days',
     'alert_instances', 'alert_outbox', 'alert_meta',
-    'usage_events', 'usage_hourly', 'ingest_counts', 'lake_state'
+    'usage_events', 'usage_hourly', 'ingest_counts', 'lake_state',
+    'usage_changes', 'stripe_customers', 'tenant_limits', 'credit_entries',
+    'stripe_pushes', 'stripe_reconciliations'
 ]) AS t
 WHERE to_regclass(quote_ident(current_schema()) || '.' || quote_ident(t)) IS NOT NULL
 \gexec

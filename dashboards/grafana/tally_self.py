@@ -383,13 +383,17 @@ def tally_self() -> dict:
     y += 1
     p.append(prom(timeseries(i(), "Open connections per listener",
                              "Connections open per listener (otlp_grpc, otlp_http, api, or all in one-port mode), all selected replicas.", "",
-                             g(0, y, 12, 8)),
+                             g(0, y, 8, 8)),
                   (f"sum by (listener) ({sel('tally_connections')})", "{{listener}}")))  # fmt: skip
     p.append(prom(timeseries(i(), "Connections refused / idle-closed per listener",
                              "Connections closed at once because the listener was at server.max_connections (refused), and connections closed after server.idle_timeout without traffic, per minute.", "",
-                             g(12, y, 12, 8), unit="cpm", overrides=[color_re("^refused", "red")]),
+                             g(8, y, 8, 8), unit="cpm", overrides=[color_re("^refused", "red")]),
                   (f"60 * sum by (listener) ({rate('tally_connections_refused_total')})", "refused {{listener}}"),
                   (f"60 * sum by (listener) ({rate('tally_connections_idle_closed_total')})", "idle-closed {{listener}}")))  # fmt: skip
+    p.append(prom(timeseries(i(), "PostgreSQL sign-in tokens",
+                             "With database_auth = \"azure\": Entra ID tokens renewed and renewals failed per hour (tally_database_token_renewals_total). A failure keeps the last token, valid until it expires (about an hour): failures for longer than 30 minutes need a look at the managed identity.", "",
+                             g(16, y, 8, 8), unit="short", overrides=[color("failed", "red"), color("renewed", "green")]),
+                  (f"3600 * sum by (outcome) ({rate('tally_database_token_renewals_total')})", "{{outcome}}")))  # fmt: skip
     return dashboard(
         "tally-self",
         "tally / tally itself",

@@ -1,9 +1,15 @@
-//! Managed-identity tokens (Entra ID) for outbound calls: the Container
-//! Apps / App Service endpoint (`IDENTITY_ENDPOINT` with
-//! `X-IDENTITY-HEADER: $IDENTITY_HEADER`, api-version 2019-08-01) when the
-//! environment has one, else IMDS (`http://169.254.169.254/metadata/
-//! identity/oauth2/token`, `Metadata: true`, api-version 2018-02-01; the
-//! variable `AZURE_IMDS_ENDPOINT` overrides the URL for tests).
+//! Managed-identity tokens (Entra ID) for outbound calls, from whichever
+//! source the environment offers, in this order:
+//! - workload identity (AKS and other federated hosts): `AZURE_FEDERATED_TOKEN_FILE`,
+//!   `AZURE_CLIENT_ID`, `AZURE_TENANT_ID` (and `AZURE_AUTHORITY_HOST`, default
+//!   `https://login.microsoftonline.com/`): the file's token is exchanged at
+//!   `{authority}{tenant}/oauth2/v2.0/token` as a client assertion
+//!   (client-credentials grant, scope `{resource}/.default`);
+//! - the Container Apps / App Service endpoint (`IDENTITY_ENDPOINT` with
+//!   `X-IDENTITY-HEADER: $IDENTITY_HEADER`, api-version 2019-08-01);
+//! - IMDS (`http://169.254.169.254/metadata/identity/oauth2/token`,
+//!   `Metadata: true`, api-version 2018-02-01; the variable
+//!   `AZURE_IMDS_ENDPOINT` overrides the URL for tests).
 //!
 //! A token is cached until five minutes before it expires; a 401 from the
 //! service it was for drops it ([`TokenSource::invalidate`]) so the next
@@ -30,6 +36,12 @@ enum Endpoint {
     Imds {
         url: String,
     },
+    /// Workload identity federation.
+    Workload {
+        token_url: String,
+        client_id: String,
+        token_file: String,
+    },
 }
 
 /// Tokens for one resource (audience), e.g. `https://monitor.azure.com`.
@@ -42,11 +54,22 @@ pub struct TokenSource {
     cached: Mutex<Option<(String, i64)>>,
 }
 
-/// Numbers come as strings from both endpoints.
+/// Numbers come as strings from the identity endpoints; Entra's token
+/// endpoint gives `expires_in` seconds instead.
 #[derive(Deserialize)]
 struct Token {
     access_token: String,
-    expires_on: serde_json::Value,
+    #[serde(default)]
+    expires_on: Option<serde_json::Value>,
+    #[serde(default)]
+    expires_in: Option<serde_json::Value>,
+}
+
+fn number(v: &serde_json::Value) -> Option<i64> {
+    match v {
+        serde_json::Value::String(s) => s.parse().ok(),
+        v => v.as_i64(),
+    }
 }
 
 impl TokenSource {
@@ -57,8 +80,19 @@ impl TokenSource {
         resource: &str,
         client_id: Option<String>,
     ) -> Result<TokenSource, String> {
-        let endpoint = match (env("IDENTITY_ENDPOINT"), env("IDENTITY_HEADER")) {
-            (Some(url), Some(header)) if !url.is_empty() => Endpoint::AppService { url, header },
+        let set = |name: &str| env(name).filter(|v| !v.is_empty());
+        // A user-assigned identity: the configured one, else AZURE_CLIENT_ID
+        // (as Azure's SDKs read it).
+        let client_id = client_id.or_else(|| set("AZURE_CLIENT_ID"));
+        let workload = (set("AZURE_FEDERATED_TOKEN_FILE"), set("AZURE_TENANT_ID"), client_id.clone());
+        let endpoint = match (workload, set("IDENTITY_ENDPOINT"), set("IDENTITY_HEADER")) {
+            ((Some(token_file), Some(tenant), Some(client_id)), _, _) => {
+                let authority =
+                    set("AZURE_AUTHORITY_HOST").unwrap_or_else(|| "https://login.microsoftonline.com/".into());
+                let token_url = format!("{}/{tenant}/oauth2/v2.0/token", authority.trim_end_matches('/'));
+                Endpoint::Workload { token_url, client_id, token_file }
+            }
+            (_, Some(url), Some(header)) => Endpoint::AppService { url, header },
             _ => Endpoint::Imds { url: env("AZURE_IMDS_ENDPOINT").unwrap_or_else(|| IMDS.to_owned()) },
         };
         let http = reqwest::Client::builder()
@@ -99,17 +133,52 @@ impl TokenSource {
                 query.push(("api-version", "2018-02-01"));
                 self.http.get(with(url, &query)?).header("Metadata", "true")
             }
+            Endpoint::Workload { token_url, client_id, token_file } => {
+                // Read each time: the platform rotates the file.
+                let assertion = tokio::fs::read_to_string(token_file).await.map_err(|e| {
+                    CallError::retriable(format!("reading AZURE_FEDERATED_TOKEN_FILE {token_file}: {e}"))
+                })?;
+                let scope = format!("{}/.default", self.resource);
+                let form = [
+                    ("grant_type", "client_credentials"),
+                    ("client_id", client_id.as_str()),
+                    ("scope", scope.as_str()),
+                    ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+                    ("client_assertion", assertion.trim()),
+                ];
+                // application/x-www-form-urlencoded, by the URL crate's encoder
+                let body = with("http://form.invalid/", &form)?.query().unwrap_or_default().to_owned();
+                self.http.post(token_url).header("content-type", "application/x-www-form-urlencoded").body(body)
+            }
         };
         let answer = delivery::send(req, 64 << 10).await?.into_result()?;
         let t: Token = serde_json::from_slice(&answer.body)
             .map_err(|e| CallError::retriable(format!("managed identity answer: {e}")))?;
-        let expires_on = match &t.expires_on {
-            serde_json::Value::String(s) => s.parse::<i64>().ok(),
-            v => v.as_i64(),
-        }
-        .unwrap_or(now_s + 600);
+        let expires_on = t
+            .expires_on
+            .as_ref()
+            .and_then(number)
+            .or_else(|| t.expires_in.as_ref().and_then(number).map(|s| now_s + s))
+            .unwrap_or(now_s + 600);
         *self.cached.lock().expect("token cache") = Some((t.access_token.clone(), expires_on));
         Ok(t.access_token)
+    }
+
+    /// How long the cached token is used before a new one is fetched (zero
+    /// when none is cached).
+    pub fn renew_in(&self) -> Duration {
+        let now_s = now_ms() / 1000;
+        let exp = self.cached.lock().expect("token cache").as_ref().map_or(now_s, |(_, exp)| *exp);
+        Duration::from_secs(u64::try_from(exp - EARLY_S - now_s).unwrap_or(0))
+    }
+
+    /// Which source the tokens come from, for logs.
+    pub fn source(&self) -> &'static str {
+        match self.endpoint {
+            Endpoint::AppService { .. } => "identity endpoint (IDENTITY_ENDPOINT)",
+            Endpoint::Imds { .. } => "IMDS",
+            Endpoint::Workload { .. } => "workload identity (AZURE_FEDERATED_TOKEN_FILE)",
+        }
     }
 
     /// Drops the cached token (the service refused it).

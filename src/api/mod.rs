@@ -7,6 +7,7 @@
 
 pub mod alerts;
 pub mod entitlements;
+pub mod openapi;
 pub mod rollups;
 pub mod stripe;
 pub mod tenants;
@@ -39,13 +40,15 @@ pub struct ApiState {
     pub draining: Arc<AtomicBool>,
 }
 
-/// Probes and metrics: no credentials needed (nothing tenant-specific).
+/// Probes, metrics and the API's contract: no credentials needed (nothing
+/// tenant-specific).
 pub fn public_router(state: ApiState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(state)
+        .merge(openapi::router())
 }
 
 /// `/v1` queries of this module; the caller layers authentication on top.

@@ -39,6 +39,9 @@ pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 pub struct Config {
     pub data_dir: PathBuf,
     pub database_url: Secret,
+    pub database_auth: DatabaseAuth,
+    #[serde(deserialize_with = "tally_core::lenient::string")]
+    pub database_client_id: String,
     #[serde(deserialize_with = "tally_core::lenient::string")]
     pub lake_url: String,
     pub log_format: LogFormat,
@@ -77,6 +80,14 @@ pub struct Config {
     /// `TALLY_*` variables), logged once logging is set up.
     #[serde(skip)]
     pub warnings: Vec<String>,
+}
+
+/// `database_auth`: the password of `database_url`, or an Entra ID token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseAuth {
+    Password,
+    Azure,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -200,6 +211,10 @@ impl Config {
         anyhow::ensure!(
             url.is_empty() || ["postgres://", "postgresql://", "sqlite:"].iter().any(|p| url.starts_with(p)),
             "database_url: expected postgres://…, sqlite:… or empty for the embedded database"
+        );
+        anyhow::ensure!(
+            self.database_auth == DatabaseAuth::Password || url.starts_with("postgres"),
+            "database_auth = \"azure\" needs a postgres:// database_url (Entra ID sign-in is PostgreSQL's)"
         );
         Ok(())
     }

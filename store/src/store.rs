@@ -40,6 +40,12 @@ impl Store {
     /// Opens the database named by `url`; an empty url means the embedded
     /// SQLite file `<data_dir>/tally.db`, created on first start.
     pub async fn open(url: &str, data_dir: &Path) -> Result<Store> {
+        Store::open_with_password(url, data_dir, None).await
+    }
+
+    /// [`Store::open`], signing in to PostgreSQL with `password` instead of
+    /// the url's (an Entra ID token; see [`Store::set_password`]).
+    pub async fn open_with_password(url: &str, data_dir: &Path, password: Option<&str>) -> Result<Store> {
         if url.is_empty() {
             std::fs::create_dir_all(data_dir)
                 .map_err(|source| StoreError::DataDir { path: data_dir.display().to_string(), source })?;
@@ -50,6 +56,10 @@ impl Store {
                 .map_err(|e| StoreError::InvalidUrl(e.to_string()))?
                 .application_name("tally")
                 .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+            let opts = match password {
+                Some(p) => opts.password(p),
+                None => opts,
+            };
             let pool = PgPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(Duration::from_secs(10))
@@ -57,11 +67,24 @@ impl Store {
                 .await?;
             return Ok(Store::Postgres(pool));
         }
+        if password.is_some() {
+            return Err(StoreError::InvalidUrl("a sign-in password (Entra ID token) needs a postgres:// url".into()));
+        }
         if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url).map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
             return Store::open_sqlite(opts).await;
         }
         Err(StoreError::InvalidUrl("expected postgres://…, sqlite:… or empty for the embedded database".into()))
+    }
+
+    /// The password for connections opened from now on; the pool and its
+    /// open connections stay (PostgreSQL checks a password only at sign-in).
+    /// No effect on SQLite.
+    pub fn set_password(&self, password: &str) {
+        if let Store::Postgres(pool) = self {
+            let opts = (*pool.connect_options()).clone().password(password);
+            pool.set_connect_options(opts);
+        }
     }
 
     async fn open_sqlite(opts: SqliteConnectOptions) -> Result<Store> {

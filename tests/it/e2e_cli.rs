@@ -62,6 +62,14 @@ async fn serve_answers_and_exits_cleanly_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    // `tally healthcheck` finds the API from the same configuration.
+    let healthcheck = || {
+        let mut cmd = tally();
+        cmd.arg("healthcheck").env("TALLY_API_ADDR", format!("127.0.0.1:{api}"));
+        async move { cmd.output().await.unwrap() }
+    };
+    let ok = healthcheck().await;
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 
     let pid = child.id().unwrap().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
@@ -69,6 +77,9 @@ async fn serve_answers_and_exits_cleanly_on_sigterm() {
     let logs = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{logs}");
     assert!(logs.contains("\"message\":\"shutdown complete\""), "{logs}");
+    let down = healthcheck().await;
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("unhealthy"), "{down:?}");
 
     // The shutdown flush wrote the 7 spans (periodic flushes were off).
     let store = tally_store::Store::open("", &dir.path().join("data")).await.unwrap();

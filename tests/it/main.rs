@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod daemon;
+mod private_pg;
 mod receiver;
 mod support;
 
@@ -16,6 +17,8 @@ mod e2e_auth;
 mod e2e_backpressure;
 mod e2e_bad_input;
 mod e2e_cli;
+mod e2e_dashboards;
+mod e2e_database_entra;
 mod e2e_entitlements;
 mod e2e_hostile;
 mod e2e_lake;

@@ -100,6 +100,11 @@ impl TestDb {
         }
     }
 
+    /// A database the test made itself (not dropped here).
+    pub fn external(url: &str) -> TestDb {
+        TestDb { url: url.to_owned(), pg_name: None }
+    }
+
     pub async fn drop_db(&self) {
         if let Some(name) = &self.pg_name
             && let Ok(mut conn) = PgConnection::connect(&pg_admin_url()).await
@@ -137,7 +142,12 @@ impl TestServer {
         TestServer::start_on(self.db, self.dir, overrides, self.env).await
     }
 
-    async fn start_on(db: TestDb, dir: tempfile::TempDir, overrides: &str, env: Vec<(String, String)>) -> TestServer {
+    pub async fn start_on(
+        db: TestDb,
+        dir: tempfile::TempDir,
+        overrides: &str,
+        env: Vec<(String, String)>,
+    ) -> TestServer {
         let server = start_server(&db.url, &dir, overrides, &env).await;
         TestServer { server: Some(server), db, dir, http: reqwest::Client::new(), env }
     }

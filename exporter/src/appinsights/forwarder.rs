@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Mapper,
-    client::{TrackClient, Tracked, gzip_array},
+    client::{Gzipper, TrackClient, Tracked},
     config::AppInsightsConfig,
     spool::Spool,
 };
@@ -66,18 +66,29 @@ impl Feed {
     /// Buffers `envelopes`; what memory cannot hold goes to the spool, and
     /// beyond its budget is dropped and counted.
     pub async fn push(&self, envelopes: Vec<super::Envelope>) {
+        // Serialized outside the lock, through one scratch buffer copied out
+        // at its exact length: no growth reallocations per item, no slack
+        // kept in the buffer.
+        let mut scratch = Vec::with_capacity(4096);
+        let items: Vec<Item> = envelopes
+            .iter()
+            .filter_map(|e| {
+                scratch.clear();
+                serde_json::to_writer(&mut scratch, e).ok()?;
+                Some(Item { json: Bytes::copy_from_slice(&scratch), time_ms: e.time.0 / 1_000_000 })
+            })
+            .collect();
+        drop(envelopes);
         let mut overflow = Vec::new();
         {
             let mut b = self.buffer.lock().expect("appinsights buffer");
-            for e in envelopes {
-                let Ok(json) = serde_json::to_vec(&e) else { continue };
-                let time_ms = e.time.0 / 1_000_000;
-                if b.items.len() >= self.max_items || b.bytes + json.len() > self.max_bytes {
-                    overflow.push((time_ms, Bytes::from(json)));
+            for item in items {
+                if b.items.len() >= self.max_items || b.bytes + item.json.len() > self.max_bytes {
+                    overflow.push((item.time_ms, item.json));
                     continue;
                 }
-                b.bytes += json.len();
-                b.items.push_back(Item { json: Bytes::from(json), time_ms });
+                b.bytes += item.json.len();
+                b.items.push_back(item);
             }
             metrics::gauge!(metric_names::APPINSIGHTS_BUFFERED).set(b.items.len() as f64);
             if b.items.len() >= self.batch {
@@ -246,6 +257,7 @@ async fn send_loop(feed: Feed, client: TrackClient, config: AppInsightsConfig, s
     let backoff = Backoff::exponential(Duration::from_millis(500), Duration::from_secs(60));
     let mut failures = 0u32;
     let mut capped_until = 0i64;
+    let mut gzip = Gzipper::default();
     loop {
         tokio::select! {
             _ = wake.notified() => {}
@@ -277,7 +289,7 @@ async fn send_loop(feed: Feed, client: TrackClient, config: AppInsightsConfig, s
             if batch.is_empty() {
                 break;
             }
-            let body = gzip_array(&batch.iter().map(|i| &i.json[..]).collect::<Vec<_>>());
+            let body = gzip.array(&batch.iter().map(|i| &i.json[..]).collect::<Vec<_>>());
             let (mut again, wait) = match client.track(body, batch.len()).await {
                 Ok(Tracked::Partial { accepted, retry, dropped }) => {
                     failures = 0;

@@ -2,12 +2,10 @@
 //! Event (`microsoft.custom_event.name` set) or Message items, as in
 //! Python's `export/logs/_exporter.py` except where marked ⚑.
 
-use std::collections::BTreeMap;
-
 use tally_core::otlp::logs::v1::LogRecord;
 
 use super::{
-    envelope::{Data, Envelope, EventData, ExceptionData, MessageData, Properties, insert_property},
+    envelope::{Data, Envelope, EventData, ExceptionData, MessageData, Properties, Tags, insert_property},
     mapping::{Ctx, location_tag, user_tags},
     props::{self, id_hex, text},
     spans::exception_details,
@@ -22,18 +20,18 @@ const LOGGER_NAME_PROPERTY: &str = "logger_name";
 
 pub(crate) fn record(ctx: &Ctx<'_>, scope: &str, r: &LogRecord, out: &mut Vec<Envelope>) {
     let attrs = r.attributes.as_slice();
-    let mut tags = BTreeMap::new();
+    let mut tags = Tags::new();
     // ⚑ No trace context, no operation tags (Python sends all-zero ids,
     // which join every such log into one fake operation).
     let trace = id_hex(&r.trace_id);
     if let Some(trace) = &trace {
-        tags.insert("ai.operation.id".to_owned(), trace.clone());
+        tags.insert("ai.operation.id", trace.clone());
         if let Some(span) = id_hex(&r.span_id) {
-            tags.insert("ai.operation.parentId".to_owned(), span);
+            tags.insert("ai.operation.parentId", span);
         }
     }
     if let Some(name) = text(attrs, "ai.operation.name") {
-        tags.insert("ai.operation.name".to_owned(), name.into_owned());
+        tags.insert("ai.operation.name", name.into_owned());
     }
     user_tags(attrs, &mut tags);
     location_tag(attrs, &mut tags);

@@ -15,7 +15,7 @@
 //! The spans and logs halves are stateless; metrics keep a bounded table of
 //! cumulative series (see `series.rs`) to send deltas.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use tally_core::{
     TenantId,
@@ -26,7 +26,7 @@ use tally_core::{
 };
 
 use super::{
-    envelope::{Data, Envelope},
+    envelope::{Data, Envelope, TagSet, Tags, limit_tags},
     props::{self, TENANT_PROPERTY},
     series::SeriesTable,
 };
@@ -71,13 +71,14 @@ impl MapperConfig {
 pub struct Mapper {
     pub(crate) config: MapperConfig,
     pub(crate) series: SeriesTable,
+    ikey: Arc<str>,
 }
 
 /// What every item of one resource shares: iKey, tenant, resource tags.
 pub(crate) struct Ctx<'a> {
-    pub ikey: &'a str,
+    pub ikey: Arc<str>,
     pub tenant: &'a TenantId,
-    pub tags: BTreeMap<String, String>,
+    pub tags: Arc<Tags>,
     pub sample_rate: Option<f64>,
     pub span_events: bool,
 }
@@ -85,18 +86,10 @@ pub(crate) struct Ctx<'a> {
 impl Ctx<'_> {
     /// An envelope with the shared tags, the tenant property and limits
     /// applied, appended to `out`.
-    pub fn push(
-        &self,
-        out: &mut Vec<Envelope>,
-        time_ns: u64,
-        extra_tags: BTreeMap<String, String>,
-        mut data: Data,
-        sampled: bool,
-    ) {
-        let mut tags = self.tags.clone();
-        tags.extend(extra_tags);
+    pub fn push(&self, out: &mut Vec<Envelope>, time_ns: u64, own_tags: Tags, mut data: Data, sampled: bool) {
+        let tags = TagSet { shared: self.tags.clone(), own: own_tags };
         data.properties_mut().insert(TENANT_PROPERTY.to_owned(), self.tenant.as_str().to_owned());
-        let mut e = Envelope::new(self.ikey, i64::try_from(time_ns).unwrap_or(i64::MAX), tags, data);
+        let mut e = Envelope::new(self.ikey.clone(), i64::try_from(time_ns).unwrap_or(i64::MAX), tags, data);
         if sampled {
             e.sample_rate = self.sample_rate;
         }
@@ -108,7 +101,8 @@ impl Ctx<'_> {
 impl Mapper {
     pub fn new(config: MapperConfig) -> Mapper {
         let series = SeriesTable::new(config.max_series, config.count_series_started_after_ns);
-        Mapper { config, series }
+        let ikey = config.instrumentation_key.as_str().into();
+        Mapper { config, series, ikey }
     }
 
     /// Changes the sampling percent for items mapped from now on.
@@ -124,7 +118,7 @@ impl Mapper {
     /// Spans → Request / RemoteDependency items, each followed by its
     /// events' Exception / Message items.
     pub fn spans(&mut self, tenant: &TenantId, rs: &ResourceSpans, out: &mut Vec<Envelope>) {
-        let ctx = ctx(&self.config, tenant, rs.resource.as_ref());
+        let ctx = self.ctx(tenant, rs.resource.as_ref());
         for ss in &rs.scope_spans {
             for span in &ss.spans {
                 super::spans::span(&ctx, span, out);
@@ -134,7 +128,7 @@ impl Mapper {
 
     /// Log records → Message / Exception / Event items.
     pub fn logs(&mut self, tenant: &TenantId, rl: &ResourceLogs, out: &mut Vec<Envelope>) {
-        let ctx = ctx(&self.config, tenant, rl.resource.as_ref());
+        let ctx = self.ctx(tenant, rl.resource.as_ref());
         for sl in &rl.scope_logs {
             let scope = sl.scope.as_ref().map(|s| s.name.as_str()).unwrap_or_default();
             for record in &sl.log_records {
@@ -146,7 +140,7 @@ impl Mapper {
     /// Metric points → Metric items, one per point; cumulative monotonic
     /// sums and cumulative histograms become deltas first.
     pub fn metrics(&mut self, tenant: &TenantId, rm: &ResourceMetrics, out: &mut Vec<Envelope>) {
-        let ctx = ctx(&self.config, tenant, rm.resource.as_ref());
+        let ctx = self.ctx(tenant, rm.resource.as_ref());
         let resource_attrs = rm.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or_default();
         for sm in &rm.scope_metrics {
             for metric in &sm.metrics {
@@ -156,27 +150,31 @@ impl Mapper {
     }
 }
 
-fn ctx<'a>(config: &'a MapperConfig, tenant: &'a TenantId, resource: Option<&Resource>) -> Ctx<'a> {
-    Ctx {
-        ikey: &config.instrumentation_key,
-        tenant,
-        tags: resource_tags(tenant, resource.map(|r| r.attributes.as_slice()).unwrap_or_default()),
-        sample_rate: config.sample_rate.filter(|r| *r > 0.0 && *r < 100.0),
-        span_events: config.span_events_as_messages,
+impl Mapper {
+    fn ctx<'a>(&self, tenant: &'a TenantId, resource: Option<&Resource>) -> Ctx<'a> {
+        let mut tags = resource_tags(tenant, resource.map(|r| r.attributes.as_slice()).unwrap_or_default());
+        limit_tags(&mut tags);
+        Ctx {
+            ikey: self.ikey.clone(),
+            tenant,
+            tags: Arc::new(tags),
+            sample_rate: self.config.sample_rate.filter(|r| *r > 0.0 && *r < 100.0),
+            span_events: self.config.span_events_as_messages,
+        }
     }
 }
 
 /// Tags from the resource, as Python's `_populate_part_a_fields` sets them
 /// (without the host-derived `ai.device.*` defaults: tally's host is not
 /// the sender's), plus the tenant and tally's SDK version.
-pub(crate) fn resource_tags(tenant: &TenantId, attrs: &[KeyValue]) -> BTreeMap<String, String> {
-    let mut tags = BTreeMap::new();
+pub(crate) fn resource_tags(tenant: &TenantId, attrs: &[KeyValue]) -> Tags {
+    let mut tags = Tags::new();
     if let Some(role) = cloud_role(attrs) {
-        tags.insert("ai.cloud.role".to_owned(), role);
+        tags.insert("ai.cloud.role", role);
     }
     if let Some(instance) = props::first(attrs, &["k8s.pod.name", "service.instance.id", "host.name"]) {
-        tags.insert("ai.cloud.roleInstance".to_owned(), instance.to_string());
-        tags.insert("ai.internal.nodeName".to_owned(), instance.into_owned());
+        tags.insert("ai.cloud.roleInstance", instance.to_string());
+        tags.insert("ai.internal.nodeName", instance.into_owned());
     }
     for (tag, attr) in [
         ("ai.application.ver", "service.version"),
@@ -185,11 +183,11 @@ pub(crate) fn resource_tags(tenant: &TenantId, attrs: &[KeyValue]) -> BTreeMap<S
         ("ai.device.oemName", "device.manufacturer"),
     ] {
         if let Some(v) = props::text(attrs, attr) {
-            tags.insert(tag.to_owned(), v.into_owned());
+            tags.insert(tag, v.into_owned());
         }
     }
-    tags.insert("ai.internal.sdkVersion".to_owned(), SDK_VERSION.to_owned());
-    tags.insert("ai.user.accountId".to_owned(), tenant.as_str().to_owned());
+    tags.insert("ai.internal.sdkVersion", SDK_VERSION.to_owned());
+    tags.insert("ai.user.accountId", tenant.as_str().to_owned());
     tags
 }
 
@@ -222,25 +220,25 @@ fn cloud_role(attrs: &[KeyValue]) -> Option<String> {
 
 /// Tags from user, session, client and synthetic-traffic attributes, shared
 /// by spans and logs.
-pub(crate) fn user_tags(attrs: &[KeyValue], tags: &mut BTreeMap<String, String>) {
+pub(crate) fn user_tags(attrs: &[KeyValue], tags: &mut Tags) {
     for (tag, attr) in
         [("ai.user.authUserId", "enduser.id"), ("ai.user.id", "enduser.pseudo.id"), ("ai.session.id", "session.id")]
     {
         if let Some(v) = props::text(attrs, attr) {
-            tags.insert(tag.to_owned(), v.into_owned());
+            tags.insert(tag, v.into_owned());
         }
     }
     let synthetic = props::text(attrs, "user_agent.synthetic.type").is_some_and(|t| t == "bot" || t == "test")
         || props::first(attrs, &["user_agent.original", "http.user_agent"]).is_some_and(|ua| ua.contains("AlwaysOn"));
     if synthetic {
-        tags.insert("ai.operation.syntheticSource".to_owned(), "True".to_owned());
+        tags.insert("ai.operation.syntheticSource", "True".to_owned());
     }
 }
 
 /// `ai.location.ip` from the client address attributes.
-pub(crate) fn location_tag(attrs: &[KeyValue], tags: &mut BTreeMap<String, String>) {
+pub(crate) fn location_tag(attrs: &[KeyValue], tags: &mut Tags) {
     if let Some(ip) = props::first(attrs, &["client.address", "http.client_ip", "net.peer.ip"]) {
-        tags.insert("ai.location.ip".to_owned(), ip.into_owned());
+        tags.insert("ai.location.ip", ip.into_owned());
     }
 }
 
@@ -296,7 +294,7 @@ mod tests {
 
     #[test]
     fn synthetic_traffic_is_flagged() {
-        let mut tags = BTreeMap::new();
+        let mut tags = Tags::new();
         user_tags(&[kv("user_agent.original", "AlwaysOn probe"), kv("enduser.id", "u")], &mut tags);
         assert_eq!(tags["ai.operation.syntheticSource"], "True");
         assert_eq!(tags["ai.user.authUserId"], "u");

@@ -122,7 +122,7 @@ fn counter(points: Vec<NumberDataPoint>, temporality: AggregationTemporality, mo
 #[test]
 fn the_resolved_tenant_wins_over_attributes() {
     let out = map_spans(&mut mapper(), "acme", vec![span(SpanKind::Internal, vec![s("tenant.id", "other")])]);
-    assert_eq!(out[0].tags["ai.user.accountId"], "acme");
+    assert_eq!(&out[0].tags["ai.user.accountId"], "acme");
     let Data::RemoteDependencyData(d) = &out[0].data else { panic!() };
     assert_eq!(d.properties["tenant.id"], "acme");
     assert_eq!(d.duration, "0.00:00:00.250001"); // µs, rounded
@@ -144,7 +144,7 @@ fn sampled_items_carry_the_rate_and_untraced_logs_do_not() {
     let logs = map_logs(&mut m, vec![traced, LogRecord::default()]);
     assert_eq!(logs[0].sample_rate, Some(25.0));
     assert_eq!(logs[1].sample_rate, None);
-    assert!(!logs[1].tags.contains_key("ai.operation.id"));
+    assert!(logs[1].tags.get("ai.operation.id").is_none());
     m.set_sample_rate(Some(100.0));
     assert!(map_spans(&mut m, "acme", vec![span(SpanKind::Client, vec![])])[0].sample_rate.is_none());
 }
@@ -160,7 +160,7 @@ fn span_events_can_be_left_out_but_exceptions_stay() {
     ];
     let out = map_spans(&mut Mapper::new(config), "acme", vec![sp]);
     assert_eq!(
-        out.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        out.iter().map(|e| e.name).collect::<Vec<_>>(),
         ["Microsoft.ApplicationInsights.RemoteDependency", "Microsoft.ApplicationInsights.Exception"]
     );
     let Data::ExceptionData(x) = &out[1].data else { panic!() };

@@ -16,8 +16,6 @@
 //! readers send nothing then. Points flagged "no recorded value" and
 //! non-finite values are skipped.
 
-use std::collections::BTreeMap;
-
 use tally_core::{
     canonical,
     otlp::{
@@ -30,7 +28,7 @@ use tally_core::{
 };
 
 use super::{
-    envelope::{Data, Envelope, MetricData, MetricPoint, Properties},
+    envelope::{Data, Envelope, MetricData, MetricPoint, Properties, Tags},
     mapping::Ctx,
     series::{Buckets, HistDelta, HistPoint, SeriesTable, key},
 };
@@ -70,7 +68,7 @@ pub(crate) fn metric(
             max: d.as_ref().and_then(|d| d.max),
         };
         let data = Data::MetricData(MetricData { ver: 2, metrics: vec![point], properties });
-        ctx.push(out, time, BTreeMap::new(), data, false);
+        ctx.push(out, time, Tags::new(), data, false);
     };
     match &metric.data {
         Some(MetricKind::Gauge(g)) => {

@@ -28,6 +28,8 @@ mod usage;
 pub mod usage_feed;
 
 #[cfg(test)]
+mod envelope_tests;
+#[cfg(test)]
 mod golden_tests;
 #[cfg(test)]
 mod mapping_tests;

@@ -5,7 +5,7 @@
 //! tests/data/appinsights/README.md describes them) except where marked ⚑:
 //! those are deliberate fixes, listed with their reasons in README.md here.
 
-use std::{borrow::Cow, collections::BTreeMap};
+use std::borrow::Cow;
 
 use reqwest::Url;
 use tally_core::otlp::{
@@ -19,7 +19,7 @@ use tally_core::otlp::{
 
 use super::{
     envelope::{
-        Data, ExceptionData, ExceptionDetails, MessageData, Properties, RemoteDependencyData, RequestData,
+        Data, ExceptionData, ExceptionDetails, MessageData, Properties, RemoteDependencyData, RequestData, Tags,
         format_duration, insert_property,
     },
     mapping::{Ctx, location_tag, user_tags},
@@ -31,13 +31,13 @@ const MAX_LINKS: usize = 100;
 
 pub(crate) fn span(ctx: &Ctx<'_>, span: &Span, out: &mut Vec<super::envelope::Envelope>) {
     let attrs = span.attributes.as_slice();
-    let span_id = hex::encode(&span.span_id);
-    let mut tags = BTreeMap::new();
+    let mut span_id = props::hex(&span.span_id);
+    let mut tags = Tags::new();
     if let Some(trace) = id_hex(&span.trace_id) {
-        tags.insert("ai.operation.id".to_owned(), trace);
+        tags.insert("ai.operation.id", trace);
     }
     if let Some(parent) = id_hex(&span.parent_span_id) {
-        tags.insert("ai.operation.parentId".to_owned(), parent);
+        tags.insert("ai.operation.parentId", parent);
     }
     user_tags(attrs, &mut tags);
 
@@ -50,42 +50,39 @@ pub(crate) fn span(ctx: &Ctx<'_>, span: &Span, out: &mut Vec<super::envelope::En
             .links
             .iter()
             .take(MAX_LINKS)
-            .map(|l| serde_json::json!({"operation_Id": hex::encode(&l.trace_id), "id": hex::encode(&l.span_id)}))
+            .map(|l| serde_json::json!({"operation_Id": props::hex(&l.trace_id), "id": props::hex(&l.span_id)}))
             .collect();
         insert_property(&mut properties, LINKS_PROPERTY.to_owned(), serde_json::Value::Array(links).to_string());
     }
     let measurements = props::measurements(attrs);
 
     let kind = SpanKind::try_from(span.kind).unwrap_or(SpanKind::Internal);
+    // The id and name stay for the span's events; most spans have none, so
+    // they are copied only then.
+    let events = !span.events.is_empty();
+    let id = if events { span_id.clone() } else { std::mem::take(&mut span_id) };
     let (name, data) = if matches!(kind, SpanKind::Server | SpanKind::Consumer) {
         location_tag(attrs, &mut tags);
         let r = request(span, attrs, &mut tags, failed);
-        let name = r.name.clone();
-        (name, Data::RequestData(RequestData { id: span_id.clone(), duration, properties, measurements, ..r }))
+        (r.name.clone(), Data::RequestData(RequestData { id, duration, properties, measurements, ..r }))
     } else {
         let d = dependency(span, attrs, kind, failed);
-        let name = d.name.clone();
         (
-            name,
-            Data::RemoteDependencyData(RemoteDependencyData {
-                id: span_id.clone(),
-                duration,
-                properties,
-                measurements,
-                ..d
-            }),
+            d.name.clone(),
+            Data::RemoteDependencyData(RemoteDependencyData { id, duration, properties, measurements, ..d }),
         )
     };
-    tags.insert("ai.operation.name".to_owned(), name.clone());
+    let event_name = if events { name.clone() } else { String::new() };
+    tags.insert("ai.operation.name", name);
     ctx.push(out, span.start_time_unix_nano, tags, data, true);
 
     for event in &span.events {
-        span_event(ctx, span, &span_id, &name, event, out);
+        span_event(ctx, span, &span_id, &event_name, event, out);
     }
 }
 
 /// RequestData without id, duration, properties and measurements.
-fn request(span: &Span, attrs: &[KeyValue], tags: &mut BTreeMap<String, String>, failed: bool) -> RequestData {
+fn request(span: &Span, attrs: &[KeyValue], tags: &mut Tags, failed: bool) -> RequestData {
     let mut r = RequestData {
         ver: 2,
         id: String::new(),
@@ -100,7 +97,7 @@ fn request(span: &Span, attrs: &[KeyValue], tags: &mut BTreeMap<String, String>,
     };
     if let Some(method) = first(attrs, &["http.request.method", "http.method"]) {
         if let Some(ua) = first(attrs, &["user_agent.original", "http.user_agent"]) {
-            tags.insert("ai.user.userAgent".to_owned(), ua.into_owned());
+            tags.insert("ai.user.userAgent", ua.into_owned());
         }
         r.url = request_url(attrs);
         if let Some(route) = text(attrs, "http.route") {
@@ -230,15 +227,15 @@ fn span_event(
     if !is_exception && !ctx.span_events {
         return;
     }
-    let mut tags = BTreeMap::new();
+    let mut tags = Tags::new();
     if let Some(trace) = id_hex(&span.trace_id) {
-        tags.insert("ai.operation.id".to_owned(), trace);
+        tags.insert("ai.operation.id", trace);
     }
-    tags.insert("ai.operation.parentId".to_owned(), span_id.to_owned());
+    tags.insert("ai.operation.parentId", span_id.to_owned());
     // ⚑ The span's operation name, so its exceptions group with it.
-    tags.insert("ai.operation.name".to_owned(), name.to_owned());
+    tags.insert("ai.operation.name", name.to_owned());
     if let Some(session) = text(attrs, "session.id").or_else(|| text(&span.attributes, "session.id")) {
-        tags.insert("ai.session.id".to_owned(), session.into_owned());
+        tags.insert("ai.session.id", session.into_owned());
     }
     let mut properties = Properties::new();
     props::add_properties(&mut properties, attrs, props::is_standard_span_attribute);

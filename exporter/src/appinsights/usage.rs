@@ -18,12 +18,10 @@
 //! `tenant.id` there would hit its 10-dimension / 50k-series limits; the
 //! Logs copy (`customMetrics` / `AppMetrics`) has no such cap.
 
-use std::collections::BTreeMap;
-
 use tally_core::{TenantId, canonical};
 
 use super::{
-    envelope::{Data, Envelope, MetricData, MetricPoint, Properties, insert_property},
+    envelope::{Data, Envelope, MetricData, MetricPoint, Properties, Tags, insert_property},
     mapping::SDK_VERSION,
     props::TENANT_PROPERTY,
 };
@@ -127,13 +125,13 @@ fn common_properties(tenant: &TenantId, meter: &str, unit: &str, period: String)
 }
 
 fn envelope(ikey: &str, tenant: &TenantId, time_ms: i64, point: MetricPoint, properties: Properties) -> Envelope {
-    let tags = BTreeMap::from([
-        ("ai.cloud.role".to_owned(), USAGE_ROLE.to_owned()),
-        ("ai.user.accountId".to_owned(), tenant.as_str().to_owned()),
-        ("ai.internal.sdkVersion".to_owned(), SDK_VERSION.to_owned()),
+    let tags = Tags::from([
+        ("ai.cloud.role", USAGE_ROLE.to_owned()),
+        ("ai.user.accountId", tenant.as_str().to_owned()),
+        ("ai.internal.sdkVersion", SDK_VERSION.to_owned()),
     ]);
     let data = Data::MetricData(MetricData { ver: 2, metrics: vec![point], properties });
-    let mut e = Envelope::new(ikey, time_ms.saturating_mul(1_000_000), tags, data);
+    let mut e = Envelope::new(ikey.into(), time_ms.saturating_mul(1_000_000), tags.into(), data);
     e.enforce_limits();
     e
 }

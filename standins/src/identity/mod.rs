@@ -9,6 +9,14 @@
 //!   `Metadata: true` → `{"access_token","refresh_token":"","expires_in":"<secs>",
 //!   "expires_on":"<unix secs>","not_before":"<unix secs>","resource","token_type":"Bearer"}`.
 //!   Numbers are strings in both (object_store parses `expires_on` that way).
+//! - **Workload identity** (federated credentials, `AZURE_FEDERATED_TOKEN_FILE`,
+//!   `AZURE_AUTHORITY_HOST`): Entra's v2 token endpoint
+//!   `POST /{tenant}/oauth2/v2.0/token`, form `grant_type=client_credentials`,
+//!   `client_id`, `scope={resource}/.default`, `client_assertion_type=
+//!   urn:ietf:params:oauth:client-assertion-type:jwt-bearer`, `client_assertion`
+//!   → `{"token_type":"Bearer","expires_in":N,"ext_expires_in":N,"access_token"}`
+//!   (numbers as numbers); a bad request is a 400 with `error`,
+//!   `error_description` (AADSTS code first) and `error_codes`.
 //!
 //! Tokens are random; each resource has a current token until it expires or
 //! [`FakeIdentity::rotate`] replaces it (earlier tokens stay valid until
@@ -22,7 +30,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use rand::SeedableRng;
 use rand::distr::{Alphanumeric, SampleString};
@@ -78,6 +86,8 @@ struct Inner {
 struct Shared {
     header: String,
     client_id: String,
+    /// The federated token a workload presents (default: any non-empty).
+    assertion: Mutex<Option<String>>,
     inner: Mutex<Inner>,
 }
 
@@ -92,11 +102,13 @@ impl FakeIdentity {
         let shared = Arc::new(Shared {
             header: config.identity_header,
             client_id: config.client_id,
+            assertion: Mutex::new(None),
             inner: Mutex::new(Inner { lifetime: config.lifetime, ..Inner::default() }),
         });
         let router = Router::new()
             .route("/msi/token", get(app_service))
             .route("/metadata/identity/oauth2/token", get(imds))
+            .route("/{tenant}/oauth2/v2.0/token", post(workload))
             .with_state(Arc::clone(&shared));
         let served = serve(config.addr, router, DownSwitch::default()).await?;
         Ok(FakeIdentity { served, shared })
@@ -119,6 +131,16 @@ impl FakeIdentity {
     /// The IMDS token URL (what clients call without `IDENTITY_ENDPOINT`).
     pub fn imds_endpoint(&self) -> String {
         format!("{}/metadata/identity/oauth2/token", self.served.url())
+    }
+
+    /// The value for `AZURE_AUTHORITY_HOST` (workload identity).
+    pub fn authority_host(&self) -> String {
+        format!("{}/", self.served.url())
+    }
+
+    /// Only this federated token is accepted as a client assertion.
+    pub fn expect_assertion(&self, token: &str) {
+        *lock(&self.shared.assertion) = Some(token.to_owned());
     }
 
     /// Issue new current tokens for every resource seen so far; returns them.
@@ -291,5 +313,67 @@ async fn imds(State(s): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Res
             });
             Json(body).into_response()
         }
+    }
+}
+
+fn entra_error(status: StatusCode, error: &str, code: u32, description: &str) -> Response {
+    let body = json!({
+        "error": error,
+        "error_description": format!("AADSTS{code}: {description}"),
+        "error_codes": [code],
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn workload(State(s): State<Arc<Shared>>, body: String) -> Response {
+    let form: HashMap<String, String> =
+        form_urlencoded::parse(body.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
+    if field("grant_type") != "client_credentials" {
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            70003,
+            "The app requested an unsupported grant type.",
+        );
+    }
+    if field("client_id").is_empty() {
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900144,
+            "The request body must contain the following parameter: 'client_id'.",
+        );
+    }
+    if field("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" {
+        return entra_error(StatusCode::BAD_REQUEST, "invalid_request", 50027, "Invalid client_assertion_type.");
+    }
+    let expected = lock(&s.assertion).clone();
+    let assertion = field("client_assertion");
+    if assertion.is_empty() || expected.is_some_and(|e| e != assertion) {
+        return entra_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            700213,
+            "No matching federated identity record found for presented assertion.",
+        );
+    }
+    let Some(resource) = field("scope").strip_suffix("/.default").filter(|r| !r.is_empty()) else {
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            1002012,
+            "The provided value for scope is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier.",
+        );
+    };
+    match token_for(&s, resource) {
+        None => injected_failure(),
+        Some((token, expires_on, now)) => Json(json!({
+            "token_type": "Bearer",
+            "expires_in": expires_on - now,
+            "ext_expires_in": expires_on - now,
+            "access_token": token,
+        }))
+        .into_response(),
     }
 }

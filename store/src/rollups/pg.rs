@@ -54,9 +54,10 @@ pub async fn merge_rows(tx: &mut PgConnection, table: RollupTable, rows: &[&Roll
     let t = table.name();
     let inserted = bind_values(
         sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {t} ({COLUMNS}) SELECT * FROM UNNEST($1::text[], $2::int2[], $3::text[], $4::text[], \
-             $5::text[], $6::int8[], $7::int8[], $8::int8[], $9::float8[], $10::float8[], $11::float8[], \
-             $12::float8[], $13::int8[], $14::bytea[]) \
+            "INSERT INTO {t} ({COLUMNS}, hist_idx, hist_cnt) \
+             SELECT {COLUMNS}, hist_idx::int2[], hist_cnt::int8[] FROM UNNEST($1::text[], $2::int2[], $3::text[], \
+             $4::text[], $5::text[], $6::int8[], $7::int8[], $8::int8[], $9::float8[], $10::float8[], $11::float8[], \
+             $12::float8[], $13::int8[], $14::bytea[], $15::text[], $16::text[]) AS u({COLUMNS}, hist_idx, hist_cnt) \
              ON CONFLICT DO NOTHING RETURNING {KEY_ORDER}"
         ))),
         rows.iter().copied(),
@@ -88,10 +89,11 @@ pub async fn merge_rows(tx: &mut PgConnection, table: RollupTable, rows: &[&Roll
     bind_values(
         sqlx::query(AssertSqlSafe(format!(
             "UPDATE {t} r SET count = u.count, errors = u.errors, sum = u.sum, min = u.min, max = u.max, \
-             last = u.last, last_ms = u.last_ms, hist = u.hist \
+             last = u.last, last_ms = u.last_ms, hist = u.hist, hist_idx = u.hist_idx::int2[], \
+             hist_cnt = u.hist_cnt::int8[] \
              FROM UNNEST($1::text[], $2::int2[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], \
-             $8::int8[], $9::float8[], $10::float8[], $11::float8[], $12::float8[], $13::int8[], $14::bytea[]) \
-             AS u({COLUMNS}) \
+             $8::int8[], $9::float8[], $10::float8[], $11::float8[], $12::float8[], $13::int8[], $14::bytea[], \
+             $15::text[], $16::text[]) AS u({COLUMNS}, hist_idx, hist_cnt) \
              WHERE (r.tenant, r.kind, r.service, r.name, r.detail, r.start_ms) = \
                    (u.tenant, u.kind, u.service, u.name, u.detail, u.start_ms)"
         ))),
@@ -120,5 +122,26 @@ fn bind_values<'q, 'r>(
         .bind(v(RollupValues::max_opt))
         .bind(v(RollupValues::last_opt))
         .bind(rows.clone().map(|r| r.values.last_opt().map(|_| r.values.last_ms)).collect::<Vec<_>>())
-        .bind(rows.map(|r| r.values.hist.as_ref().map(Histogram::encode)).collect::<Vec<_>>())
+        .bind(rows.clone().map(|r| r.values.hist.as_ref().map(Histogram::encode)).collect::<Vec<_>>())
+        .bind(
+            rows.clone().map(|r| r.values.hist.as_ref().map(|h| array_literal(h, |b| b.0.into()))).collect::<Vec<_>>(),
+        )
+        .bind(rows.map(|r| r.values.hist.as_ref().map(|h| array_literal(h, |b| b.1))).collect::<Vec<_>>())
+}
+
+/// `{a,b,…}`: one column of the histogram's buckets as a PostgreSQL array
+/// literal. Arrays of arrays do not pass through UNNEST (it flattens them),
+/// so each row's array travels as text and is cast in the statement.
+fn array_literal(h: &Histogram, column: fn(&(u16, u64)) -> u64) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(2 + h.buckets() * 6);
+    s.push('{');
+    for (i, b) in h.bucket_counts().iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = write!(s, "{}", column(b));
+    }
+    s.push('}');
+    s
 }
