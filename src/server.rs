@@ -271,6 +271,7 @@ pub async fn start_with_env(config: Config, env: EnvLookup<'_>) -> anyhow::Resul
         tenant_key: config.stripe.tenant_metadata_key.clone(),
         entitlements,
         targets,
+        body_timeout: config.server.body_timeout,
     });
     let api_router = api::public_router(api_state).merge(webhooks).merge(v1);
 

@@ -183,7 +183,11 @@ async fn write(
     let mut result = store.record_usage(records, cumulative, now_ms).await;
     for backoff in [50, 200, 800] {
         match &result {
-            Err(e) if e.is_retriable() => {
+            // Quick failures only (a serialization conflict, one dropped
+            // connection): when the database is down each attempt waits
+            // out the pool's acquire timeout, and the sender should have
+            // its 503 rather than wait four of them.
+            Err(e) if e.is_retriable() && start.elapsed() < Duration::from_secs(1) => {
                 tokio::time::sleep(Duration::from_millis(backoff)).await;
                 result = store.record_usage(records, cumulative, now_ms).await;
             }

@@ -249,7 +249,9 @@ impl Histogram {
         while let Some(v) = get_varint(&mut payload)? {
             let v = unzigzag(v);
             if v < 0 {
-                index += v.unsigned_abs();
+                // Saturating: a hostile gap lands beyond the range (refused
+                // below) instead of wrapping to an unsorted index.
+                index = index.saturating_add(v.unsigned_abs());
                 continue;
             }
             if v > 0 {
@@ -308,8 +310,15 @@ fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
+/// HdrHistogram's LEB128 variant (see [`get_varint`]): 7 bits a byte for
+/// eight bytes, then the ninth holds the last 8 bits — plain LEB128 would
+/// take ten bytes for counts of 2^62 and readers would misread the rest.
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
+    for _ in 0..8 {
+        if v < 0x80 {
+            out.push(v as u8);
+            return;
+        }
         out.push((v as u8) | 0x80);
         v >>= 7;
     }
@@ -337,6 +346,31 @@ fn get_varint(bytes: &mut impl Iterator<Item = u8>) -> Result<Option<u64>, Histo
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+
+    #[test]
+    fn saturated_counts_round_trip_and_keep_later_buckets_in_place() {
+        // Found by the hdr_histogram fuzz target: a count of 2^62 was
+        // written as ten varint bytes, and the tenth was read as a gap.
+        let mut h = Histogram::new();
+        h.record_n(5, MAX_COUNT);
+        h.record_n(20, 3);
+        let back = Histogram::decode(&h.encode()).unwrap();
+        assert_eq!(back, h);
+        assert_eq!(back.bucket_counts(), &[(5, MAX_COUNT), (20, 3)]);
+    }
+
+    #[test]
+    fn huge_gaps_are_refused_not_wrapped() {
+        let mut bytes = Histogram::new().encode();
+        let mut payload = Vec::new();
+        for _ in 0..3 {
+            put_varint(&mut payload, zigzag(i64::MIN + 1)); // a gap of 2^63 - 1
+        }
+        put_varint(&mut payload, zigzag(1));
+        bytes[4..8].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&payload);
+        assert_eq!(Histogram::decode(&bytes), Err(HistogramError::OutOfRange));
+    }
 
     use super::*;
 

@@ -166,10 +166,18 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Que
 }
 
 /// An RFC 3339 query parameter as Unix milliseconds; `field` names it in errors.
+/// Times must fall in years 0000–9999 once in UTC (RFC 3339's range: an
+/// offset can push 9999-12-31 into year 10000, which no answer could echo).
 pub fn parse_time(field: &str, s: &str) -> Result<i64, ApiError> {
+    /// 10000-01-01T00:00:00Z and 0000-01-01T00:00:00Z in ms.
+    const RANGE: std::ops::Range<i64> = -62_167_219_200_000..253_402_300_800_000;
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.timestamp_millis())
-        .map_err(|_| ApiError::bad_request(format!("{field}: {s:?} is not an RFC 3339 timestamp")))
+        .ok()
+        .filter(|ms| RANGE.contains(ms))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("{field}: {s:?} is not an RFC 3339 timestamp within years 0000-9999 (UTC)"))
+        })
 }
 
 /// Unix milliseconds as RFC 3339 UTC, to the second.
@@ -223,13 +231,14 @@ async fn readyz(State(st): State<ApiState>) -> Response {
     if st.draining.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
-    match st.store.ping().await {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness check: database unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response()
-        }
-    }
+    // Bounded: a probe must answer within its own timeout, database or not.
+    let error = match tokio::time::timeout(std::time::Duration::from_secs(2), st.store.ping()).await {
+        Ok(Ok(())) => return (StatusCode::OK, "ready\n").into_response(),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no answer within 2 s".to_owned(),
+    };
+    tracing::warn!(error, "readiness check: database unreachable");
+    (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response()
 }
 
 #[derive(Serialize, Default)]

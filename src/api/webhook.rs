@@ -6,14 +6,15 @@
 
 use axum::{
     Json, Router,
-    body::Bytes,
-    extract::{DefaultBodyLimit, State},
+    body::Body,
+    extract::State,
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::post,
 };
 use serde_json::json;
 use tally_aggregator::entitlements::{Entitlements, NoticeTargets};
+use tally_collector::events::read_body;
 use tally_core::{Secret, metric_names, now_ms};
 use tally_exporter::stripe::webhook;
 use tally_store::{Applied, CustomerBilling, Store};
@@ -33,10 +34,12 @@ pub struct WebhookState {
     pub tenant_key: String,
     pub entitlements: Entitlements,
     pub targets: NoticeTargets,
+    /// Time a client has to send the body (`server.body_timeout`).
+    pub body_timeout: std::time::Duration,
 }
 
 pub fn router(state: WebhookState) -> Router {
-    Router::new().route("/v1/stripe/webhook", post(receive)).layer(DefaultBodyLimit::max(MAX_BODY)).with_state(state)
+    Router::new().route("/v1/stripe/webhook", post(receive)).with_state(state)
 }
 
 fn refused(reason: &'static str, status: StatusCode, message: String) -> Response {
@@ -49,7 +52,13 @@ fn outcome(outcome: &'static str) {
     metrics::counter!(metric_names::STRIPE_WEBHOOKS, "outcome" => outcome).increment(1);
 }
 
-async fn receive(State(st): State<WebhookState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn receive(State(st): State<WebhookState>, headers: HeaderMap, body: Body) -> Response {
+    // Read whole (the signature covers the raw bytes), bounded in size and
+    // time: this route needs no key, so a trickling client must not hold it.
+    let body = match read_body(body, MAX_BODY, "the webhook limit", st.body_timeout).await {
+        Ok(b) => b,
+        Err((status, message)) => return refused("body", status, message),
+    };
     let Some(secret) = &st.secret else {
         return refused(
             "not_configured",

@@ -62,7 +62,10 @@ impl Store {
             };
             let pool = PgPoolOptions::new()
                 .max_connections(16)
-                .acquire_timeout(Duration::from_secs(10))
+                // Short: with the database down, sqlx keeps trying to
+                // connect until this passes, and every request waiting on
+                // it should get its 503 (and come back) rather than hang.
+                .acquire_timeout(Duration::from_secs(3))
                 .connect_with(opts)
                 .await?;
             return Ok(Store::Postgres(pool));

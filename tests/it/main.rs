@@ -19,6 +19,7 @@ mod e2e_bad_input;
 mod e2e_cli;
 mod e2e_dashboards;
 mod e2e_database_entra;
+mod e2e_database_loss;
 mod e2e_entitlements;
 mod e2e_hostile;
 mod e2e_lake;

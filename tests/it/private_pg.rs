@@ -57,14 +57,27 @@ impl PrivatePostgres {
             &bin.join("initdb"),
             &["-D", data, "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "-N"],
         );
-        let port = free_port();
+        let pg = PrivatePostgres { port: free_port(), dir, bin };
+        pg.start_server();
+        pg
+    }
+
+    /// Starts the server again on the same port and data (after [`stop`](Self::stop)).
+    pub fn start_server(&self) {
         let opts = format!(
-            "-c listen_addresses=127.0.0.1 -c port={port} -k {} -c fsync=off -c log_connections=on",
-            dir.path().display()
+            "-c listen_addresses=127.0.0.1 -c port={} -k {} -c fsync=off -c log_connections=on",
+            self.port,
+            self.dir.path().display()
         );
-        let log = dir.path().join("log");
-        run(&bin.join("pg_ctl"), &["-D", data, "-o", &opts, "-l", log.to_str().unwrap(), "-w", "start"]);
-        PrivatePostgres { port, dir, bin }
+        let (data, log) = (self.dir.path().join("data"), self.dir.path().join("log"));
+        let args = ["-D", data.to_str().unwrap(), "-o", &opts, "-l", log.to_str().unwrap(), "-w", "start"];
+        run(&self.bin.join("pg_ctl"), &args);
+    }
+
+    /// Stops the server at once (`-m immediate`: as a crash would).
+    pub fn stop(&self) {
+        let data = self.dir.path().join("data");
+        run(&self.bin.join("pg_ctl"), &["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"]);
     }
 
     /// Runs `sql` as the superuser over the Unix socket; returns the

@@ -32,6 +32,29 @@ pub fn events_router(state: EventsState) -> Router {
     Router::new().route("/v1/events", post(post_events)).with_state(Arc::new(state))
 }
 
+/// Reads a request body of at most `limit` bytes (named by the config key
+/// `limit_key` in the error) within `timeout` (`server.body_timeout`): a
+/// client trickling its body cannot hold a request open. The error is the
+/// status and message to answer with (413, 408 or 400).
+pub async fn read_body(
+    body: Body,
+    limit: usize,
+    limit_key: &str,
+    timeout: std::time::Duration,
+) -> Result<bytes::Bytes, (StatusCode, String)> {
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => {
+            Err((StatusCode::PAYLOAD_TOO_LARGE, format!("body exceeds {limit_key} ({limit} bytes)")))
+        }
+        Ok(Err(e)) => Err((StatusCode::BAD_REQUEST, format!("cannot read body: {e}"))),
+        Err(_) => Err((
+            StatusCode::REQUEST_TIMEOUT,
+            format!("body not received within server.body_timeout ({}s)", timeout.as_secs_f64()),
+        )),
+    }
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
@@ -69,20 +92,9 @@ async fn post_events(
             );
         }
     };
-    let limit = st.config.max_body_bytes;
-    let bytes = match tokio::time::timeout(st.body_timeout, Limited::new(body, limit).collect()).await {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) if e.is::<LengthLimitError>() => {
-            return error(StatusCode::PAYLOAD_TOO_LARGE, format!("body exceeds events.max_body_bytes ({limit} bytes)"));
-        }
-        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
-        Err(_) => {
-            let secs = st.body_timeout.as_secs_f64();
-            return error(
-                StatusCode::REQUEST_TIMEOUT,
-                format!("body not received within server.body_timeout ({secs}s)"),
-            );
-        }
+    let bytes = match read_body(body, st.config.max_body_bytes, "events.max_body_bytes", st.body_timeout).await {
+        Ok(b) => b,
+        Err((status, message)) => return error(status, message),
     };
     let parsed: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,

@@ -9,4 +9,4 @@ mod http;
 
 pub use config::EventsConfig;
 pub use event::{EventClock, EventOutcome, Meters, check_event};
-pub use http::{EventsState, events_router};
+pub use http::{EventsState, events_router, read_body};

@@ -70,6 +70,9 @@ impl BodyError {
     }
 }
 
+/// Largest zstd window accepted (2^23 = 8 MiB).
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
 /// Decompresses `body`, reading at most `limit` bytes of output, so a
 /// decompression bomb costs at most `limit` bytes of memory.
 pub fn decompress(body: Bytes, encoding: Encoding, limit: usize) -> Result<Bytes, BodyError> {
@@ -81,11 +84,14 @@ pub fn decompress(body: Bytes, encoding: Encoding, limit: usize) -> Result<Bytes
             .take(limit as u64 + 1)
             .read_to_end(&mut out)
             .map_err(|e| err("gzip", e))?,
-        Encoding::Zstd => zstd::stream::read::Decoder::new(&body[..])
-            .map_err(|e| err("zstd", e))?
-            .take(limit as u64 + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| err("zstd", e))?,
+        Encoding::Zstd => {
+            let mut d = zstd::stream::read::Decoder::new(&body[..]).map_err(|e| err("zstd", e))?;
+            // A frame may ask for a 128 MiB window whatever `limit` is; 8 MiB
+            // is what every encoder level up to 19 uses (and what the zstd
+            // format asks decoders to support at least).
+            d.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| err("zstd", e))?;
+            d.take(limit as u64 + 1).read_to_end(&mut out).map_err(|e| err("zstd", e))?
+        }
     };
     if out.len() > limit {
         return Err(BodyError::TooLarge { limit, decompressed: true });
@@ -168,6 +174,20 @@ mod tests {
         let z = zstd::encode_all(&data[..], 1).unwrap();
         assert_eq!(decompress(z.into(), Encoding::Zstd, data.len()).unwrap(), &data[..]);
         assert!(decompress(Bytes::from_static(b"not gzip"), Encoding::Gzip, 10).is_err());
+    }
+
+    #[test]
+    fn zstd_frames_asking_for_huge_windows_are_refused() {
+        // A 64 MiB window (long-distance mode) would make the decoder take
+        // 64 MiB whatever the output limit.
+        let data = vec![7u8; 1 << 20];
+        let mut e = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+        e.set_parameter(zstd::zstd_safe::CParameter::WindowLog(26)).unwrap();
+        e.set_parameter(zstd::zstd_safe::CParameter::EnableLongDistanceMatching(true)).unwrap();
+        std::io::Write::write_all(&mut e, &data).unwrap();
+        let z = e.finish().unwrap();
+        let err = decompress(z.into(), Encoding::Zstd, 2 << 20).unwrap_err();
+        assert!(matches!(err, BodyError::Decompress { encoding: "zstd", .. }), "{err:?}");
     }
 
     #[test]

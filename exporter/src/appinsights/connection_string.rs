@@ -80,7 +80,14 @@ impl ConnectionString {
             }
             (None, None) => DEFAULT_INGESTION_ENDPOINT.to_owned(),
         };
-        let aad_audience = get("aadaudience").map(|a| a.trim_end_matches('/').to_owned());
+        // An audience is a URL or an app id URI: `/` alone or a space inside
+        // would make a scope no token endpoint knows.
+        let aad_audience = match get("aadaudience").map(|a| a.trim_end_matches('/').trim()) {
+            Some(a) if a.is_empty() || a.contains(char::is_whitespace) => {
+                return Err(format!("AADAudience {a:?} is not a token audience (e.g. https://monitor.azure.com)"));
+            }
+            a => a.map(str::to_owned),
+        };
         Ok(ConnectionString { instrumentation_key: ikey.to_owned(), ingestion_endpoint, aad_audience })
     }
 
@@ -186,6 +193,11 @@ mod tests {
         assert_eq!(c.aad_scope(), "https://monitor.azure.us/.default");
         assert!(parse(&format!("InstrumentationKey={}", IKEY.to_uppercase().replace('0', "A"))).is_ok());
         assert!(parse(&format!("InstrumentationKey={IKEY};Authorization=ikey")).is_ok());
+        // Found reading for the fuzz target: `/` alone gave the scope `/.default`.
+        for bad in ["/", " / ", "https://a b"] {
+            let err = parse(&format!("InstrumentationKey={IKEY};AADAudience={bad}")).unwrap_err();
+            assert!(err.contains("AADAudience"), "{err}");
+        }
     }
 
     #[test]

@@ -124,10 +124,12 @@ fn tenant_hint(metadata: Option<&Value>, key: &str) -> Option<String> {
 /// versions before 2025-03-31) or its first item's (later ones).
 fn period(sub: &Value) -> Option<(i64, i64)> {
     let read = |v: &Value| Some((v.get("current_period_start")?.as_i64()?, v.get("current_period_end")?.as_i64()?));
+    // Seconds → ms first, then the order check: a saturated pair would
+    // otherwise become an empty period (found reading for the fuzz target).
     read(sub)
         .or_else(|| read(sub.pointer("/items/data/0")?))
+        .and_then(|(s, e)| Some((s.checked_mul(1000)?, e.checked_mul(1000)?)))
         .filter(|(s, e)| e > s)
-        .map(|(s, e)| (s.saturating_mul(1000), e.saturating_mul(1000)))
 }
 
 /// Decodes a verified body. `tenant_key` is the metadata key naming the
@@ -260,6 +262,18 @@ mod tests {
             panic!()
         };
         assert_eq!((period, tenant_hint), (Some((100_000, 200_000)), None));
+        // Bounds that overflow as milliseconds are no period (they were an
+        // empty one, start = end = i64::MAX).
+        let huge = format!(
+            r#"{{"id":"evt_9","type":"customer.subscription.updated","created":10,"data":{{"object":{{
+            "id":"sub_1","customer":"cus_A","status":"active","current_period_start":{},"current_period_end":{}}}}}}}"#,
+            i64::MAX / 1000 + 1,
+            i64::MAX / 1000 + 2
+        );
+        let Some(BillingEffect::Subscription { period, .. }) = decode(huge.as_bytes(), "t").unwrap().effect else {
+            panic!()
+        };
+        assert_eq!(period, None);
         let invoice = br#"{"id":"evt_3","type":"invoice.payment_failed","created":10,"data":{"object":{
             "customer":"cus_A","parent":{"subscription_details":{"metadata":{"org":"acme"}}}}}}"#;
         assert_eq!(

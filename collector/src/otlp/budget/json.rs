@@ -118,7 +118,9 @@ impl Walk<'_> {
     /// A value whose field holds `field` (`None`: ignored by the decoder).
     fn value(&mut self, field: Option<Field>, depth: u32) -> Result<(), Stop> {
         if depth > MAX_DEPTH {
-            return Err(Stop::Syntax);
+            // Not a syntax error: serde_json would take up to 128 levels,
+            // and what lies below here would go uncounted.
+            return Err(Stop::Budget(BudgetError::TooDeep { limit: MAX_DEPTH }));
         }
         match self.peek().ok_or(Stop::Syntax)? {
             b'{' => {
@@ -167,7 +169,12 @@ impl Walk<'_> {
         }
         loop {
             let key = self.string()?;
-            let field = msg.and_then(|m| field_of(m, key));
+            let field = match msg {
+                // serde reads `"sp\u0061ns"` as `spans`: so does the walk.
+                Some(m) if key.contains(&b'\\') => field_of(m, unescape(key)?.as_bytes()),
+                Some(m) => field_of(m, key),
+                None => None,
+            };
             self.expect(b':')?;
             self.value(field, depth + 1)?;
             match self.peek() {
@@ -206,9 +213,41 @@ impl Walk<'_> {
     }
 }
 
+/// A JSON string's raw bytes (between the quotes) unescaped.
+fn unescape(raw: &[u8]) -> Result<String, Stop> {
+    let mut quoted = Vec::with_capacity(raw.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(raw);
+    quoted.push(b'"');
+    serde_json::from_slice(&quoted).map_err(|_| Stop::Syntax)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaped_keys_count_as_the_decoder_reads_them() {
+        // Found by reading for the otlp_json fuzz target: `sp\u0061ns` is
+        // `spans` to serde, and was nothing to the walk.
+        let spans = vec!["{}"; 50].join(",");
+        let body = format!(r#"{{"resourceSpans":[{{"scopeSpans":[{{"sp\u0061ns":[{spans}]}}]}}]}}"#);
+        let limits = DecodeLimits { max_items: 10, max_decoded_bytes: u64::MAX };
+        assert!(matches!(
+            check(body.as_bytes(), Msg::TraceRequest, limits, "spans"),
+            Err(BudgetError::TooManyItems { .. })
+        ));
+    }
+
+    #[test]
+    fn nesting_beyond_the_walk_is_refused_not_uncounted() {
+        let deep = "[".repeat(120) + &"]".repeat(120);
+        let body = format!(r#"{{"resourceSpans":{deep}}}"#);
+        assert_eq!(
+            check(body.as_bytes(), Msg::TraceRequest, DecodeLimits::NONE, "spans"),
+            Err(BudgetError::TooDeep { limit: MAX_DEPTH })
+        );
+    }
 
     #[test]
     fn empty_objects_cost_their_structs() {

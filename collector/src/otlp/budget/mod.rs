@@ -59,6 +59,10 @@ pub enum BudgetError {
     TooLarge { limit: u64 },
     #[error("invalid protobuf: {0}")]
     Malformed(&'static str),
+    /// Refused rather than left uncounted: the decoder would take what the
+    /// walk did not see.
+    #[error("request nests values deeper than {limit} levels")]
+    TooDeep { limit: u32 },
 }
 
 /// The OTLP message types, for the walk.
