@@ -262,7 +262,7 @@ impl Histogram {
                 h.buckets.push((index as u16, v as u64));
                 h.total = add(h.total, v as u64);
             }
-            index += 1;
+            index = index.saturating_add(1);
         }
         Ok(h)
     }
@@ -370,6 +370,17 @@ mod tests {
         bytes[4..8].copy_from_slice(&(payload.len() as u32).to_be_bytes());
         bytes.extend_from_slice(&payload);
         assert_eq!(Histogram::decode(&bytes), Err(HistogramError::OutOfRange));
+        // Found by the fuzz target: a saturated index followed by a zero
+        // count (no bucket) overflowed stepping to the next index.
+        let mut bytes = Histogram::new().encode();
+        let mut payload = Vec::new();
+        for _ in 0..3 {
+            put_varint(&mut payload, zigzag(i64::MIN + 1));
+        }
+        put_varint(&mut payload, zigzag(0));
+        bytes[4..8].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&payload);
+        assert_eq!(Histogram::decode(&bytes).map(|h| h.count()), Ok(0));
     }
 
     use super::*;

@@ -1,8 +1,10 @@
 //! The Grafana dashboards over what tally itself wrote: a real SDK client
-//! sends two tenants' requests, tally writes its rollups (with the bucket
-//! arrays of migration 0013) to PostgreSQL, and the tenant overview's p95
-//! panel — its SQL expanded as Grafana expands it, by
-//! dashboards/check/sql_check.py — agrees with `/v1/slo` within 1 %.
+//! sends two tenants' requests (with errors and a queue gauge), usage events
+//! arrive, tally writes its rollups (with the bucket arrays of migration
+//! 0013) and ledger to PostgreSQL; then every panel of every PostgreSQL
+//! dashboard runs there — its SQL expanded as Grafana expands it, by
+//! dashboards/check/sql_check.py — without a failure, and the tenant
+//! overview's p95 panel agrees with `/v1/slo` within 1 %.
 
 use std::path::PathBuf;
 
@@ -45,14 +47,40 @@ fn panel_value(report: &Value, title: &str) -> f64 {
 
 #[tokio::test]
 async fn dashboard_p95_equals_the_slo_api_on_data_tally_wrote() {
-    let s = TestServer::start(Db::Postgres, "").await;
+    let meters = "[[meters]]\nname = \"llm_tokens\"\naggregation = \"sum\"\nunit = \"tokens\"\n\
+                  event_type = \"llm.completion\"\nvalue = \"$.tokens\"\nlimit = 1000\n";
+    let s = TestServer::start(Db::Postgres, meters).await;
     let endpoint = s.grpc_url();
     for (tenant, requests, max_ms) in [("acme", "300", "250"), ("globex", "120", "40")] {
         let args = ["--endpoint", &endpoint, "--protocol", "grpc", "--tenant", tenant, "--service", "checkout"];
         let mut all = args.to_vec();
-        all.extend(["--slo-requests", requests, "--slo-max-ms", max_ms, "--error-every", "7"]);
+        all.extend([
+            "--slo-requests",
+            requests,
+            "--slo-max-ms",
+            max_ms,
+            "--error-every",
+            "7",
+            "--queue-depths",
+            "5,60,3",
+        ]);
         otel_send(&all).await;
     }
+    let events: Vec<serde_json::Value> = (0..20)
+        .map(|i| {
+            serde_json::json!({"specversion": "1.0", "id": format!("dash-{i}"), "source": "test", "type": "llm.completion",
+                "subject": if i % 2 == 0 { "acme" } else { "globex" }, "time": rfc3339(now_ms() - 60_000), "data": {"tokens": 100}})
+        })
+        .collect();
+    let resp = s
+        .http
+        .post(s.api_url("/v1/events"))
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(serde_json::Value::Array(events).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
     // Shutdown writes the open windows.
     let s = s.restart("").await;
     let (from, to) = (now_ms() - 3_600_000, now_ms() + 60_000);
@@ -73,6 +101,13 @@ async fn dashboard_p95_equals_the_slo_api_on_data_tally_wrote() {
             (panel_ms - api_ms).abs() <= api_ms * 0.01,
             "{tenant}: dashboard p95 {panel_ms} ms, /v1/slo {api_ms} ms"
         );
+    }
+    // Every panel of every PostgreSQL dashboard runs on what tally wrote.
+    for dashboard in ["tenant-overview.json", "service-slos.json", "alerts.json", "usage-billing.json"] {
+        let report = sql_check(dashboard, &url, from, to, "acme").await;
+        assert_eq!(report["failures"], 0, "{dashboard}: {report:#}");
+        let ran = report["targets"].as_array().map_or(0, |t| t.iter().filter(|t| t["status"] == "ok").count());
+        assert!(ran >= 3, "{dashboard}: {ran} panels ran");
     }
     s.stop().await;
 }

@@ -83,8 +83,9 @@ impl ConnectionString {
         // An audience is a URL or an app id URI: `/` alone or a space inside
         // would make a scope no token endpoint knows.
         let aad_audience = match get("aadaudience").map(|a| a.trim_end_matches('/').trim()) {
+            // (The value is not echoed: a pasted secret must not reach a log.)
             Some(a) if a.is_empty() || a.contains(char::is_whitespace) => {
-                return Err(format!("AADAudience {a:?} is not a token audience (e.g. https://monitor.azure.com)"));
+                return Err("AADAudience is not a token audience (e.g. https://monitor.azure.com)".into());
             }
             a => a.map(str::to_owned),
         };
