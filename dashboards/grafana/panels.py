@@ -34,13 +34,13 @@ def rollups(columns: str, where: str, step: bool = True) -> str:
     return "\n  UNION ALL\n".join(parts)
 
 
-TENANT_SERIES = "kind = 1 AND service = '*' AND name = '*' AND detail = '*' AND tenant IN (${tenant:sqlstring})"
+TENANT_SERIES = "kind = 1 AND service = '*' AND name = '*' AND detail = '*' AND tenant = ANY (ARRAY[${tenant:sqlstring}]::text[])"
 SERVICE_SERIES = (
-    "kind = 1 AND service IN (${service:sqlstring}) AND name = '*' AND detail = '*' AND tenant IN (${tenant:sqlstring})"
+    "kind = 1 AND service = ANY (ARRAY[${service:sqlstring}]::text[]) AND name = '*' AND detail = '*' AND tenant = ANY (ARRAY[${tenant:sqlstring}]::text[])"
 )
 OPERATION_SERIES = (
-    "kind = 1 AND service IN (${service:sqlstring}) AND name <> '*' AND detail IN (${span_kind:sqlstring})"
-    " AND tenant IN (${tenant:sqlstring})"
+    "kind = 1 AND service = ANY (ARRAY[${service:sqlstring}]::text[]) AND name <> '*' AND detail = ANY (ARRAY[${span_kind:sqlstring}]::text[])"
+    " AND tenant = ANY (ARRAY[${tenant:sqlstring}]::text[])"
 )
 BUCKET = '(start_ms / step_ms) * step_ms AS "time"'
 
@@ -344,7 +344,7 @@ def gauge_variable() -> dict:
     sql = f"""
 SELECT DISTINCT name
 FROM (
-{rollups("DISTINCT name", "kind = 3 AND tenant IN (${tenant:sqlstring})", step=False)}
+{rollups("DISTINCT name", "kind = 3 AND tenant = ANY (ARRAY[${tenant:sqlstring}]::text[])", step=False)}
 ) m
 ORDER BY 1
 """
@@ -362,7 +362,7 @@ SELECT started_ms AS "time",
        rule || ',' || tenant AS tags
 FROM alert_instances
 WHERE {TIME_FILTER.format(col='started_ms')}
-  AND tenant IN (${{tenant:sqlstring}})
+  AND tenant = ANY (ARRAY[${{tenant:sqlstring}}]::text[])
 ORDER BY 1
 """
     return {

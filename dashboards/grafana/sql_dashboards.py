@@ -32,7 +32,7 @@ FROM (
     p.append(stat(i(), "Alerts firing", "Alert instances firing now for the selected tenants.", """
 SELECT count(*) AS firing
 FROM alert_instances
-WHERE state = 'firing' AND tenant IN (${tenant:sqlstring})
+WHERE state = 'firing' AND tenant = ANY (ARRAY[${tenant:sqlstring}]::text[])
 """, g(18, y, 6, 4), th=thresholds(("green", None), ("red", 1)), color="background"))  # fmt: skip
     y += 4
     p.append(row(i(), "Traffic and latency", y))
@@ -77,7 +77,7 @@ ORDER BY 1, 2
     y += 8
     p.append(row(i(), "Logs", y))
     y += 1
-    logs_src = rollups("start_ms, name, count", "kind = 2 AND tenant IN (${tenant:sqlstring})")
+    logs_src = rollups("start_ms, name, count", "kind = 2 AND tenant = ANY (ARRAY[${tenant:sqlstring}]::text[])")
     sev_colors = [("FATAL", "purple"), ("ERROR", "red"), ("WARN", "orange"), ("INFO", "green"), ("DEBUG", "blue"), ("TRACE", "text")]
     p.append(timeseries(i(), "Log volume by severity", "Log records per minute of the selected tenants, by severity (kind 2 rollups).", f"""
 SELECT {BUCKET}, name AS metric, sum(count) / (max(step_ms) / 60000.0) AS "records/min"
@@ -91,7 +91,7 @@ ORDER BY 1, 2
     y += 8
     p.append(row(i(), "Queues", y))
     y += 1
-    gauge_src = rollups("tenant, service, detail, start_ms, last, last_ms, max", "kind = 3 AND name = ${gauge:sqlstring} AND tenant IN (${tenant:sqlstring})")
+    gauge_src = rollups("tenant, service, detail, start_ms, last, last_ms, max", "kind = 3 AND name = ${gauge:sqlstring} AND tenant = ANY (ARRAY[${tenant:sqlstring}]::text[])")
     p.append(gauge(i(), "Queue depth now", "Latest value of the queue metric per tenant, service and attributes (last point in the range). Thresholds 50 / 200.", f"""
 SELECT tenant || ' ' || service || ' ' || detail AS series,
        (array_agg(last ORDER BY last_ms DESC NULLS LAST))[1] AS last
@@ -117,7 +117,7 @@ SELECT rule, tenant, severity, value, threshold,
        to_timestamp(started_ms / 1000.0) AS started,
        to_timestamp(last_notified_ms / 1000.0) AS "last notified"
 FROM alert_instances
-WHERE state = 'firing' AND tenant IN (${tenant:sqlstring})
+WHERE state = 'firing' AND tenant = ANY (ARRAY[${tenant:sqlstring}]::text[])
 ORDER BY severity = 'critical' DESC, started_ms
 """, g(0, y, 24, 7), overrides=[by_name("severity", ("mappings", [
         {"options": {"critical": {"color": "red", "index": 0}, "warning": {"color": "orange", "index": 1}}, "type": "value"}]),
@@ -142,7 +142,7 @@ def service_variable() -> dict:
     sql = f"""
 SELECT DISTINCT service
 FROM (
-{rollups("DISTINCT service", "kind = 1 AND service <> '*' AND name = '*' AND detail = '*' AND tenant IN (${tenant:sqlstring})", step=False)}
+{rollups("DISTINCT service", "kind = 1 AND service <> '*' AND name = '*' AND detail = '*' AND tenant = ANY (ARRAY[${tenant:sqlstring}]::text[])", step=False)}
 ) s
 ORDER BY 1
 """
@@ -167,7 +167,7 @@ FROM (
 {svc_src}
 ) r
 """, g(8, y, 8, 4), unit="s", th=slo_thresholds(P95_SECONDS)))  # fmt: skip
-    qsrc = rollups("start_ms, max", "kind = 3 AND name = ${gauge:sqlstring} AND service IN (${service:sqlstring}) AND tenant IN (${tenant:sqlstring})")
+    qsrc = rollups("start_ms, max", "kind = 3 AND name = ${gauge:sqlstring} AND service = ANY (ARRAY[${service:sqlstring}]::text[]) AND tenant = ANY (ARRAY[${tenant:sqlstring}]::text[])")
     p.append(stat(i(), "Queue depth max (range)", "Highest queue metric value of the selected services. SLO: 50 warning, 200 critical.", f"""
 SELECT max(max) AS "queue depth"
 FROM (
@@ -248,7 +248,7 @@ ORDER BY 1, 2
     p.append(row(i(), "Queues", y))
     y += 1
     gsrc = rollups("tenant, service, detail, start_ms, last, last_ms, max",
-                   "kind = 3 AND name = ${gauge:sqlstring} AND service IN (${service:sqlstring}) AND tenant IN (${tenant:sqlstring})")  # fmt: skip
+                   "kind = 3 AND name = ${gauge:sqlstring} AND service = ANY (ARRAY[${service:sqlstring}]::text[]) AND tenant = ANY (ARRAY[${tenant:sqlstring}]::text[])")  # fmt: skip
     p.append(gauge(i(), "Queue depth now", "Latest queue metric value per tenant, service and attributes. Thresholds 50 / 200.", f"""
 SELECT tenant || ' ' || service || ' ' || detail AS series,
        (array_agg(last ORDER BY last_ms DESC NULLS LAST))[1] AS last
@@ -285,7 +285,7 @@ ORDER BY 1, 2
 # alerts
 # ---------------------------------------------------------------------------
 
-OUTBOX_TENANT = "(CASE WHEN payload LIKE '{%' THEN payload::jsonb ->> 'tenant' END) IN (${tenant:sqlstring})"
+OUTBOX_TENANT = "(CASE WHEN payload LIKE '{%' THEN payload::jsonb ->> 'tenant' END) = ANY (ARRAY[${tenant:sqlstring}]::text[])"
 
 
 def alerts() -> dict:
@@ -296,13 +296,13 @@ def alerts() -> dict:
         p.append(stat(i(), title, f"Alert instances {state} now (alert_instances) for the selected tenants.", f"""
 SELECT count(*) AS "{state}"
 FROM alert_instances
-WHERE state = '{state}' AND tenant IN (${{tenant:sqlstring}})
+WHERE state = '{state}' AND tenant = ANY (ARRAY[${{tenant:sqlstring}}]::text[])
 """, g(6 * n, y, 6, 4), th=thresholds(("green", None), (color, 1)), color="background"))  # fmt: skip
     p.append(stat(i(), "Notifications pending", "Outbox rows still to deliver and the age of the oldest (alert_outbox, selected receivers).", """
 SELECT count(*) AS pending,
        coalesce((extract(epoch FROM now()) * 1000 - min(created_ms)) / 1000.0, 0) AS "oldest (s)"
 FROM alert_outbox
-WHERE outcome = 'pending' AND receiver IN (${receiver:sqlstring})
+WHERE outcome = 'pending' AND receiver = ANY (ARRAY[${receiver:sqlstring}]::text[])
 """, g(18, y, 6, 4), th=thresholds(("green", None), ("orange", 10), ("red", 300)),
         overrides=[by_name("oldest (s)", ("unit", "s"))]))  # fmt: skip
     y += 4
@@ -313,7 +313,7 @@ SELECT rule, tenant, state, severity, value, threshold,
        to_timestamp(last_notified_ms / 1000.0) AS "last notified",
        group_key AS "group"
 FROM alert_instances
-WHERE tenant IN (${tenant:sqlstring})
+WHERE tenant = ANY (ARRAY[${tenant:sqlstring}]::text[])
 ORDER BY state = 'firing' DESC, state = 'pending' DESC, severity = 'critical' DESC, since_ms DESC
 """, g(0, y, 24, 8), overrides=[by_name("state", ("mappings", [
         {"options": {"firing": {"color": "red", "index": 0}, "pending": {"color": "orange", "index": 1},
@@ -327,7 +327,7 @@ ORDER BY state = 'firing' DESC, state = 'pending' DESC, severity = 'critical' DE
 SELECT (created_ms / $__interval_ms) * $__interval_ms AS "time", outcome AS metric, count(*) AS notifications
 FROM alert_outbox
 WHERE {TIME_FILTER.format(col='created_ms')}
-  AND receiver IN (${{receiver:sqlstring}})
+  AND receiver = ANY (ARRAY[${{receiver:sqlstring}}]::text[])
   AND {OUTBOX_TENANT}
 GROUP BY 1, 2
 ORDER BY 1, 2
@@ -341,7 +341,7 @@ SELECT (done_ms / $__interval_ms) * $__interval_ms AS "time",
 FROM alert_outbox
 WHERE outcome = 'delivered'
   AND {TIME_FILTER.format(col='done_ms')}
-  AND receiver IN (${{receiver:sqlstring}})
+  AND receiver = ANY (ARRAY[${{receiver:sqlstring}}]::text[])
   AND {OUTBOX_TENANT}
 GROUP BY 1
 ORDER BY 1
@@ -358,7 +358,7 @@ SELECT receiver,
          FILTER (WHERE outcome = 'delivered') / 1000.0 AS "p95 lag"
 FROM alert_outbox
 WHERE {TIME_FILTER.format(col='created_ms')}
-  AND receiver IN (${{receiver:sqlstring}})
+  AND receiver = ANY (ARRAY[${{receiver:sqlstring}}]::text[])
   AND {OUTBOX_TENANT}
 GROUP BY 1
 ORDER BY 1
@@ -372,7 +372,7 @@ SELECT created_ms AS "time", receiver, fingerprint, attempts,
 FROM alert_outbox
 WHERE outcome = 'failed'
   AND {TIME_FILTER.format(col='created_ms')}
-  AND receiver IN (${{receiver:sqlstring}})
+  AND receiver = ANY (ARRAY[${{receiver:sqlstring}}]::text[])
   AND {OUTBOX_TENANT}
 ORDER BY created_ms DESC
 LIMIT 50
