@@ -61,7 +61,11 @@ fuzz_target!(|data: &[u8]| {
                 again.push_str(";AADAudience=");
                 again.push_str(a);
             }
-            assert_eq!(ConnectionString::parse(&again).as_ref(), Ok(&c), "{again:?} does not parse back to the same");
+            // (Normalizing may percent-encode: beyond the length limit the
+            // re-encoded string is refused for its length alone.)
+            if again.chars().count() <= MAX_LEN {
+                assert_eq!(ConnectionString::parse(&again).as_ref(), Ok(&c), "{again:?} does not parse back to the same");
+            }
             if s.chars().count() + 3 <= MAX_LEN {
                 assert_eq!(
                     ConnectionString::parse(&format!(" ;{s};;")).as_ref(),

@@ -25,6 +25,7 @@ use serde::Serialize;
 use tally_collector::{
     otlp::{
         BodyError, DecodeLimits,
+        budget::BudgetError,
         budget::{self, Cost},
         decode_json, decode_protobuf,
         signal::{INVALID_ID, OtlpSignal, Route},
@@ -92,6 +93,12 @@ where
     }
     let cost = match budget::json::check(data, S::ROOT, DecodeLimits::NONE, S::NOUN) {
         Ok(cost) => cost,
+        // Deliberate: nesting the walk cannot count is refused, and so is
+        // the request.
+        Err(e @ BudgetError::TooDeep { .. }) => {
+            assert!(decode_json::<S>(data, DecodeLimits::NONE).is_err(), "{e}, yet the decoder accepted it");
+            return;
+        }
         Err(e) => panic!("the JSON budget walk refused a body without limits: {e}"),
     };
     let (decoded, mem) = alloc::measure(|| decode_json::<S>(data, DecodeLimits::NONE));

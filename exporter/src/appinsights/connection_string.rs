@@ -130,6 +130,11 @@ fn is_guid(s: &str) -> bool {
 /// A usable endpoint base: https (http only to a loopback host), a host, no
 /// credentials, query or fragment; returned without trailing slashes.
 fn check_endpoint(key: &str, value: &str) -> Result<String, String> {
+    // The URL parser would percent-encode these silently (found by the fuzz
+    // target: a NUL became %00); an endpoint never holds them.
+    if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!("{key} holds a control or whitespace character"));
+    }
     let url = Url::parse(value).map_err(|_| format!("{key} is not an absolute URL"))?;
     let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| format!("{key} has no host"))?;
     if !url.username().is_empty() || url.password().is_some() {
@@ -198,6 +203,10 @@ mod tests {
         for bad in ["/", " / ", "https://a b"] {
             let err = parse(&format!("InstrumentationKey={IKEY};AADAudience={bad}")).unwrap_err();
             assert!(err.contains("AADAudience"), "{err}");
+        }
+        for bad in ["https://a\u{0}b.example", "https://a.example/p\tq"] {
+            let err = parse(&format!("InstrumentationKey={IKEY};IngestionEndpoint={bad}")).unwrap_err();
+            assert!(err.contains("control or whitespace"), "{err}");
         }
     }
 
