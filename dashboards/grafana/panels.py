@@ -156,38 +156,9 @@ def stat(pid, title, desc, sql, grid, unit="short", th=None, overrides=None, gra
     }
 
 
-def bargauge(pid, title, desc, sql, grid, unit="short", th=None, max_value=None):
-    defaults = {"color": {"mode": "thresholds"}, "mappings": [], "thresholds": th or thresholds(("green", None)), "unit": unit, "min": 0}
-    if max_value is not None:
-        defaults["max"] = max_value
-    return {
-        "datasource": DS,
-        "description": desc,
-        "fieldConfig": {"defaults": defaults, "overrides": []},
-        "gridPos": grid,
-        "id": pid,
-        "interval": "1m",
-        "options": {
-            "displayMode": "gradient",
-            "legend": {"calcs": [], "displayMode": "list", "placement": "bottom", "showLegend": False},
-            "maxVizHeight": 300,
-            "minVizHeight": 16,
-            "minVizWidth": 8,
-            "namePlacement": "auto",
-            "orientation": "horizontal",
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": True},
-            "showUnfilled": True,
-            "sizing": "auto",
-            "valueMode": "color",
-        },
-        "pluginVersion": "12.1.0",
-        "targets": [target(sql, "table")],
-        "title": title,
-        "type": "bargauge",
-    }
-
-
-def gauge(pid, title, desc, sql, grid, th, unit="short", field_regex=None, max_value=None):
+def _reduced(kind, pid, title, desc, sql, grid, th, unit, max_value, options):
+    """A gauge-like panel (gauge, bar gauge): one value per field, coloured
+    by thresholds, from 0 (to `max_value` when given)."""
     defaults = {"color": {"mode": "thresholds"}, "mappings": [], "thresholds": th, "unit": unit, "min": 0}
     if max_value is not None:
         defaults["max"] = max_value
@@ -198,20 +169,40 @@ def gauge(pid, title, desc, sql, grid, th, unit="short", field_regex=None, max_v
         "gridPos": grid,
         "id": pid,
         "interval": "1m",
-        "options": {
-            "minVizHeight": 75,
-            "minVizWidth": 75,
-            "orientation": "auto",
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": field_regex or "", "values": True},
-            "showThresholdLabels": False,
-            "showThresholdMarkers": True,
-            "sizing": "auto",
-        },
+        "options": options,
         "pluginVersion": "12.1.0",
         "targets": [target(sql, "table")],
         "title": title,
-        "type": "gauge",
+        "type": kind,
     }
+
+
+def bargauge(pid, title, desc, sql, grid, unit="short", th=None, max_value=None):
+    return _reduced("bargauge", pid, title, desc, sql, grid, th or thresholds(("green", None)), unit, max_value, {
+        "displayMode": "gradient",
+        "legend": {"calcs": [], "displayMode": "list", "placement": "bottom", "showLegend": False},
+        "maxVizHeight": 300,
+        "minVizHeight": 16,
+        "minVizWidth": 8,
+        "namePlacement": "auto",
+        "orientation": "horizontal",
+        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": True},
+        "showUnfilled": True,
+        "sizing": "auto",
+        "valueMode": "color",
+    })
+
+
+def gauge(pid, title, desc, sql, grid, th, unit="short", field_regex=None, max_value=None):
+    return _reduced("gauge", pid, title, desc, sql, grid, th, unit, max_value, {
+        "minVizHeight": 75,
+        "minVizWidth": 75,
+        "orientation": "auto",
+        "reduceOptions": {"calcs": ["lastNotNull"], "fields": field_regex or "", "values": True},
+        "showThresholdLabels": False,
+        "showThresholdMarkers": True,
+        "sizing": "auto",
+    })
 
 
 def table(pid, title, desc, sql, grid, overrides=None, sort_by=None, min_interval="1m"):

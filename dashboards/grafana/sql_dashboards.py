@@ -6,6 +6,18 @@ from __future__ import annotations
 from panels import *  # noqa: F403 (the builders are this module's vocabulary)
 
 
+def per_metric(col: str, expr: str, src: str) -> str:
+    """A time series of `expr` per value of `col` (the legend), over `src`."""
+    return f"""
+SELECT {BUCKET}, {col} AS metric, {expr}
+FROM (
+{src}
+) r
+GROUP BY 1, 2
+ORDER BY 1, 2
+"""
+
+
 def tenant_overview() -> dict:
     i = Ids()
     p = []
@@ -37,22 +49,8 @@ WHERE state = 'firing' AND tenant = ANY (ARRAY[${tenant:sqlstring}]::text[])
     y += 4
     p.append(row(i(), "Traffic and latency", y))
     y += 1
-    p.append(timeseries(i(), "Request rate by tenant", "Entry spans per second (server and consumer spans), per tenant.", f"""
-SELECT {BUCKET}, tenant AS metric, sum(count) / (max(step_ms) / 1000.0) AS "req/s"
-FROM (
-{src}
-) r
-GROUP BY 1, 2
-ORDER BY 1, 2
-""", g(0, y, 12, 8), unit="reqps", long=True))  # fmt: skip
-    p.append(timeseries(i(), "Error rate by tenant", "Failed / all entry spans per tenant. Lines: 1 % and 5 %.", f"""
-SELECT {BUCKET}, tenant AS metric, sum(errors)::float8 / nullif(sum(count), 0) AS "error rate"
-FROM (
-{src}
-) r
-GROUP BY 1, 2
-ORDER BY 1, 2
-""", g(12, y, 12, 8), unit="percentunit", th=slo_thresholds(ERROR_RATE), long=True, th_style="dashed", decimals=2))  # fmt: skip
+    p.append(timeseries(i(), "Request rate by tenant", "Entry spans per second (server and consumer spans), per tenant.", per_metric("tenant", 'sum(count) / (max(step_ms) / 1000.0) AS "req/s"', src), g(0, y, 12, 8), unit="reqps", long=True))  # fmt: skip
+    p.append(timeseries(i(), "Error rate by tenant", "Failed / all entry spans per tenant. Lines: 1 % and 5 %.", per_metric("tenant", 'sum(errors)::float8 / nullif(sum(count), 0) AS "error rate"', src), g(12, y, 12, 8), unit="percentunit", th=slo_thresholds(ERROR_RATE), long=True, th_style="dashed", decimals=2))  # fmt: skip
     y += 8
     p.append(timeseries(i(), "Latency p50 / p95 / p99 (selected tenants merged)",
                         "Percentiles of entry-span durations, from the merged HDR histograms of the per-tenant series (exact to the bucket, < 1 %). Lines: 2 s and 5 s.", f"""
@@ -66,27 +64,13 @@ FROM (
 GROUP BY 1
 ORDER BY 1
 """, g(0, y, 12, 8), unit="s", th=slo_thresholds(P95_SECONDS), th_style="dashed"))  # fmt: skip
-    p.append(timeseries(i(), "p95 latency by tenant", "95th percentile of entry-span durations per tenant. Lines: 2 s and 5 s.", f"""
-SELECT {BUCKET}, tenant AS metric, {q_quantile(0.95)} AS p95
-FROM (
-{src}
-) r
-GROUP BY 1, 2
-ORDER BY 1, 2
-""", g(12, y, 12, 8), unit="s", th=slo_thresholds(P95_SECONDS), long=True, th_style="dashed"))  # fmt: skip
+    p.append(timeseries(i(), "p95 latency by tenant", "95th percentile of entry-span durations per tenant. Lines: 2 s and 5 s.", per_metric("tenant", f"{q_quantile(0.95)} AS p95", src), g(12, y, 12, 8), unit="s", th=slo_thresholds(P95_SECONDS), long=True, th_style="dashed"))  # fmt: skip
     y += 8
     p.append(row(i(), "Logs", y))
     y += 1
     logs_src = rollups("start_ms, name, count", "kind = 2 AND tenant = ANY (ARRAY[${tenant:sqlstring}]::text[])")
     sev_colors = [("FATAL", "purple"), ("ERROR", "red"), ("WARN", "orange"), ("INFO", "green"), ("DEBUG", "blue"), ("TRACE", "text")]
-    p.append(timeseries(i(), "Log volume by severity", "Log records per minute of the selected tenants, by severity (kind 2 rollups).", f"""
-SELECT {BUCKET}, name AS metric, sum(count) / (max(step_ms) / 60000.0) AS "records/min"
-FROM (
-{logs_src}
-) r
-GROUP BY 1, 2
-ORDER BY 1, 2
-""", g(0, y, 24, 8), unit="short", draw="bars", stack=True, long=True,
+    p.append(timeseries(i(), "Log volume by severity", "Log records per minute of the selected tenants, by severity (kind 2 rollups).", per_metric("name", 'sum(count) / (max(step_ms) / 60000.0) AS "records/min"', logs_src), g(0, y, 24, 8), unit="short", draw="bars", stack=True, long=True,
         overrides=[by_name(s, ("color", {"fixedColor": c, "mode": "fixed"})) for s, c in sev_colors]))  # fmt: skip
     y += 8
     p.append(row(i(), "Queues", y))
@@ -177,30 +161,9 @@ FROM (
     y += 4
     p.append(row(i(), "Services", y))
     y += 1
-    p.append(timeseries(i(), "Request rate by service", "Entry spans per second per service (all selected tenants).", f"""
-SELECT {BUCKET}, service AS metric, sum(count) / (max(step_ms) / 1000.0) AS "req/s"
-FROM (
-{svc_src}
-) r
-GROUP BY 1, 2
-ORDER BY 1, 2
-""", g(0, y, 8, 8), unit="reqps", long=True))  # fmt: skip
-    p.append(timeseries(i(), "Error rate by service", "Failed / all entry spans per service. Lines: 1 % and 5 %.", f"""
-SELECT {BUCKET}, service AS metric, sum(errors)::float8 / nullif(sum(count), 0) AS "error rate"
-FROM (
-{svc_src}
-) r
-GROUP BY 1, 2
-ORDER BY 1, 2
-""", g(8, y, 8, 8), unit="percentunit", th=slo_thresholds(ERROR_RATE), long=True, th_style="dashed", decimals=2))  # fmt: skip
-    p.append(timeseries(i(), "p95 latency by service", "95th percentile of entry-span durations per service. Lines: 2 s and 5 s.", f"""
-SELECT {BUCKET}, service AS metric, {q_quantile(0.95)} AS p95
-FROM (
-{svc_src}
-) r
-GROUP BY 1, 2
-ORDER BY 1, 2
-""", g(16, y, 8, 8), unit="s", th=slo_thresholds(P95_SECONDS), long=True, th_style="dashed"))  # fmt: skip
+    p.append(timeseries(i(), "Request rate by service", "Entry spans per second per service (all selected tenants).", per_metric("service", 'sum(count) / (max(step_ms) / 1000.0) AS "req/s"', svc_src), g(0, y, 8, 8), unit="reqps", long=True))  # fmt: skip
+    p.append(timeseries(i(), "Error rate by service", "Failed / all entry spans per service. Lines: 1 % and 5 %.", per_metric("service", 'sum(errors)::float8 / nullif(sum(count), 0) AS "error rate"', svc_src), g(8, y, 8, 8), unit="percentunit", th=slo_thresholds(ERROR_RATE), long=True, th_style="dashed", decimals=2))  # fmt: skip
+    p.append(timeseries(i(), "p95 latency by service", "95th percentile of entry-span durations per service. Lines: 2 s and 5 s.", per_metric("service", f"{q_quantile(0.95)} AS p95", svc_src), g(16, y, 8, 8), unit="s", th=slo_thresholds(P95_SECONDS), long=True, th_style="dashed"))  # fmt: skip
     y += 8
     p.append(row(i(), "Operations", y))
     y += 1

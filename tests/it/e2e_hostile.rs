@@ -342,15 +342,7 @@ async fn held_idle_and_trickling_connections_do_not_slow_health_or_otlp() {
         assert_eq!(resp.status(), 200);
         health.push(started.elapsed());
         let started = Instant::now();
-        let resp = s
-            .http
-            .post(s.http_url("/v1/traces"))
-            .header("content-type", "application/x-protobuf")
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+        post_otlp_http(&s, "/v1/traces", body.clone()).await;
         otlp.push(started.elapsed());
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -70,15 +70,7 @@ fn cumulative(points: Vec<NumberDataPoint>) -> Data {
 }
 
 async fn send(s: &TestServer, body: bytes::Bytes) {
-    let resp = s
-        .http
-        .post(s.http_url("/v1/metrics"))
-        .header("content-type", "application/x-protobuf")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    post_otlp_http(s, "/v1/metrics", body).await;
 }
 
 async fn metric_points_bill_exactly_once(db: Db) {
@@ -291,15 +283,7 @@ async fn log_attribute_meter_bills_each_record_once() {
         }],
     });
     for _ in 0..2 {
-        let resp = s
-            .http
-            .post(s.http_url("/v1/logs"))
-            .header("content-type", "application/x-protobuf")
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+        post_otlp_http(&s, "/v1/logs", body.clone()).await;
     }
     assert_eq!(s.usage_total("acme", "bytes").await, 350.0);
     s.stop().await;

@@ -79,15 +79,7 @@ async fn spans_bill_once_and_skip_sampled(db: Db) {
     let body = encode(&llm_request());
     // Over HTTP, resent over HTTP, and once more over gRPC: same span ids.
     for _ in 0..2 {
-        let resp = s
-            .http
-            .post(s.http_url("/v1/traces"))
-            .header("content-type", "application/x-protobuf")
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+        post_otlp_http(&s, "/v1/traces", body.clone()).await;
     }
     let mut grpc = grpc_client(&s.grpc_url()).await;
     assert_eq!(grpc_export_traces(&mut grpc, body, &[]).await.unwrap().partial_success, None);

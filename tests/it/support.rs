@@ -383,6 +383,14 @@ pub fn spans_at(tenant: &str, op: &str, n: usize, end_ms: i64, ms: u64, failed: 
     }
 }
 
+/// POSTs an OTLP/HTTP protobuf body to `path` (`/v1/traces`, `/v1/logs`,
+/// `/v1/metrics`) and asserts the 200.
+pub async fn post_otlp_http(s: &TestServer, path: &str, body: Bytes) {
+    let resp =
+        s.http.post(s.http_url(path)).header("content-type", "application/x-protobuf").body(body).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{path}");
+}
+
 pub async fn send_traces(s: &TestServer, req: &ExportTraceServiceRequest) {
     let mut client = grpc_client(&s.grpc_url()).await;
     let resp = grpc_export_traces(&mut client, encode(req), &[]).await.unwrap();
