@@ -146,8 +146,7 @@ impl TokenSource {
                     ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
                     ("client_assertion", assertion.trim()),
                 ];
-                // application/x-www-form-urlencoded, by the URL crate's encoder
-                let body = with("http://form.invalid/", &form)?.query().unwrap_or_default().to_owned();
+                let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
                 self.http.post(token_url).header("content-type", "application/x-www-form-urlencoded").body(body)
             }
         };

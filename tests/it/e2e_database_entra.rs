@@ -92,3 +92,31 @@ async fn entra_token_signs_in_and_a_rotated_token_is_picked_up_without_a_restart
     drop(pg);
     identity.shutdown().await;
 }
+
+/// Workload identity: the federated token in `AZURE_FEDERATED_TOKEN_FILE`
+/// is exchanged at the authority for an access token; another assertion is
+/// refused.
+#[tokio::test]
+async fn workload_identity_exchanges_the_federated_token() {
+    use tally_exporter::identity::TokenSource;
+    let identity = FakeIdentity::start(IdentityConfig::default()).await.unwrap();
+    identity.expect_assertion("federated-jwt");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "federated-jwt\n").unwrap();
+    let env = [
+        ("AZURE_FEDERATED_TOKEN_FILE", file.display().to_string()),
+        ("AZURE_TENANT_ID", "00000000-0000-0000-0000-0000000000cc".to_owned()),
+        ("AZURE_CLIENT_ID", "00000000-0000-0000-0000-0000000000dd".to_owned()),
+        ("AZURE_AUTHORITY_HOST", identity.authority_host()),
+    ];
+    let lookup = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+    let source = TokenSource::from_env(&lookup, RESOURCE, None).unwrap();
+    assert!(source.source().starts_with("workload identity"), "{}", source.source());
+    let token = source.token().await.unwrap();
+    assert_eq!(Some(token), identity.current_token(RESOURCE));
+    std::fs::write(&file, "someone-else").unwrap();
+    source.invalidate();
+    assert!(source.token().await.is_err(), "a federated token the authority does not know is refused");
+    identity.shutdown().await;
+}
